@@ -1,0 +1,46 @@
+# flixlake — two commands set up a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export FLIXLAKE_HOME ?= $(CURDIR)/var
+export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: venv demo test unit lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null || { echo "Java 17 is required: apt-get install -y openjdk-17-jre-headless"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel setuptools
+	# pip caches the pyspark wheel it builds from the sdist (~450 MB), so this is slow only once.
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: venv
+	$(BIN)/flixlake demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ruff check flixlake jobs streaming serving dags tests bench
+	$(BIN)/ruff format --check flixlake jobs streaming serving dags tests bench
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format flixlake jobs streaming serving dags tests bench
+	$(BIN)/ruff check --fix flixlake jobs streaming serving dags tests bench
+
+bench: venv
+	$(BIN)/python bench/batch.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache

@@ -1,0 +1,54 @@
+"""Shared plumbing of the thin ``jobs/*.py`` spark-submit entry points.
+
+A job file only names its step function; this parses ``--run-date``/``--env``/``--home``,
+loads the settings, builds the one SparkSession, runs the step and prints its summary as JSON.
+Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from flixlake.config import ConfigError, load_settings
+
+StepFn = Callable[..., dict[str, Any]]
+
+
+class GateFailedError(RuntimeError):
+    """A quality or publication gate refused the run; nothing downstream may publish."""
+
+
+def run_job(step: StepFn, description: str, argv: list[str] | None = None) -> int:
+    """Run one batch step as a spark-submit job: ``step(spark, lake, settings, run_date)``."""
+    from flixlake.lake import Lake, MissingTableError
+    from flixlake.runs import MissingStepError, parse_run_date
+    from flixlake.spark import build_spark_session
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run-date", required=True, help="logical date YYYY-MM-DD (Airflow's ds)")
+    parser.add_argument("--env", default=None, help="config environment (default $FLIXLAKE_ENV)")
+    parser.add_argument("--home", default=None, help="state folder (default $FLIXLAKE_HOME)")
+    args = parser.parse_args(argv)
+    try:
+        run_date = parse_run_date(args.run_date)
+        settings = load_settings(args.env, home=args.home)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spark = build_spark_session(settings, app_name=f"flixlake-{step.__name__}-{run_date}")
+    try:
+        summary = step(spark, Lake(settings.lake_root), settings, run_date)
+    except GateFailedError as exc:
+        print(f"gate failed: {exc}", file=sys.stderr)
+        return 3
+    except (MissingTableError, MissingStepError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0

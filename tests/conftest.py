@@ -1,0 +1,43 @@
+"""Shared fixtures: one SparkSession per test session, a fresh lake per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flixlake.config import Settings, load_settings
+from flixlake.lake import Lake
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Test settings rooted in a per-test home folder."""
+    return load_settings("test", home=tmp_path / "home")
+
+
+@pytest.fixture
+def lake(settings: Settings) -> Lake:
+    return Lake(settings.lake_root)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SparkSession"]:  # noqa: F821
+    """One local Spark for the whole run: 2 cores, few partitions, no UI."""
+    from flixlake.spark import build_spark_session
+
+    home = tmp_path_factory.mktemp("spark-home")
+    session_settings = load_settings(
+        "test",
+        home=home,
+        overrides={"spark": {"extra_conf": {"spark.ui.showConsoleProgress": "false"}}},
+    )
+    session = build_spark_session(session_settings, app_name="flixlake-tests")
+    yield session
+    session.stop()
