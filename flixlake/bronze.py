@@ -90,16 +90,16 @@ def parse_batch(
         },
         schema=BRONZE_EVENTS.schema,
     )
-    rejected = [i for i, o in enumerate(ok) if not o]
+    rejects = bronze.take(pa.array([i for i, o in enumerate(ok) if not o], pa.int64()))
     quarantine = pa.table(
         {
-            "source": bronze["source"].take(rejected),
-            "source_partition": bronze["source_partition"].take(rejected),
-            "source_offset": bronze["source_offset"].take(rejected),
-            "raw": bronze["raw"].take(rejected),
-            "reason": bronze["reject_reason"].take(rejected),
-            "ingest_batch": bronze["ingest_batch"].take(rejected),
-            "ingested_at": bronze["ingested_at"].take(rejected),
+            "source": rejects["source"],
+            "source_partition": rejects["source_partition"],
+            "source_offset": rejects["source_offset"],
+            "raw": rejects["raw"],
+            "reason": rejects["reject_reason"],
+            "ingest_batch": rejects["ingest_batch"],
+            "ingested_at": rejects["ingested_at"],
         },
         schema=QUARANTINE_EVENTS.schema,
     )

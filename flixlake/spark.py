@@ -24,6 +24,7 @@ def build_spark_session(settings: Settings, app_name: str | None = None) -> Spar
     """Create (or reuse) the session for this environment, Python workers on this venv."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # loopback only, no hostname lookups
     conf = settings.spark
     builder = (
         SparkSession.builder.master(conf.master)

@@ -1,0 +1,144 @@
+"""Benchmark: the full batch pipeline at the course's scale on this machine.
+
+    .venv/bin/python bench/batch.py                      # 1M users, 27k movies, >= 20M watch lines
+    .venv/bin/python bench/batch.py --users 100000 --movies 5000 --days 30   # a quicker run
+
+Prints, per stage, wall time and the peak resident memory of the whole process tree (driver,
+JVM, Python workers), the offline quality of ALS vs. the popularity baseline measured in the same
+run, and the built-in ``recommendForAllUsers`` on a user sample as the top-N baseline.
+Targets (issue 2): whole pipeline <= 10 min within 24 GB; top-N for 1M users <= 2 min;
+ALS NDCG@20 >= 2x popularity's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from flixlake.config import load_settings
+from flixlake.lake import Lake
+
+
+class PeakRss:
+    """Samples the RSS of this process and all its children (the JVM, Python workers)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    @contextmanager
+    def measure(self) -> Iterator[PeakRss]:
+        self.peak = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def machine() -> str:
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{platform.machine()} {os.cpu_count()} cores {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--movies", type=int, default=27_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--home", type=Path, default=Path("var/bench"))
+    parser.add_argument("--env", default="local")
+    parser.add_argument("--baseline-users", type=int, default=20_000, help="users for the built-in top-N baseline")
+    args = parser.parse_args()
+
+    from flixlake.generate import generate_history
+    from flixlake.ingest import ingest_paths
+    from flixlake.pipeline import BATCH_STEPS
+    from flixlake.spark import build_spark_session
+
+    settings = load_settings(args.env, home=args.home)
+    lake = Lake(settings.lake_root)
+    data = args.home / "data" / f"u{args.users}-m{args.movies}-d{args.days}-s{args.seed}"
+    rss = PeakRss()
+    rows: list[tuple[str, float, float, str]] = []
+    print(f"machine: {machine()}", flush=True)
+
+    def record(name: str, seconds: float, note: str = "") -> None:
+        rows.append((name, seconds, rss.peak / 2**30, note))
+        print(f"{name:<22} {seconds:8.1f} s   peak RSS {rss.peak / 2**30:6.2f} GiB   {note}", flush=True)
+
+    summary_file = data / "summary.json"
+    if summary_file.exists():
+        generated = json.loads(summary_file.read_text())
+        print(f"reusing generated data in {data}")
+    else:
+        with rss.measure():
+            t = time.perf_counter()
+            generated = generate_history(data, n_users=args.users, n_movies=args.movies, days=args.days, seed=args.seed)
+            summary_file.write_text(json.dumps(generated, default=str))
+            record("generate", time.perf_counter() - t, json.dumps(generated.get("lines"), default=str))
+
+    with rss.measure():
+        t = time.perf_counter()
+        ingested = ingest_paths(lake, [data], settings.ingest.chunk_lines)
+        record("ingest", time.perf_counter() - t, f"{ingested.lines:,} lines")
+
+    run_date = dt.date.fromisoformat(str(generated["last_date"]))
+    spark = build_spark_session(settings, app_name="flixlake-bench")
+    summaries = {}
+    pipeline_started = time.perf_counter()
+    for step in BATCH_STEPS:
+        with rss.measure():
+            t = time.perf_counter()
+            summaries[step.name] = step.load()(spark, lake, settings, run_date)
+            record(step.name, time.perf_counter() - t)
+    total = time.perf_counter() - pipeline_started
+    print(f"{'pipeline total':<22} {total:8.1f} s   (target <= 600 s)")
+
+    evaluation = summaries["evaluate"]
+    als, pop = evaluation["als"], evaluation["popularity"]
+    k = evaluation.get("k", 20)
+    print(f"quality @ {k}: ALS ndcg {als['ndcg']:.4f} precision {als['precision']:.4f} recall {als['recall']:.4f}")
+    print(f"         popularity ndcg {pop['ndcg']:.4f} precision {pop['precision']:.4f} recall {pop['recall']:.4f}")
+    print(f"         lift NDCG {als['ndcg'] / max(pop['ndcg'], 1e-12):.2f}x   (target >= 2x)")
+    topn_seconds = summaries["publish"].get("timings", {}).get("top_n")
+    if topn_seconds is not None:
+        print(f"top-N (ours) for all users: {topn_seconds:.1f} s   (target <= 120 s)")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The ``flixlake`` command: generate, ingest, query, run the batch pipeline, trace lineage.
+
+State lives under ``$FLIXLAKE_HOME`` (default ``./var``); ``$FLIXLAKE_ENV`` picks ``conf/<env>.yaml``.
+Run ``flixlake COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flixlake.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="flixlake: movie recommendations on Kafka, Spark and Delta Lake.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+EnvOpt = Annotated[str | None, typer.Option("--env", help="config environment (default $FLIXLAKE_ENV or local)")]
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="state folder (default $FLIXLAKE_HOME or ./var)")]
+
+
+def _settings(env: str | None, home: Path | None) -> Settings:
+    try:
+        return load_settings(env, home=home)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    table = Table(title=title, show_lines=False)
+    if not rows:
+        console.print("(no rows)")
+        return
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*[_cell(v) for v in row.values()])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value[:5])) + (" …" if len(value) > 5 else "")
+    return "" if value is None else str(value)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="output folder for events-*.log, movies.jsonl, users.jsonl")],
+    users: Annotated[int, typer.Option(min=1, help="number of users")] = 2000,
+    movies: Annotated[int, typer.Option(min=1, help="number of movies")] = 500,
+    days: Annotated[int, typer.Option(min=1, help="days of history")] = 30,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 7,
+    bad_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="fraction of bad lines")] = 0.0,
+    end_date: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD")] = None,
+) -> None:
+    """Write a synthetic history in the exact MLiP log format (deterministic per seed)."""
+    from flixlake.generate import generate_history
+
+    end = dt.date.fromisoformat(end_date) if end_date else None
+    with _progress() as progress:
+        task = progress.add_task("generating", total=None)
+        summary = generate_history(
+            out, n_users=users, n_movies=movies, days=days, seed=seed, bad_rate=bad_rate,
+            end=end, progress=lambda n: progress.update(task, completed=n),
+        )
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="log files or folders (metadata *.jsonl too)")],
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Append log lines to bronze_events exactly once; rejects go to quarantine_events."""
+    from flixlake.ingest import expand_paths, ingest_paths
+    from flixlake.lake import Lake
+
+    settings = _settings(env, home)
+    try:
+        logs, _ = expand_paths(paths)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    total = sum(p.stat().st_size for p in logs)
+    with _progress() as progress:
+        task = progress.add_task("ingesting", total=None)
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            progress.update(task, completed=done, description=f"ingesting ({total / 1e6:.0f} MB)")
+
+        summary = ingest_paths(Lake(settings.lake_root), paths, settings.ingest.chunk_lines, on_chunk=advance)
+    console.print_json(json.dumps(summary.as_dict()))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help='SQL over tables by name, e.g. "SELECT count(*) FROM ratings"')],
+    output: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Query the lake's Delta tables by name (DataFusion through delta-rs; no Spark needed)."""
+    from flixlake.lake import Lake
+
+    settings = _settings(env, home)
+    try:
+        result = Lake(settings.lake_root).sql(query)
+    except Exception as exc:  # DataFusion reports planning/parse errors as generic exceptions
+        raise _fail(f"query failed: {exc}") from None
+    rows = result.to_pylist()
+    if output == "json":
+        console.print_json(json.dumps(rows, default=str))
+    elif output == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, sys.stdout.buffer)
+    else:
+        _print_table(rows)
+
+
+@app.command()
+def tables(env: EnvOpt = None, home: HomeOpt = None) -> None:
+    """List the lake's tables: owner, Delta version, row count."""
+    from flixlake.lake import Lake
+    from flixlake.tables import ALL_TABLES
+
+    lake = Lake(_settings(env, home).lake_root)
+    rows = []
+    for name, spec in ALL_TABLES.items():
+        exists = lake.exists(name)
+        rows.append(
+            {
+                "table": name,
+                "version": lake.version(name) if exists else None,
+                "rows": lake.table(name).count() if exists else None,
+                "owner": spec.owner,
+            }
+        )
+    _print_table(rows, title=f"lake at {lake.root}")
+
+
+@app.command()
+def batch(
+    run_date: Annotated[str, typer.Option("--run-date", help="logical date YYYY-MM-DD (the data cutoff)")],
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run the whole batch pipeline once without Airflow: compact → gate → train → evaluate → register → publish."""
+    from flixlake.entrypoint import GateFailedError
+    from flixlake.lake import Lake, MissingTableError
+    from flixlake.pipeline import run_batch
+    from flixlake.runs import MissingStepError, parse_run_date
+    from flixlake.spark import build_spark_session
+
+    settings = _settings(env, home)
+    try:
+        date = parse_run_date(run_date)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    spark = build_spark_session(settings, app_name=f"flixlake-batch-{date}")
+    try:
+        results = run_batch(
+            spark, Lake(settings.lake_root), settings, date,
+            on_start=lambda s: console.print(f"[bold]▶ {s.name}[/bold]: {s.description}"),
+            on_done=lambda r: console.print(f"  ✓ {r.step.name} in {r.seconds:.1f}s"),
+        )
+    except GateFailedError as exc:
+        raise _fail(f"gate failed, nothing published: {exc}", code=3) from None
+    except (MissingTableError, MissingStepError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        spark.stop()
+    print_batch_summary({r.step.name: r.summary for r in results})
+
+
+def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
+    """Headline numbers of one batch run."""
+    evaluation = summaries.get("evaluate", {})
+    k = evaluation.get("k", 20)
+    rows = []
+    for name in ("als", "popularity"):
+        metrics = evaluation.get(name) or {}
+        rows.append({"recommender": name, **{f"{m}@{k}": metrics.get(m) for m in ("ndcg", "precision", "recall", "map")},
+                     "coverage": metrics.get("coverage"), "users": metrics.get("n_users")})
+    _print_table(rows, title="offline evaluation on the held-out window")
+    publish = summaries.get("publish", {})
+    train = summaries.get("train", {})
+    console.print(f"model {train.get('model_version')} params {train.get('params')}")
+    console.print(f"published: {publish.get('published')}  {publish.get('reason', '')}")
+
+
+@app.command()
+def lineage(
+    model: Annotated[str | None, typer.Option("--model", help="model version, e.g. als-20261122-ab12cd34")] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Print a model's provenance: input Delta versions, code version, libraries, metrics."""
+    from flixlake.lake import Lake, MissingTableError
+    from flixlake.registry import current_published_model, model_lineage
+
+    lake = Lake(_settings(env, home).lake_root)
+    try:
+        if model is None:
+            current = current_published_model(lake)
+            if current is None:
+                raise _fail("no published model yet; pass --model")
+            model = str(current["model_version"])
+        info = model_lineage(lake, model)
+    except (MissingTableError, KeyError, LookupError) as exc:
+        raise _fail(str(exc)) from None
+    console.print_json(json.dumps(info, default=str))
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Option("--model", help="a previously published model version")],
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Make an earlier published model the current batch view again."""
+    from flixlake.lake import Lake
+    from flixlake.publish import rollback_to
+
+    lake = Lake(_settings(env, home).lake_root)
+    try:
+        rollback_to(lake, model)
+    except (LookupError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"current model is now {model}")
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=10)] = 3000,
+    movies: Annotated[int, typer.Option(min=20)] = 600,
+    days: Annotated[int, typer.Option(min=8)] = 30,
+    seed: int = 7,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Generate a small synthetic history, ingest it, run the batch pipeline, show results."""
+    from flixlake.demo import run_demo
+
+    settings = _settings(env, home)
+    code = run_demo(settings, console, users=users, movies=movies, days=days, seed=seed)
+    raise typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} lines"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+if __name__ == "__main__":
+    app()

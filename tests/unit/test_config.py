@@ -1,0 +1,31 @@
+"""Config: environments merge over base, and a bad value fails naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flixlake.config import ConfigError, load_settings
+
+
+def test_test_env_overrides_base(tmp_path: Path) -> None:
+    settings = load_settings("test", home=tmp_path)
+    assert settings.spark.shuffle_partitions == 2  # from test.yaml
+    assert settings.kafka.topic == "movielog"  # from base.yaml
+    assert settings.lake_root == tmp_path / "lake"
+
+
+def test_bad_value_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"batch\.als\.grid\.0\.rank"):
+        load_settings("test", home=tmp_path, overrides={"batch": {"als": {"grid": [{"rank": 0, "reg_param": 0.1, "alpha": 1}]}}})
+
+
+def test_unknown_key_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"spark\.mastr"):
+        load_settings("test", home=tmp_path, overrides={"spark": {"mastr": "local"}})
+
+
+def test_unknown_environment_lists_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="known environments"):
+        load_settings("nope", home=tmp_path)
