@@ -1,0 +1,380 @@
+"""The model registry: one ``models`` row per trained model, with provenance and publication status.
+
+``run_register`` (the batch step) records what a model was trained on (every input table's Delta
+version, bronze included), with which code (git commit) and libraries, where its factors are and
+how it scored. Everything else here reads or updates that table through delta-rs only, so the
+HTTP service and the CLI use it without pyspark.
+
+Statuses: ``registered`` (after register), ``published`` (the publication gate passed and the
+batch view is written), ``rejected`` (the gate refused, with the reason) and ``rolled_back``
+(was published, then an engineer rolled back to an earlier model). The *current* model is the
+published one with the latest ``published_at``.
+
+>>> current_published_model(Lake("var/lake"))["model_version"]        # doctest: +SKIP
+'als-2026-11-22-3f2a9c1e'
+>>> rollback_to(Lake("var/lake"), "als-2026-11-21-77aa01bc")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flixlake.lake import Lake
+from flixlake.runs import read_manifest, run_dir, write_manifest
+from flixlake.tables import MODELS
+
+if TYPE_CHECKING:  # run_register receives a session; the rest of the module never needs Spark
+    from pyspark.sql import SparkSession
+
+    from flixlake.config import Settings
+
+GIT_COMMIT_VAR = "FLIXLAKE_GIT_COMMIT"
+CODE_DIR = Path(__file__).resolve().parent.parent
+LIBRARIES = ("pyspark", "deltalake", "numpy", "pyarrow", "pandas")
+BRONZE_TABLE = "bronze_events"
+
+REGISTERED = "registered"
+PUBLISHED = "published"
+REJECTED = "rejected"
+ROLLED_BACK = "rolled_back"
+STATUSES = (REGISTERED, PUBLISHED, REJECTED, ROLLED_BACK)
+_JSON_COLUMNS = ("params", "metrics", "input_versions", "library_versions")
+
+
+class UnknownModelError(LookupError):
+    """No ``models`` row has this model version."""
+
+
+# -- provenance ----------------------------------------------------------------------------------
+def git_commit(code_dir: Path = CODE_DIR) -> str:
+    """The code version: ``$FLIXLAKE_GIT_COMMIT``, else ``git rev-parse HEAD`` (``-dirty`` when
+    tracked files changed), else ``"unknown"`` (e.g. an image without ``.git``)."""
+    explicit = os.environ.get(GIT_COMMIT_VAR, "").strip()
+    if explicit:
+        return explicit
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(code_dir), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", str(code_dir), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head}-dirty" if changes else head
+
+
+def library_versions(spark_version: str | None = None) -> dict[str, str]:
+    """Versions of the libraries that shape a model's numbers (package metadata, no imports)."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    if spark_version is not None:
+        versions["spark_runtime"] = spark_version  # the cluster's Spark may differ from the wheel
+    return versions
+
+
+def input_versions_from_manifests(
+    compact: dict[str, Any], train: dict[str, Any], evaluate: dict[str, Any]
+) -> dict[str, int]:
+    """Every table a model depends on -> its Delta version (bronze, silver as trained, eval)."""
+    versions: dict[str, Any] = {BRONZE_TABLE: compact.get("bronze_version")}
+    versions.update(compact.get("output_versions") or {})
+    versions.update(evaluate.get("input_versions") or {})
+    versions.update(train.get("input_versions") or {})  # what training actually pinned wins
+    return {name: int(v) for name, v in sorted(versions.items()) if v is not None}
+
+
+def artifact_path(train: dict[str, Any]) -> str:
+    """The folder holding a model's files (the train manifest's, else the factors' parent)."""
+    if train.get("artifact_path"):
+        return str(train["artifact_path"])
+    final = (train.get("factors") or {}).get("final") or {}
+    paths = [str(p) for p in (final.get("users"), final.get("items")) if p]
+    if not paths:
+        raise ValueError("train manifest has no factors.final.users/items paths")
+    return os.path.commonpath(paths) if len(paths) > 1 else str(Path(paths[0]).parent)
+
+
+def headline_metrics(evaluate: dict[str, Any]) -> dict[str, Any]:
+    """The metrics the publication gate and the report compare (overall, @k)."""
+    return {
+        "k": evaluate.get("k"),
+        "als": evaluate.get("als") or {},
+        "popularity": evaluate.get("popularity") or {},
+        "lift_ndcg": evaluate.get("lift_ndcg"),
+    }
+
+
+# -- reading the registry ------------------------------------------------------------------------
+def _parse(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        value = out.get(column)
+        out[column] = json.loads(value) if isinstance(value, str) and value else {}
+    return out
+
+
+def _rows(lake: Lake, filters: Any = None) -> list[dict[str, Any]]:
+    if not lake.exists(MODELS.name):
+        return []
+    return [_parse(r) for r in lake.read(MODELS.name, filters=filters).to_pylist()]
+
+
+def get_model(lake: Lake, model_version: str) -> dict[str, Any]:
+    """One model's row (JSON columns parsed); a clear error for an unknown version."""
+    rows = _rows(lake, filters=[("model_version", "=", model_version)])
+    if not rows:
+        known = [r["model_version"] for r in list_models(lake)[-5:]]
+        raise UnknownModelError(f"no model {model_version!r} in the registry; latest: {known}")
+    return rows[0]
+
+
+def list_models(lake: Lake) -> list[dict[str, Any]]:
+    """All models, oldest registration first (for ``flixlake models`` and dashboards)."""
+    return sorted(_rows(lake), key=lambda r: (r["registered_at"], r["model_version"]))
+
+
+def current_published_model(
+    lake: Lake,
+    exclude: str | None = None,
+    published_before: dt.datetime | None = None,
+) -> dict[str, Any] | None:
+    """The model the service should serve: the latest ``published_at`` among published ones.
+
+    ``exclude``/``published_before`` let the publication gate find the model a candidate
+    replaces (itself excluded; on a rerun, only models published before it).
+    """
+    candidates = [
+        r
+        for r in _rows(lake, filters=[("status", "=", PUBLISHED)])
+        if r["published_at"] is not None
+        and r["model_version"] != exclude
+        and (published_before is None or r["published_at"] < published_before)
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (r["published_at"], r["model_version"]))
+
+
+# -- writing the registry ------------------------------------------------------------------------
+def _strict_json(value: Any) -> Any:
+    """inf/nan (e.g. an infinite lift over a zero baseline) as strings: keep the JSON standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _to_arrow(row: dict[str, Any]) -> pa.Table:
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        out[column] = json.dumps(
+            _strict_json(out[column]), sort_keys=True, default=str, allow_nan=False
+        )
+    return pa.Table.from_pylist([out], schema=MODELS.schema)
+
+
+def upsert_model(lake: Lake, row: dict[str, Any]) -> None:
+    """MERGE one model row (JSON columns given as dicts) on ``model_version``."""
+    lake.upsert(MODELS.name, _to_arrow(row))
+
+
+def set_model_status(
+    lake: Lake,
+    model_version: str,
+    status: str,
+    reason: str | None = None,
+    published_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Change a model's status (``published_at`` kept unless given); returns the new row."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown model status {status!r}; expected one of {STATUSES}")
+    row = get_model(lake, model_version)
+    row["status"] = status
+    row["status_reason"] = reason
+    if published_at is not None:
+        row["published_at"] = published_at
+    upsert_model(lake, row)
+    return row
+
+
+def batch_view_rows(lake: Lake, model_version: str) -> int:
+    """Rows of a model's partition in ``batch_recommendations`` (from the Delta log, no scan)."""
+    if not lake.exists("batch_recommendations"):
+        return 0
+    actions = pa.table(lake.table("batch_recommendations").get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return 0
+    mine = actions.filter(pc.equal(actions["partition.model_version"], model_version))
+    return int(pc.sum(mine["num_records"]).as_py() or 0)
+
+
+def rollback_to(lake: Lake, model_version: str, reason: str | None = None) -> dict[str, Any]:
+    """Make an earlier published model current again: every model published after it becomes
+    ``rolled_back`` (its batch view stays, so rolling forward is rerunning its publish step).
+
+    Returns ``{"current": <version>, "rolled_back": [<versions>]}``.
+    """
+    target = get_model(lake, model_version)
+    if target["status"] != PUBLISHED or target["published_at"] is None:
+        raise ValueError(
+            f"cannot roll back to {model_version!r}: its status is {target['status']!r}, "
+            "only a published model (with its batch view) can become current again"
+        )
+    if batch_view_rows(lake, model_version) == 0:
+        raise ValueError(f"cannot roll back to {model_version!r}: its batch view is empty or gone")
+    newer = sorted(
+        (
+            r
+            for r in _rows(lake, filters=[("status", "=", PUBLISHED)])
+            if r["published_at"] is not None and r["published_at"] > target["published_at"]
+        ),
+        key=lambda r: (r["published_at"], r["model_version"]),
+    )
+    note = reason or f"rolled back to {model_version}"
+    for row in newer:
+        set_model_status(lake, row["model_version"], ROLLED_BACK, note)
+    return {"current": model_version, "rolled_back": [r["model_version"] for r in newer]}
+
+
+# -- lineage -------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def commit_info(lake: Lake, name: str, version: int) -> dict[str, Any] | None:
+    """The Delta history entry (operation, time, metrics) that produced ``name`` at ``version``."""
+    if not lake.exists(name):
+        return None
+    latest = lake.version(name)
+    if latest is None or version > latest:
+        return None
+    for entry in lake.history(name, limit=latest - version + 1):  # newest first; read no more
+        if entry.get("version") == version:
+            out = dict(entry)
+            if isinstance(out.get("timestamp"), int):
+                out["timestamp"] = dt.datetime.fromtimestamp(out["timestamp"] / 1000, dt.UTC)
+            return out
+    return None  # older than the log retention (checkpointed and cleaned up)
+
+
+def model_lineage(lake: Lake, model_version: str) -> dict[str, Any]:
+    """Everything needed to explain or reproduce a model, as JSON-ready data.
+
+    The ``models`` row, its ``model_evaluations`` rows, for each input table the Delta version
+    it was trained on with the commit that produced it (and the table's version now), the
+    quality checks of its run date, and the size of its batch view.
+    """
+    model = get_model(lake, model_version)
+    evaluations: list[dict[str, Any]] = []
+    if lake.exists("model_evaluations"):
+        evaluations = lake.read(
+            "model_evaluations", filters=[("model_version", "=", model_version)]
+        ).to_pylist()
+        evaluations.sort(key=lambda r: (r["recommender"], r["segment"], r["metric"]))
+    quality: list[dict[str, Any]] = []
+    if lake.exists("quality_reports"):
+        quality = lake.read(
+            "quality_reports", filters=[("run_date", "=", model["run_date"])]
+        ).to_pylist()
+        quality.sort(key=lambda r: (r["table_name"], r["check_name"]))
+    inputs = {
+        name: {
+            "version": version,
+            "latest_version": lake.version(name) if lake.exists(name) else None,
+            "commit": commit_info(lake, name, version),
+        }
+        for name, version in sorted(model["input_versions"].items())
+    }
+    result = {
+        "model": model,
+        "evaluations": evaluations,
+        "inputs": inputs,
+        "quality_checks": quality,
+        "batch_view_rows": batch_view_rows(lake, model_version),
+    }
+    return dict(_jsonable(result))
+
+
+# -- the batch step ------------------------------------------------------------------------------
+def run_register(
+    spark: SparkSession | None, lake: Lake, settings: Settings, run_date: dt.date
+) -> dict[str, Any]:
+    """Record the trained model with its provenance (MERGE: a rerun never demotes it) + report."""
+    from flixlake.report import write_evaluation_report  # matplotlib only when registering
+
+    compact = read_manifest(settings, run_date, "compact")
+    train = read_manifest(settings, run_date, "train")
+    evaluate = read_manifest(settings, run_date, "evaluate")
+    model_version = str(train["model_version"])
+    if evaluate.get("model_version") != model_version:
+        raise ValueError(
+            f"evaluate manifest is for model {evaluate.get('model_version')!r} but train produced "
+            f"{model_version!r} for {run_date}; rerun evaluate first"
+        )
+    existing = _rows(lake, filters=[("model_version", "=", model_version)])
+    previous = existing[0] if existing else None
+    row = {
+        "model_version": model_version,
+        "run_date": run_date,
+        "algorithm": str(train.get("algorithm", "als")),
+        "params": train.get("params") or {},
+        "metrics": headline_metrics(evaluate),
+        "input_versions": input_versions_from_manifests(compact, train, evaluate),
+        "git_commit": git_commit(),
+        "library_versions": library_versions(spark.version if spark is not None else None),
+        "artifact_path": artifact_path(train),
+        # a rerun keeps the status history: a published (or rejected) model stays so
+        "status": previous["status"] if previous else REGISTERED,
+        "status_reason": previous["status_reason"] if previous else None,
+        "registered_at": previous["registered_at"] if previous else dt.datetime.now(dt.UTC),
+        "published_at": previous["published_at"] if previous else None,
+    }
+    upsert_model(lake, row)
+    report = write_evaluation_report(lake, settings, model_version, run_dir(settings, run_date))
+    summary = {
+        "model_version": model_version,
+        "status": row["status"],
+        "input_versions": row["input_versions"],
+        "git_commit": row["git_commit"],
+        "library_versions": row["library_versions"],
+        "artifact_path": row["artifact_path"],
+        "models_version": lake.version(MODELS.name),
+        "report": str(report),
+    }
+    write_manifest(settings, run_date, "register", summary)
+    return summary

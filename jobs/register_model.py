@@ -1,0 +1,12 @@
+"""Record the run's model with its provenance (inputs, code, libraries) and write its report.
+
+spark-submit jobs/register_model.py --run-date 2026-11-22 [--env local]
+"""
+
+import sys
+
+from flixlake.entrypoint import run_job
+from flixlake.registry import run_register
+
+if __name__ == "__main__":
+    sys.exit(run_job(run_register, "Register the trained model with its provenance"))
