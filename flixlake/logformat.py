@@ -201,5 +201,5 @@ def format_reco(
 
 
 def format_time(time: datetime) -> str:
-    """ISO-8601 without zone, seconds precision (the MLiP format)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
+    """ISO-8601 without zone, seconds precision (the MLiP format); naive UTC datetimes."""
+    return time.replace(tzinfo=None).isoformat(timespec="seconds")
