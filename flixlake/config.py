@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_VAR = "FLIXLAKE_ENV"
 HOME_VAR = "FLIXLAKE_HOME"
@@ -48,6 +48,36 @@ class KafkaConfig(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "movielog"
     partitions: int = Field(4, gt=0)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"7d"`` -> seconds (a clear error otherwise)."""
+    value, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS or not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"expected a duration like 90s, 30m, 1h or 7d, got {text!r}")
+    return int(value) * _DURATION_UNITS[unit]
+
+
+class StreamingConfig(_Frozen):
+    query_name: str = Field("speed_layer", pattern=r"^[A-Za-z0-9_-]+$")
+    checkpoint_root: str = "checkpoints"  # a query's checkpoint: <home>/<root>/<query_name>
+    trigger_seconds: float = Field(1.0, gt=0)
+    max_events_per_trigger: int = Field(100_000, gt=0)
+    starting_offsets: str = Field("earliest", pattern="^(earliest|latest)$")
+    trending_windows: tuple[str, ...] = Field(("1h", "24h"), min_length=1)
+    read_timeout_seconds: float = Field(120.0, gt=0)
+    maintenance_every_batches: int = Field(300, gt=0)
+    vacuum_retention_hours: int = Field(1, ge=0)
+
+    @field_validator("trending_windows")
+    @classmethod
+    def _valid_windows(cls, windows: tuple[str, ...]) -> tuple[str, ...]:
+        for window in windows:
+            duration_seconds(window)
+        return windows
 
 
 class IngestConfig(_Frozen):
@@ -106,6 +136,50 @@ class AirflowConfig(_Frozen):
     retry_delay_minutes: int = Field(5, ge=0)
 
 
+class TelemetryConfig(_Frozen):
+    enabled: bool = True
+    log_topic: str | None = None  # MLiP telemetry lines; None: kafka.topic
+    served_topic: str = Field(default="served_recommendations", min_length=1)  # JSON records
+    bootstrap_servers: str | None = None  # None: kafka.bootstrap_servers
+    buffer_records: int = Field(default=20_000, gt=0)  # beyond: dropped (counted)
+    server_name: str | None = None  # <server> in the MLiP line; None: <hostname>:<port>
+
+
+class VariantConfig(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    model: str = Field(default="current", min_length=1)  # current | previous | a model_version
+    percent: float = Field(gt=0, le=100)
+
+
+class ExperimentConfig(_Frozen):
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    variants: tuple[VariantConfig, ...] = (VariantConfig(name="control", percent=100.0),)
+
+    @field_validator("variants")
+    @classmethod
+    def _a_split(cls, variants: tuple[VariantConfig, ...]) -> tuple[VariantConfig, ...]:
+        names = [v.name for v in variants]
+        if not variants or len(set(names)) != len(names):
+            raise ValueError(f"expected variants with distinct names, got {names}")
+        total = sum(v.percent for v in variants)
+        if abs(total - 100.0) > 1e-6:
+            raise ValueError(f"variant percentages must sum to 100, got {total:g}")
+        return variants
+
+
+class ServingConfig(_Frozen):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8082, gt=0, lt=65536)
+    results: int = Field(default=20, gt=0, le=100)  # movie ids per answer
+    max_per_user: int = Field(default=50, gt=0, le=1000)  # batch-view entries kept per user
+    speed_refresh_seconds: float = Field(default=1.0, gt=0, le=2.0)
+    model_poll_seconds: float = Field(default=5.0, gt=0)
+    startup_wait_seconds: float = Field(default=60.0, ge=0)  # for the first batch view
+    fallback_candidates: int = Field(default=200, gt=0)  # trending + popular, for fill-ins
+    experiment: ExperimentConfig = ExperimentConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+
 class Settings(_Frozen):
     """Validated configuration plus the resolved home folder."""
 
@@ -116,8 +190,10 @@ class Settings(_Frozen):
     spark: SparkConfig = SparkConfig()
     kafka: KafkaConfig = KafkaConfig()
     ingest: IngestConfig = IngestConfig()
+    streaming: StreamingConfig = StreamingConfig()
     batch: BatchConfig
     airflow: AirflowConfig = AirflowConfig()
+    serving: ServingConfig = ServingConfig()
 
     @property
     def lake_root(self) -> Path:
@@ -126,6 +202,10 @@ class Settings(_Frozen):
     @property
     def artifacts_root(self) -> Path:
         return _under(self.home, self.artifacts.root)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return _under(self.home, self.streaming.checkpoint_root)
 
 
 def _under(home: Path, path: str) -> Path:

@@ -174,19 +174,53 @@ class Lake:
             storage_options=self.storage_options,
         )
 
-    def upsert(self, name: str, data: pa.Table, keys: Iterable[str] | None = None) -> dict[str, Any]:
-        """MERGE rows on the table's natural key: update matches, insert the rest."""
+    def upsert(
+        self,
+        name: str,
+        data: pa.Table,
+        keys: Iterable[str] | None = None,
+        updates: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """MERGE rows on the table's natural key: update matches, insert the rest.
+
+        ``updates`` (column -> SQL over ``t.`` target and ``s.`` source, e.g.
+        ``{"last_seen": "greatest(t.last_seen, s.last_seen)"}``) replaces update-all for matches.
+        """
         spec = table_spec(name)
         keys = list(keys or spec.keys)
         if not keys:
             raise ValueError(f"{name}: no merge keys")
         table = self.ensure(name)
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        return (
-            table.merge(conform(spec, data), predicate, source_alias="s", target_alias="t")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
+        merger = table.merge(conform(spec, data), predicate, source_alias="s", target_alias="t")
+        if updates:
+            merger = merger.when_matched_update(dict(updates))
+        else:
+            merger = merger.when_matched_update_all()
+        return merger.when_not_matched_insert_all().execute()
+
+    def overwrite(self, name: str, data: pa.Table) -> None:
+        """Atomically replace the whole table's contents (readers see old or new, never a mix)."""
+        spec = table_spec(name)
+        self.ensure(name)
+        write_deltalake(
+            self.path(name),
+            conform(spec, data),
+            mode="overwrite",
+            partition_by=list(spec.partition_by) or None,
+            storage_options=self.storage_options,
+        )
+
+    def compact(
+        self, name: str, partition_filters: list[tuple[str, str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Bin-pack small files (e.g. one per stream micro-batch) of the matching partitions."""
+        return self.table(name).optimize.compact(partition_filters=partition_filters)
+
+    def vacuum(self, name: str, retention_hours: int) -> list[str]:
+        """Delete files no snapshot younger than ``retention_hours`` still references."""
+        return self.table(name).vacuum(
+            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
         )
 
     def delete(self, name: str, predicate: str) -> None:

@@ -245,6 +245,63 @@ BATCH_RECOMMENDATIONS = TableSpec(
     partition_by=("model_version",),
 )
 
+_SPEED_STAMP = [
+    _f("since", TS),  # cutoff: run date of the newest published model; null when none
+    _f("model_version", pa.string()),  # that model (null when none)
+    _f("updated_batch", pa.int64(), False),  # micro-batch id of the last change
+    _f("updated_at", TS, False),
+]
+
+SPEED_USER_ACTIVITY = TableSpec(
+    name="speed_user_activity",
+    owner="streaming.speed_layer",
+    description="Per user since the batch cutoff: movies watched and rated, first/last seen.",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("watched_movies", pa.list_(pa.string())),
+            _f("rated_movies", pa.list_(pa.string())),
+            _f("first_seen", TS, False),
+            _f("last_seen", TS, False),
+            *_SPEED_STAMP,
+        ]
+    ),
+    keys=("user_id",),
+)
+
+SPEED_TRENDING = TableSpec(
+    name="speed_trending",
+    owner="streaming.speed_layer",
+    description="Per movie and window (1h, 24h, ...): distinct watchers up to stream time as_of.",
+    schema=pa.schema(
+        [
+            _f("window", pa.string(), False),  # label from streaming.trending_windows
+            _f("window_seconds", pa.int64(), False),
+            _f("movie_id", pa.string(), False),
+            _f("watchers", pa.int64(), False),
+            _f("as_of", TS, False),  # newest event time seen (never ahead of the wall clock)
+            _f("updated_batch", pa.int64(), False),
+            _f("updated_at", TS, False),
+        ]
+    ),
+    keys=("window", "movie_id"),
+)
+
+SPEED_NEW_USERS = TableSpec(
+    name="speed_new_users",
+    owner="streaming.speed_layer",
+    description="Users active since the batch cutoff who are not in the published batch view.",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("first_seen", TS, False),
+            _f("last_seen", TS, False),
+            *_SPEED_STAMP,
+        ]
+    ),
+    keys=("user_id",),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -259,6 +316,9 @@ ALL_TABLES: dict[str, TableSpec] = {
         MODELS,
         MODEL_EVALUATIONS,
         BATCH_RECOMMENDATIONS,
+        SPEED_USER_ACTIVITY,
+        SPEED_TRENDING,
+        SPEED_NEW_USERS,
     )
 }
 
