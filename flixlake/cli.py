@@ -245,7 +245,7 @@ def rollback(
 ) -> None:
     """Make an earlier published model the current batch view again."""
     from flixlake.lake import Lake
-    from flixlake.publish import rollback_to
+    from flixlake.registry import rollback_to
 
     lake = Lake(_settings(env, home).lake_root)
     try:
@@ -253,6 +253,63 @@ def rollback(
     except (LookupError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"current model is now {model}")
+
+
+@app.command()
+def broker(
+    port: Annotated[int | None, typer.Option(help="port (default: from kafka.bootstrap_servers)")] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run the embedded Kafka-compatible broker (tansu) with the log topic until Ctrl-C."""
+    from flixlake.broker import BrokerError, port_of, serve_broker
+
+    settings = _settings(env, home)
+    try:
+        serve_broker(
+            port or port_of(settings.kafka.bootstrap_servers),
+            settings.kafka.topic,
+            settings.kafka.partitions,
+            log_path=settings.home / "broker.log",
+        )
+    except BrokerError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def stream(
+    seconds: Annotated[float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")] = None,
+    bootstrap_servers: Annotated[str | None, typer.Option(help="override kafka.bootstrap_servers")] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run the speed layer: topic → bronze/quarantine exactly once → speed views."""
+    from flixlake.lake import Lake
+    from flixlake.spark import build_spark_session
+    from flixlake.speed import run_speed_layer
+
+    settings = _settings(env, home)
+    spark = build_spark_session(settings, app_name="flixlake-speed-layer")
+    try:
+        summary = run_speed_layer(
+            spark, settings, Lake(settings.lake_root), timeout=seconds, bootstrap_servers=bootstrap_servers
+        )
+    finally:
+        spark.stop()
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default: serving.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: serving.port, 8082)")] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Serve GET /recommend/<userid>, merging the published batch view with the speed views."""
+    from serving.app import run_server
+
+    run_server(_settings(env, home), host=host, port=port)
 
 
 @app.command()
