@@ -13,6 +13,7 @@ ALS NDCG@20 >= 2x popularity's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -43,10 +44,8 @@ class PeakRss:
         me = psutil.Process()
         total = 0
         for proc in [me, *me.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self) -> None:
@@ -73,14 +72,18 @@ def machine() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--movies", type=int, default=27_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--home", type=Path, default=Path("var/bench"))
     parser.add_argument("--env", default="local")
-    parser.add_argument("--baseline-users", type=int, default=20_000, help="users for the built-in top-N baseline")
+    parser.add_argument(
+        "--baseline-users", type=int, default=20_000, help="users for the built-in top-N baseline"
+    )
     args = parser.parse_args()
 
     from flixlake.generate import generate_history
@@ -97,7 +100,10 @@ def main() -> int:
 
     def record(name: str, seconds: float, note: str = "") -> None:
         rows.append((name, seconds, rss.peak / 2**30, note))
-        print(f"{name:<22} {seconds:8.1f} s   peak RSS {rss.peak / 2**30:6.2f} GiB   {note}", flush=True)
+        print(
+            f"{name:<22} {seconds:8.1f} s   peak RSS {rss.peak / 2**30:6.2f} GiB   {note}",
+            flush=True,
+        )
 
     summary_file = data / "summary.json"
     if summary_file.exists():
@@ -106,9 +112,13 @@ def main() -> int:
     else:
         with rss.measure():
             t = time.perf_counter()
-            generated = generate_history(data, n_users=args.users, n_movies=args.movies, days=args.days, seed=args.seed)
+            generated = generate_history(
+                data, n_users=args.users, n_movies=args.movies, days=args.days, seed=args.seed
+            )
             summary_file.write_text(json.dumps(generated, default=str))
-            record("generate", time.perf_counter() - t, json.dumps(generated.get("lines"), default=str))
+            record(
+                "generate", time.perf_counter() - t, json.dumps(generated.get("lines"), default=str)
+            )
 
     with rss.measure():
         t = time.perf_counter()
@@ -130,8 +140,12 @@ def main() -> int:
     evaluation = summaries["evaluate"]
     als, pop = evaluation["als"], evaluation["popularity"]
     k = evaluation.get("k", 20)
-    print(f"quality @ {k}: ALS ndcg {als['ndcg']:.4f} precision {als['precision']:.4f} recall {als['recall']:.4f}")
-    print(f"         popularity ndcg {pop['ndcg']:.4f} precision {pop['precision']:.4f} recall {pop['recall']:.4f}")
+    print(
+        f"quality @ {k}: ALS ndcg {als['ndcg']:.4f} precision {als['precision']:.4f} recall {als['recall']:.4f}"
+    )
+    print(
+        f"         popularity ndcg {pop['ndcg']:.4f} precision {pop['precision']:.4f} recall {pop['recall']:.4f}"
+    )
     print(f"         lift NDCG {als['ndcg'] / max(pop['ndcg'], 1e-12):.2f}x   (target >= 2x)")
     topn_seconds = summaries["publish"].get("timings", {}).get("top_n")
     if topn_seconds is not None:

@@ -69,7 +69,9 @@ def parse_batch(
             "event_type": pa.array(
                 [None if e.event_type is None else e.event_type.value for e in events], pa.string()
             ),
-            "event_time": pa.array([e.event_time for e in events], BRONZE_EVENTS.schema.field("event_time").type),
+            "event_time": pa.array(
+                [e.event_time for e in events], BRONZE_EVENTS.schema.field("event_time").type
+            ),
             "user_id": pa.array([e.user_id for e in events], pa.int64()),
             "movie_id": pa.array([e.movie_id for e in events], pa.string()),
             "minute": pa.array([e.minute for e in events], pa.int32()),
@@ -82,7 +84,9 @@ def parse_batch(
             ),
             "reco_response_ms": pa.array([e.reco_response_ms for e in events], pa.float64()),
             "ingest_batch": pa.array([ingest_batch] * len(events), pa.string()),
-            "ingested_at": pa.array([ingested_at] * len(events), BRONZE_EVENTS.schema.field("ingested_at").type),
+            "ingested_at": pa.array(
+                [ingested_at] * len(events), BRONZE_EVENTS.schema.field("ingested_at").type
+            ),
             "event_date": pa.array(
                 [e.event_time.date() if e.ok and e.event_time else ingest_day for e in events],
                 pa.date32(),

@@ -12,7 +12,9 @@ from flixlake.lake import Lake
 from flixlake.tables import MOVIES
 
 
-def upsert_movies(lake: Lake, movie_ids: Iterable[str], metadata: list[dict[str, Any]] | None = None) -> int:
+def upsert_movies(
+    lake: Lake, movie_ids: Iterable[str], metadata: list[dict[str, Any]] | None = None
+) -> int:
     """Give every unseen slug the next free index; fill in metadata. Returns how many were new.
 
     Existing indices never change, so models and batch views stay valid across runs.
@@ -27,14 +29,23 @@ def upsert_movies(lake: Lake, movie_ids: Iterable[str], metadata: list[dict[str,
         row = known.get(movie_id)
         meta = meta_by_id.get(movie_id)
         if row is None:
-            row = {"movie_idx": next_idx, "movie_id": movie_id, "title": None, "year": None,
-                   "genres": None, "first_seen": None}
+            row = {
+                "movie_idx": next_idx,
+                "movie_id": movie_id,
+                "title": None,
+                "year": None,
+                "genres": None,
+                "first_seen": None,
+            }
             next_idx += 1
             new += 1
         elif meta is None:
             continue
         if meta is not None:
-            row = {**row, **{k: meta.get(k, row.get(k)) for k in ("title", "year", "genres", "first_seen")}}
+            row = {
+                **row,
+                **{k: meta.get(k, row.get(k)) for k in ("title", "year", "genres", "first_seen")},
+            }
         changed.append(row)
     if changed:
         lake.upsert("movies", pa.Table.from_pylist(changed, schema=MOVIES.schema))

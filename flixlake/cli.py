@@ -28,8 +28,12 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-EnvOpt = Annotated[str | None, typer.Option("--env", help="config environment (default $FLIXLAKE_ENV or local)")]
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="state folder (default $FLIXLAKE_HOME or ./var)")]
+EnvOpt = Annotated[
+    str | None, typer.Option("--env", help="config environment (default $FLIXLAKE_ENV or local)")
+]
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="state folder (default $FLIXLAKE_HOME or ./var)")
+]
 
 
 def _settings(env: str | None, home: Path | None) -> Settings:
@@ -67,7 +71,9 @@ def _cell(value: Any) -> str:
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option(help="output folder for events-*.log, movies.jsonl, users.jsonl")],
+    out: Annotated[
+        Path, typer.Option(help="output folder for events-*.log, movies.jsonl, users.jsonl")
+    ],
     users: Annotated[int, typer.Option(min=1, help="number of users")] = 2000,
     movies: Annotated[int, typer.Option(min=1, help="number of movies")] = 500,
     days: Annotated[int, typer.Option(min=1, help="days of history")] = 30,
@@ -82,15 +88,23 @@ def generate(
     with _progress() as progress:
         task = progress.add_task("generating", total=None)
         summary = generate_history(
-            out, n_users=users, n_movies=movies, days=days, seed=seed, bad_rate=bad_rate,
-            end=end, progress=lambda n: progress.update(task, completed=n),
+            out,
+            n_users=users,
+            n_movies=movies,
+            days=days,
+            seed=seed,
+            bad_rate=bad_rate,
+            end=end,
+            progress=lambda n: progress.update(task, completed=n),
         )
     console.print_json(json.dumps(summary, default=str))
 
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="log files or folders (metadata *.jsonl too)")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="log files or folders (metadata *.jsonl too)")
+    ],
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -113,13 +127,17 @@ def ingest(
             done += n
             progress.update(task, completed=done, description=f"ingesting ({total / 1e6:.0f} MB)")
 
-        summary = ingest_paths(Lake(settings.lake_root), paths, settings.ingest.chunk_lines, on_chunk=advance)
+        summary = ingest_paths(
+            Lake(settings.lake_root), paths, settings.ingest.chunk_lines, on_chunk=advance
+        )
     console.print_json(json.dumps(summary.as_dict()))
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help='SQL over tables by name, e.g. "SELECT count(*) FROM ratings"')],
+    query: Annotated[
+        str, typer.Argument(help='SQL over tables by name, e.g. "SELECT count(*) FROM ratings"')
+    ],
     output: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
     env: EnvOpt = None,
     home: HomeOpt = None,
@@ -166,7 +184,9 @@ def tables(env: EnvOpt = None, home: HomeOpt = None) -> None:
 
 @app.command()
 def batch(
-    run_date: Annotated[str, typer.Option("--run-date", help="logical date YYYY-MM-DD (the data cutoff)")],
+    run_date: Annotated[
+        str, typer.Option("--run-date", help="logical date YYYY-MM-DD (the data cutoff)")
+    ],
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -185,7 +205,10 @@ def batch(
     spark = build_spark_session(settings, app_name=f"flixlake-batch-{date}")
     try:
         results = run_batch(
-            spark, Lake(settings.lake_root), settings, date,
+            spark,
+            Lake(settings.lake_root),
+            settings,
+            date,
             on_start=lambda s: console.print(f"[bold]▶ {s.name}[/bold]: {s.description}"),
             on_done=lambda r: console.print(f"  ✓ {r.step.name} in {r.seconds:.1f}s"),
         )
@@ -205,8 +228,14 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
     rows = []
     for name in ("als", "popularity"):
         metrics = evaluation.get(name) or {}
-        rows.append({"recommender": name, **{f"{m}@{k}": metrics.get(m) for m in ("ndcg", "precision", "recall", "map")},
-                     "coverage": metrics.get("coverage"), "users": metrics.get("n_users")})
+        rows.append(
+            {
+                "recommender": name,
+                **{f"{m}@{k}": metrics.get(m) for m in ("ndcg", "precision", "recall", "map")},
+                "coverage": metrics.get("coverage"),
+                "users": metrics.get("n_users"),
+            }
+        )
     _print_table(rows, title="offline evaluation on the held-out window")
     publish = summaries.get("publish", {})
     train = summaries.get("train", {})
@@ -216,7 +245,9 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
 
 @app.command()
 def lineage(
-    model: Annotated[str | None, typer.Option("--model", help="model version, e.g. als-20261122-ab12cd34")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="model version, e.g. als-20261122-ab12cd34")
+    ] = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -257,7 +288,9 @@ def rollback(
 
 @app.command()
 def broker(
-    port: Annotated[int | None, typer.Option(help="port (default: from kafka.bootstrap_servers)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (default: from kafka.bootstrap_servers)")
+    ] = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -278,8 +311,12 @@ def broker(
 
 @app.command()
 def stream(
-    seconds: Annotated[float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")] = None,
-    bootstrap_servers: Annotated[str | None, typer.Option(help="override kafka.bootstrap_servers")] = None,
+    seconds: Annotated[
+        float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")
+    ] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="override kafka.bootstrap_servers")
+    ] = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -292,7 +329,11 @@ def stream(
     spark = build_spark_session(settings, app_name="flixlake-speed-layer")
     try:
         summary = run_speed_layer(
-            spark, settings, Lake(settings.lake_root), timeout=seconds, bootstrap_servers=bootstrap_servers
+            spark,
+            settings,
+            Lake(settings.lake_root),
+            timeout=seconds,
+            bootstrap_servers=bootstrap_servers,
         )
     finally:
         spark.stop()

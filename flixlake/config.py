@@ -272,4 +272,6 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, f"{base_path.name} + {env_path.name}")) from exc
+        raise ConfigError(
+            _format_validation_error(exc, f"{base_path.name} + {env_path.name}")
+        ) from exc

@@ -16,7 +16,9 @@ from rich.console import Console
 from flixlake.config import Settings
 
 
-def run_demo(settings: Settings, console: Console, users: int, movies: int, days: int, seed: int) -> int:
+def run_demo(
+    settings: Settings, console: Console, users: int, movies: int, days: int, seed: int
+) -> int:
     """Run the demo; returns the process exit code (0 ok, 3 when a gate refused to publish)."""
     from flixlake.cli import print_batch_summary
     from flixlake.entrypoint import GateFailedError
@@ -35,8 +37,12 @@ def run_demo(settings: Settings, console: Console, users: int, movies: int, days
         generated: dict[str, Any] = json.loads(summary_file.read_text())
         console.print(f"1/4 synthetic history already in {data_dir}")
     else:
-        console.print(f"1/4 generating {users:,} users × {movies:,} movies × {days} days into {data_dir}")
-        generated = generate_history(data_dir, n_users=users, n_movies=movies, days=days, seed=seed, bad_rate=0.002)
+        console.print(
+            f"1/4 generating {users:,} users × {movies:,} movies × {days} days into {data_dir}"
+        )
+        generated = generate_history(
+            data_dir, n_users=users, n_movies=movies, days=days, seed=seed, bad_rate=0.002
+        )
         summary_file.write_text(json.dumps(generated, default=str))
     console.print(f"    {json.dumps(generated.get('lines', generated), default=str)}")
 
@@ -53,7 +59,10 @@ def run_demo(settings: Settings, console: Console, users: int, movies: int, days
     spark = build_spark_session(settings, app_name="flixlake-demo")
     try:
         results = run_batch(
-            spark, lake, settings, run_date,
+            spark,
+            lake,
+            settings,
+            run_date,
             on_start=lambda s: console.print(f"    ▶ {s.name}: {s.description}"),
             on_done=lambda r: console.print(f"      done in {r.seconds:.1f}s"),
         )

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import AddAction
+from deltalake.transaction import AddAction, RemoveAction
 
 from flixlake.tables import ALL_TABLES, TableSpec, table_spec
 
@@ -69,7 +69,9 @@ class Lake:
     def table(self, name: str, version: int | None = None) -> DeltaTable:
         """Open a table (optionally at a pinned version); a clear error when it is missing."""
         try:
-            return DeltaTable(self.path(name), version=version, storage_options=self.storage_options)
+            return DeltaTable(
+                self.path(name), version=version, storage_options=self.storage_options
+            )
         except TableNotFoundError:
             raise MissingTableError(
                 f"table {name!r} does not exist yet under {self.root} "
@@ -135,7 +137,9 @@ class Lake:
         txns = None
         if app_id is not None:
             txns = [Transaction(app_id, int(txn_version or 0), int(time.time() * 1000))]
-        custom = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()}
+        custom = {
+            k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()
+        }
         return CommitProperties(custom_metadata=custom or None, app_transactions=txns)
 
     def append(
@@ -246,7 +250,7 @@ class Lake:
         spec = table_spec(name)
         table = self.ensure(name)
         now_ms = int(time.time() * 1000)
-        actions = [
+        actions: list[AddAction | RemoveAction] = [
             AddAction(
                 path=f.relative_path,
                 size=f.size,

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class EventType(StrEnum):
@@ -128,7 +129,7 @@ def parse_line(line: str | bytes) -> ParsedEvent:
     if not _USER_RE.fullmatch(user_text) or not 0 < int(user_text) <= MAX_USER_ID:
         return ParsedEvent(raw=line, reject_reason=RejectReason.BAD_USER)
     user_id = int(user_text)
-    base = {"raw": line, "event_time": event_time, "user_id": user_id}
+    base: dict[str, Any] = {"raw": line, "event_time": event_time, "user_id": user_id}
 
     if request.startswith("GET /data/m/"):
         match = _WATCH_RE.fullmatch(request)
@@ -147,7 +148,9 @@ def parse_line(line: str | bytes) -> ParsedEvent:
         rating = int(match.group(2))
         if not MIN_RATING <= rating <= MAX_RATING:
             return ParsedEvent(**base, reject_reason=RejectReason.BAD_RATING)
-        return ParsedEvent(**base, event_type=EventType.RATE, movie_id=match.group(1), rating=rating)
+        return ParsedEvent(
+            **base, event_type=EventType.RATE, movie_id=match.group(1), rating=rating
+        )
     if request.startswith("recommendation request "):
         match = _RECO_RE.fullmatch(request)
         if match is None:

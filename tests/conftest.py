@@ -28,7 +28,7 @@ def lake(settings: Settings) -> Lake:
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SparkSession"]:  # noqa: F821
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:  # noqa: F821
     """One local Spark for the whole run: 2 cores, few partitions, no UI."""
     from flixlake.spark import build_spark_session
 

@@ -18,7 +18,11 @@ def test_test_env_overrides_base(tmp_path: Path) -> None:
 
 def test_bad_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"batch\.als\.grid\.0\.rank"):
-        load_settings("test", home=tmp_path, overrides={"batch": {"als": {"grid": [{"rank": 0, "reg_param": 0.1, "alpha": 1}]}}})
+        load_settings(
+            "test",
+            home=tmp_path,
+            overrides={"batch": {"als": {"grid": [{"rank": 0, "reg_param": 0.1, "alpha": 1}]}}},
+        )
 
 
 def test_unknown_key_is_rejected(tmp_path: Path) -> None:

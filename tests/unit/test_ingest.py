@@ -41,10 +41,10 @@ def test_a_crash_between_chunks_resumes_without_duplicates(tmp_path: Path, lake:
     log = _write(tmp_path / "a.log", LINES)
     # simulate a run that committed only chunk 0 (lines 0-1) before dying
     ingest_paths(lake, [_write(tmp_path / "b.log", LINES[:2])], chunk_lines=2)
-    from flixlake.ingest import file_sha256
+    import datetime as dt
 
     from flixlake.bronze import parse_batch
-    import datetime as dt
+    from flixlake.ingest import file_sha256
 
     app_id = f"ingest:{file_sha256(log)}"
     batch = parse_batch(LINES[:2], str(log.resolve()), [0, 1], "x", dt.datetime(2026, 11, 23))
@@ -58,10 +58,20 @@ def test_a_crash_between_chunks_resumes_without_duplicates(tmp_path: Path, lake:
 
 def test_metadata_files_fill_movies_and_users(tmp_path: Path, lake: Lake) -> None:
     (tmp_path / "movies.jsonl").write_text(
-        json.dumps({"movie_id": "up+2009", "title": "Up", "year": 2009, "genres": ["animation"], "first_seen": "2009-05-29"})
+        json.dumps(
+            {
+                "movie_id": "up+2009",
+                "title": "Up",
+                "year": 2009,
+                "genres": ["animation"],
+                "first_seen": "2009-05-29",
+            }
+        )
         + "\n"
     )
-    (tmp_path / "users.jsonl").write_text(json.dumps({"user_id": 7, "age": 31, "gender": "F", "occupation": "writer"}) + "\n")
+    (tmp_path / "users.jsonl").write_text(
+        json.dumps({"user_id": 7, "age": 31, "gender": "F", "occupation": "writer"}) + "\n"
+    )
     _write(tmp_path / "events-2026-11-22.log", LINES)
     summary = ingest_paths(lake, [tmp_path])
     assert summary.movies_added == 1 and summary.users_merged == 1 and summary.lines == 5
@@ -71,5 +81,5 @@ def test_metadata_files_fill_movies_and_users(tmp_path: Path, lake: Lake) -> Non
 
 
 def test_missing_path_is_a_clear_error(tmp_path: Path, lake: Lake) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.log"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.log"):
         ingest_paths(lake, [tmp_path / "nope.log"])

@@ -19,8 +19,16 @@ T = dt.datetime(2026, 11, 22, 8, 0)
 def _sessions(*rows: tuple[int, str, int, dt.date]) -> pa.Table:
     return pa.Table.from_pylist(
         [
-            {"user_id": u, "movie_id": m, "movie_idx": i, "minutes_watched": 1, "max_minute": 0,
-             "first_time": T, "last_time": T, "event_date": d}
+            {
+                "user_id": u,
+                "movie_id": m,
+                "movie_idx": i,
+                "minutes_watched": 1,
+                "max_minute": 0,
+                "first_time": T,
+                "last_time": T,
+                "event_date": d,
+            }
             for u, m, i, d in rows
         ],
         schema=WATCH_SESSIONS.schema,
@@ -40,7 +48,10 @@ def test_upsert_updates_matches_and_inserts_new(lake: Lake) -> None:
         return {"user_id": user, "movie_id": movie, "movie_idx": 0, "rating": stars, "rated_at": T}
 
     lake.upsert("ratings", pa.Table.from_pylist([rating(1, "a", 2)], schema=RATINGS.schema))
-    lake.upsert("ratings", pa.Table.from_pylist([rating(1, "a", 5), rating(2, "a", 3)], schema=RATINGS.schema))
+    lake.upsert(
+        "ratings",
+        pa.Table.from_pylist([rating(1, "a", 5), rating(2, "a", 3)], schema=RATINGS.schema),
+    )
     got = sorted((r["user_id"], r["rating"]) for r in lake.read("ratings").to_pylist())
     assert got == [(1, 5), (2, 3)]
 
@@ -54,13 +65,18 @@ def test_pinned_version_reads_the_old_snapshot(lake: Lake) -> None:
 
 
 def test_missing_table_error_names_the_table_and_its_owner(lake: Lake) -> None:
-    with pytest.raises(MissingTableError, match="ratings.*compact_silver"):
+    with pytest.raises(MissingTableError, match=r"ratings.*compact_silver"):
         lake.read("ratings")
 
 
 def test_sql_over_tables_by_name(lake: Lake) -> None:
-    lake.append("watch_sessions", _sessions((1, "a", 0, T.date()), (2, "a", 0, T.date()), (2, "b", 1, T.date())))
-    result = lake.sql("SELECT movie_id, count(*) AS n FROM watch_sessions GROUP BY movie_id ORDER BY movie_id")
+    lake.append(
+        "watch_sessions",
+        _sessions((1, "a", 0, T.date()), (2, "a", 0, T.date()), (2, "b", 1, T.date())),
+    )
+    result = lake.sql(
+        "SELECT movie_id, count(*) AS n FROM watch_sessions GROUP BY movie_id ORDER BY movie_id"
+    )
     assert result.to_pylist() == [{"movie_id": "a", "n": 2}, {"movie_id": "b", "n": 1}]
 
 
@@ -77,16 +93,27 @@ def test_spark_reads_partition_values_from_the_log(spark: SparkSession, lake: La
 def test_executor_write_commits_and_replaces_one_partition(spark: SparkSession, lake: Lake) -> None:
     d1, d2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
     lake.append("watch_sessions", _sessions((1, "a", 0, d1), (2, "b", 1, d2)))
-    replacement = spark.createDataFrame(
-        [(9, "z", 5, 1, 0, T, T, d2)], spark_schema(WATCH_SESSIONS)
+    replacement = spark.createDataFrame([(9, "z", 5, 1, 0, T, T, d2)], spark_schema(WATCH_SESSIONS))
+    n = write_table(
+        replacement,
+        lake,
+        "watch_sessions",
+        mode="overwrite",
+        replace_partitions={"event_date": "2026-11-22"},
     )
-    n = write_table(replacement, lake, "watch_sessions", mode="overwrite", replace_partitions={"event_date": "2026-11-22"})
     assert n == 1
     got = sorted((r["user_id"], r["event_date"]) for r in lake.read("watch_sessions").to_pylist())
     assert got == [(1, d1), (9, d2)]
     # the same rows through Spark, and as a SQL view
-    expected = spark.createDataFrame([(1, "a", 0, 1, 0, T, T, d1), (9, "z", 5, 1, 0, T, T, d2)], spark_schema(WATCH_SESSIONS))
-    assert_df_equality(read_table(spark, lake, "watch_sessions"), expected, ignore_row_order=True, ignore_nullable=True)
+    expected = spark.createDataFrame(
+        [(1, "a", 0, 1, 0, T, T, d1), (9, "z", 5, 1, 0, T, T, d2)], spark_schema(WATCH_SESSIONS)
+    )
+    assert_df_equality(
+        read_table(spark, lake, "watch_sessions"),
+        expected,
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
     assert "watch_sessions" in register_views(spark, lake)
     assert spark.sql("SELECT count(*) AS n FROM watch_sessions").first()["n"] == 2
 

@@ -81,6 +81,8 @@ def test_formatters_round_trip_through_the_parser() -> None:
 
 
 def test_reco_with_empty_result_list_is_valid() -> None:
-    event = parse_line("2026-11-22T08:54:03,9,recommendation request s:8082, status 500, result: , 3 ms")
+    event = parse_line(
+        "2026-11-22T08:54:03,9,recommendation request s:8082, status 500, result: , 3 ms"
+    )
     assert event.ok
     assert event.reco_results == ()
