@@ -77,8 +77,11 @@ def main() -> int:
     )
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--movies", type=int, default=27_000)
-    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--days", type=int, default=12)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--activity", type=float, default=0.04, help="mean visits per user and day (world model)"
+    )
     parser.add_argument("--home", type=Path, default=Path("var/bench"))
     parser.add_argument("--env", default="local")
     parser.add_argument(
@@ -113,7 +116,12 @@ def main() -> int:
         with rss.measure():
             t = time.perf_counter()
             generated = generate_history(
-                data, n_users=args.users, n_movies=args.movies, days=args.days, seed=args.seed
+                data,
+                n_users=args.users,
+                n_movies=args.movies,
+                days=args.days,
+                seed=args.seed,
+                mean_activity=args.activity,
             )
             summary_file.write_text(json.dumps(generated, default=str))
             record(

@@ -450,11 +450,13 @@ def generate_history(
     progress: Callable[[int], None] | None = None,
     *,
     end: dt.date | None = None,
+    mean_activity: float = 0.3,
 ) -> dict[str, Any]:
     """Write ``days`` days of synthetic MLiP logs plus metadata to ``out``; returns a summary.
 
     The history ends on ``end`` (default 2026-11-22, so the demo's run date is predictable),
     or starts on ``start`` when that is given instead. ``progress`` gets the lines written.
+    ``mean_activity`` is the average visits per user and day (lower it for 1M-user histories).
     """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
@@ -466,7 +468,7 @@ def generate_history(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    world = World.build(n_users, n_movies, seed)
+    world = World.build(n_users, n_movies, seed, mean_activity=mean_activity)
     calendar = plan_calendar(world, first_date, days, seed)
     write_metadata(out, world, calendar)
 
