@@ -17,7 +17,8 @@ def upsert_movies(
 ) -> int:
     """Give every unseen slug the next free index; fill in metadata. Returns how many were new.
 
-    Existing indices never change, so models and batch views stay valid across runs.
+    Existing indices never change, so models and batch views stay valid across runs; nothing
+    is written when nothing changed, so downstream steps see the same Delta version.
     """
     existing = lake.read("movies") if lake.exists("movies") else MOVIES.schema.empty_table()
     known: dict[str, dict[str, Any]] = {r["movie_id"]: r for r in existing.to_pylist()}
@@ -26,7 +27,7 @@ def upsert_movies(
     changed: list[dict[str, Any]] = []
     new = 0
     for movie_id in sorted(set(movie_ids) | set(meta_by_id)):
-        row = known.get(movie_id)
+        before = row = known.get(movie_id)
         meta = meta_by_id.get(movie_id)
         if row is None:
             row = {
@@ -46,7 +47,8 @@ def upsert_movies(
                 **row,
                 **{k: meta.get(k, row.get(k)) for k in ("title", "year", "genres", "first_seen")},
             }
-        changed.append(row)
+        if row != before:  # unchanged metadata writes nothing: re-ingest keeps table versions
+            changed.append(row)
     if changed:
         lake.upsert("movies", pa.Table.from_pylist(changed, schema=MOVIES.schema))
     return new

@@ -141,8 +141,14 @@ def ingest_metadata(lake: Lake, path: Path, summary: IngestSummary) -> None:
                 row["first_seen"] = dt.date.fromisoformat(row["first_seen"])
         summary.movies_added += upsert_movies(lake, [r["movie_id"] for r in rows], rows)
     else:
-        lake.upsert("users", pa.Table.from_pylist(rows, schema=USERS.schema))
-        summary.users_merged += len(rows)
+        incoming = pa.Table.from_pylist(rows, schema=USERS.schema)
+        if lake.exists("users"):  # only rows that differ: a re-ingest must not bump the version
+            known = {tuple(r.values()) for r in lake.read("users").to_pylist()}
+            keep = [i for i, r in enumerate(incoming.to_pylist()) if tuple(r.values()) not in known]
+            incoming = incoming.take(pa.array(keep, pa.int64()))
+        if incoming.num_rows:
+            lake.upsert("users", incoming)
+        summary.users_merged += incoming.num_rows
 
 
 def ingest_paths(

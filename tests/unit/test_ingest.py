@@ -78,6 +78,11 @@ def test_metadata_files_fill_movies_and_users(tmp_path: Path, lake: Lake) -> Non
     movies = lake.read("movies").to_pylist()
     assert [(m["movie_idx"], m["movie_id"], m["year"]) for m in movies] == [(0, "up+2009", 2009)]
     assert lake.read("users").to_pylist()[0]["occupation"] == "writer"
+    # the same metadata again writes nothing, so downstream pinned versions stay valid
+    versions = (lake.version("movies"), lake.version("users"))
+    again = ingest_paths(lake, [tmp_path])
+    assert (again.movies_added, again.users_merged) == (0, 0)
+    assert (lake.version("movies"), lake.version("users")) == versions
 
 
 def test_missing_path_is_a_clear_error(tmp_path: Path, lake: Lake) -> None:
