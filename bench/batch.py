@@ -4,8 +4,8 @@
     .venv/bin/python bench/batch.py --users 100000 --movies 5000 --days 30   # a quicker run
 
 Prints, per stage, wall time and the peak resident memory of the whole process tree (driver,
-JVM, Python workers), the offline quality of ALS vs. the popularity baseline measured in the same
-run, and the built-in ``recommendForAllUsers`` on a user sample as the top-N baseline.
+JVM, Python workers) and the offline quality of ALS vs. the popularity baseline measured in the
+same run. The top-N step's own comparison with numpy's argpartition is ``bench/topn.py``.
 Targets (issue 2): whole pipeline <= 10 min within 24 GB; top-N for 1M users <= 2 min;
 ALS NDCG@20 >= 2x popularity's.
 """
@@ -84,9 +84,6 @@ def main() -> int:
     )
     parser.add_argument("--home", type=Path, default=Path("var/bench"))
     parser.add_argument("--env", default="local")
-    parser.add_argument(
-        "--baseline-users", type=int, default=20_000, help="users for the built-in top-N baseline"
-    )
     args = parser.parse_args()
 
     from flixlake.generate import generate_history

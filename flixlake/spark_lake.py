@@ -158,8 +158,3 @@ def write_table(
         shutil.rmtree(target, ignore_errors=True)  # nothing committed: leave no orphans
         raise
     return sum(f.num_records for f in files)
-
-
-def to_arrow(df: DataFrame) -> pa.Table:
-    """Collect a small DataFrame to Arrow (for delta-rs MERGE of small results)."""
-    return df.toArrow()
