@@ -354,6 +354,63 @@ def serve(
 
 
 @app.command()
+def simulate(
+    rate: Annotated[float, typer.Option(min=0.001, help="log lines per second")] = 50.0,
+    users: Annotated[int, typer.Option(min=1, help="number of users (as in generate)")] = 2000,
+    movies: Annotated[int, typer.Option(min=1, help="number of movies (as in generate)")] = 500,
+    seed: Annotated[int, typer.Option(help="world seed (as in generate)")] = 7,
+    serve_url: Annotated[
+        str | None, typer.Option(help="ask GET URL/recommend/<user> on visits (feedback loop)")
+    ] = None,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="e.g. bad=0.01,out_of_order=0.01,burst=0.05,unknown=0.01,poison=0.001"),
+    ] = None,
+    events: Annotated[
+        int | None, typer.Option(min=0, help="stop after this many lines (default: Ctrl-C)")
+    ] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="override kafka.bootstrap_servers")
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Stream live MLiP log lines from the synthetic world into the Kafka topic at a steady rate."""
+    from flixlake.broker import BrokerError
+    from flixlake.simulate import FaultSpecError, parse_faults
+    from flixlake.simulate import simulate as run_simulation
+
+    settings = _settings(env, home)
+    try:
+        spec = parse_faults(faults) if faults else None
+    except FaultSpecError as exc:
+        raise _fail(str(exc)) from None
+    bootstrap = bootstrap_servers or settings.kafka.bootstrap_servers
+    err.print(f"simulating {rate:g} lines/s into {settings.kafka.topic!r} at {bootstrap}")
+
+    def report(p: dict[str, Any]) -> None:
+        limited = " (user-limited: more --users needed)" if p["user_limited"] else ""
+        err.print(f"sent {p['sent']:,} lines, {p['rate']:.0f}/s{limited}")
+
+    try:
+        summary = run_simulation(
+            bootstrap,
+            settings.kafka.topic,
+            rate=rate,
+            n_users=users,
+            n_movies=movies,
+            seed=seed,
+            events=events,
+            faults=spec,
+            serve_url=serve_url,
+            progress=report,
+        )
+    except BrokerError as exc:
+        raise _fail(str(exc)) from None
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
 def demo(
     users: Annotated[int, typer.Option(min=10)] = 3000,
     movies: Annotated[int, typer.Option(min=20)] = 600,

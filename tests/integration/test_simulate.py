@@ -1,0 +1,122 @@
+"""``flixlake simulate`` against a real broker: every line sent arrives, faults are what they say."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from flixlake.broker import BrokerProcess
+from flixlake.generate import BAD_KINDS
+from flixlake.logformat import parse_line
+from flixlake.simulate import FAULT_HEADER, FaultSpecError, parse_faults, simulate
+
+EVENTS = 2_000
+
+
+def _read_all(bootstrap: str, topic: str, want: int, timeout: float = 15.0) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records: list = []
+        deadline = time.monotonic() + timeout
+        while len(records) < want and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        # nothing beyond what was sent
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def test_simulate_streams_exact_count_with_faults(broker: BrokerProcess, topic: str) -> None:
+    faults = parse_faults("bad=0.05,out_of_order=0.02,burst=0.2,unknown=0.02,poison=0.01")
+    progress: list[dict] = []
+    summary = simulate(
+        broker.bootstrap,
+        topic,
+        rate=4_000,
+        n_users=20_000,
+        n_movies=300,
+        seed=3,
+        events=EVENTS,
+        faults=faults,
+        progress=progress.append,
+    )
+    assert summary["sent"] == EVENTS
+    assert summary["elapsed_s"] < 10
+    records = _read_all(broker.bootstrap, topic, EVENTS)
+    assert len(records) == EVENTS
+
+    by_fault: dict[str | None, int] = {}
+    bad_rejected = 0
+    for rec in records:
+        headers = dict(rec.headers or [])
+        fault = headers[FAULT_HEADER].decode() if FAULT_HEADER in headers else None
+        by_fault[fault] = by_fault.get(fault, 0) + 1
+        parsed = parse_line(rec.value)
+        if fault is None or fault in ("out_of_order", "unknown_user", "unknown_movie", "poison"):
+            assert parsed.ok, (fault, rec.value, parsed.reject_reason)
+            assert rec.key.decode() == str(parsed.user_id)  # keyed by user id
+        elif fault == "duplicate":
+            assert parsed.ok  # the bronze dedup rejects it, not the parser
+        else:
+            assert fault in BAD_KINDS
+            assert not parsed.ok, (fault, rec.value)
+            assert parsed.reject_reason == BAD_KINDS[fault], (fault, rec.value)
+            bad_rejected += 1
+    assert bad_rejected > 0
+    assert by_fault.get("poison", 0) == summary["faults"].get("poison", 0)
+    assert by_fault.get("out_of_order", 0) == summary["faults"].get("out_of_order", 0) > 0
+    good = sum(summary["lines"].values())
+    line_faults = sum(v for k, v in summary["faults"].items() if k not in ("burst", "out_of_order"))
+    assert good + line_faults == EVENTS
+    assert summary["lines"]["watch"] > 0 and summary["lines"]["reco"] > 0
+    assert summary["reco_requests"] == {"ok": 0, "failed": 0, "taken": 0}
+
+
+def test_simulate_counts_unreachable_service(broker: BrokerProcess, topic: str) -> None:
+    summary = simulate(
+        broker.bootstrap,
+        topic,
+        rate=2_000,
+        n_users=5_000,
+        n_movies=100,
+        seed=4,
+        events=200,
+        serve_url="http://127.0.0.1:9/",  # nothing listens: every request fails, never fatal
+    )
+    assert summary["sent"] == 200
+    assert summary["reco_requests"]["failed"] > 0
+    assert summary["reco_requests"]["ok"] == 0
+    assert summary["lines"]["reco"] == 0  # the service logs its own telemetry
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("bad=0.01,oops=0.1", "'oops'"),
+        ("bad=2", "'bad'"),
+        ("poison", "'poison'"),
+        ("burst=x", "'burst'"),
+    ],
+)
+def test_bad_fault_spec_names_the_key(spec: str, named: str) -> None:
+    with pytest.raises(FaultSpecError, match=named):
+        parse_faults(spec)
+
+
+def test_fault_spec_parses() -> None:
+    spec = parse_faults("bad=0.01, out_of_order=0.02,burst=0.05,unknown=0.01,poison=0.001")
+    assert (spec.bad, spec.out_of_order, spec.burst, spec.unknown, spec.poison) == (
+        0.01,
+        0.02,
+        0.05,
+        0.01,
+        0.001,
+    )
