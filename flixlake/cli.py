@@ -31,6 +31,7 @@ err = Console(stderr=True)
 EnvOpt = Annotated[
     str | None, typer.Option("--env", help="config environment (default $FLIXLAKE_ENV or local)")
 ]
+BootstrapOpt = Annotated[str | None, typer.Option(help="override kafka.bootstrap_servers")]
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="state folder (default $FLIXLAKE_HOME or ./var)")
 ]
@@ -314,9 +315,7 @@ def stream(
     seconds: Annotated[
         float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")
     ] = None,
-    bootstrap_servers: Annotated[
-        str | None, typer.Option(help="override kafka.bootstrap_servers")
-    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -369,9 +368,7 @@ def simulate(
     events: Annotated[
         int | None, typer.Option(min=0, help="stop after this many lines (default: Ctrl-C)")
     ] = None,
-    bootstrap_servers: Annotated[
-        str | None, typer.Option(help="override kafka.bootstrap_servers")
-    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:

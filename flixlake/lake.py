@@ -153,30 +153,37 @@ class Lake:
         """Append rows; with ``app_id`` the append happens at most once. Returns whether it wrote."""
         if app_id is not None and self.applied(name, app_id, txn_version or 0):
             return False
-        spec = table_spec(name)
-        self.ensure(name)
-        write_deltalake(
-            self.path(name),
-            conform(spec, data),
-            mode="append",
-            partition_by=list(spec.partition_by) or None,
-            storage_options=self.storage_options,
-            commit_properties=self._commit_properties(app_id, txn_version, metadata),
+        self._write(
+            name, data, "append", commit=self._commit_properties(app_id, txn_version, metadata)
         )
         return True
 
-    def replace_where(self, name: str, data: pa.Table, predicate: str) -> None:
-        """Atomically replace the rows matching ``predicate`` (a partition, a run) with ``data``."""
+    def _write(
+        self,
+        name: str,
+        data: pa.Table,
+        mode: Literal["append", "overwrite"],
+        predicate: str | None = None,
+        commit: CommitProperties | None = None,
+    ) -> None:
+        """The one delta-rs write: registry schema and partitioning, table created if missing."""
         spec = table_spec(name)
         self.ensure(name)
+        # delta-rs accepts a predicate only with overwrite (replace-where)
+        where: dict[str, Any] = {} if predicate is None else {"predicate": predicate}
         write_deltalake(
             self.path(name),
             conform(spec, data),
-            mode="overwrite",
-            predicate=predicate,
+            mode=mode,
             partition_by=list(spec.partition_by) or None,
             storage_options=self.storage_options,
+            commit_properties=commit,
+            **where,
         )
+
+    def replace_where(self, name: str, data: pa.Table, predicate: str) -> None:
+        """Atomically replace the rows matching ``predicate`` (a partition, a run) with ``data``."""
+        self._write(name, data, "overwrite", predicate=predicate)
 
     def upsert(
         self,
@@ -205,15 +212,7 @@ class Lake:
 
     def overwrite(self, name: str, data: pa.Table) -> None:
         """Atomically replace the whole table's contents (readers see old or new, never a mix)."""
-        spec = table_spec(name)
-        self.ensure(name)
-        write_deltalake(
-            self.path(name),
-            conform(spec, data),
-            mode="overwrite",
-            partition_by=list(spec.partition_by) or None,
-            storage_options=self.storage_options,
-        )
+        self._write(name, data, "overwrite")
 
     def compact(
         self, name: str, partition_filters: list[tuple[str, str, Any]] | None = None

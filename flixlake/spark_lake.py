@@ -32,6 +32,11 @@ def spark_schema(spec: TableSpec) -> StructType:
     return from_arrow_schema(spec.schema, prefer_timestamp_ntz=False)
 
 
+def with_schema(df: DataFrame, schema: StructType) -> DataFrame:
+    """Select the schema's columns in order, cast to its types (what a table stores)."""
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
 def _normalize(path: str) -> str:
     return unquote(path.removeprefix("file://").removeprefix("file:"))
 
@@ -76,7 +81,7 @@ def read_table(spark: SparkSession, lake: Lake, name: str, version: int | None =
             .join(F.broadcast(files), _URI_COL)
             .drop(_URI_COL)
         )
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    return with_schema(df, schema)
 
 
 def register_views(spark: SparkSession, lake: Lake) -> list[str]:
@@ -118,7 +123,7 @@ def write_table(
         return 0
     lake.ensure(name)
     schema = spark_schema(spec)
-    out = df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    out = with_schema(df, schema)
     base = table_dir(lake, name)
     staging = f"w-{uuid.uuid4().hex[:16]}"
     target = os.path.join(base, staging)
