@@ -131,9 +131,29 @@ class BatchConfig(_Frozen):
 
 
 class AirflowConfig(_Frozen):
-    schedule: str = "0 3 * * *"
+    schedule: str = "0 3 * * *"  # flixlake_batch
+    online_schedule: str = "@hourly"  # flixlake_online (online evaluation)
     retries: int = Field(2, ge=0)
     retry_delay_minutes: int = Field(5, ge=0)
+
+
+class OnlineConfig(_Frozen):
+    """Online evaluation: did users watch what they were recommended?"""
+
+    watch_window: str = "1h"  # an answer converts if a recommended movie is watched within this
+    lookback_hours: int = Field(24, gt=0)  # served hours each run recomputes (late data)
+    min_served: int = Field(100, gt=0)  # a variant with fewer answers is reported, not tested
+    confidence: float = Field(0.95, gt=0, lt=1)  # confidence intervals and test level
+
+    @field_validator("watch_window")
+    @classmethod
+    def _valid_window(cls, window: str) -> str:
+        duration_seconds(window)
+        return window
+
+    @property
+    def window_seconds(self) -> int:
+        return duration_seconds(self.watch_window)
 
 
 class TelemetryConfig(_Frozen):
@@ -194,6 +214,7 @@ class Settings(_Frozen):
     batch: BatchConfig
     airflow: AirflowConfig = AirflowConfig()
     serving: ServingConfig = ServingConfig()
+    online: OnlineConfig = OnlineConfig()
 
     @property
     def lake_root(self) -> Path:

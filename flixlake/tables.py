@@ -302,6 +302,55 @@ SPEED_NEW_USERS = TableSpec(
     keys=("user_id",),
 )
 
+SERVED_RECOMMENDATIONS = TableSpec(
+    name="served_recommendations",
+    owner="streaming.speed_layer (served-recommendations query)",
+    description="Every answer the service gave: request id, user, variant, model version, items.",
+    schema=pa.schema(
+        [
+            *_SOURCE,
+            _f("request_id", pa.string(), False),
+            _f("served_at", TS, False),
+            _f("user_id", pa.int64(), False),
+            _f("experiment", pa.string(), False),
+            _f("variant", pa.string(), False),
+            _f("model_version", pa.string(), False),  # "" when no model was loaded
+            _f("items", pa.list_(pa.string()), False),  # movie ids, best first
+            _f("status", pa.int32(), False),
+            _f("latency_ms", pa.float64(), False),
+            _f("server", pa.string(), False),
+            _f("ingest_batch", pa.string(), False),
+            _f("ingested_at", TS, False),
+            _f("served_date", pa.date32(), False),
+        ]
+    ),
+    partition_by=("served_date",),
+)
+
+ONLINE_EVALUATIONS = TableSpec(
+    name="online_evaluations",
+    owner="jobs.online_evaluation",
+    description=(
+        "Watch-through per served hour, model version and variant: answers followed by a watch "
+        "of a recommended movie within the configured window."
+    ),
+    schema=pa.schema(
+        [
+            _f("served_hour", TS, False),  # start of the hour the answers were served in
+            _f("experiment", pa.string(), False),
+            _f("model_version", pa.string(), False),
+            _f("variant", pa.string(), False),
+            _f("served", pa.int64(), False),  # answers (status 200) in the hour
+            _f("converted", pa.int64(), False),  # of those, followed by a watch of an item
+            _f("window_seconds", pa.int64(), False),
+            _f("computed_at", TS, False),
+            _f("served_date", pa.date32(), False),
+        ]
+    ),
+    partition_by=("served_date",),
+    keys=("served_hour", "model_version", "variant"),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -319,6 +368,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         SPEED_USER_ACTIVITY,
         SPEED_TRENDING,
         SPEED_NEW_USERS,
+        SERVED_RECOMMENDATIONS,
+        ONLINE_EVALUATIONS,
     )
 }
 

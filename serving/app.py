@@ -114,6 +114,7 @@ class RecommendationService:
                 served_topic=telemetry.served_topic,
                 server=self.server_name,
                 metrics=self.metrics,
+                experiment=settings.serving.experiment.name,
                 capacity=telemetry.buffer_records,
             )
         self._request_prefix = uuid.uuid4().hex[:12]

@@ -4,7 +4,7 @@ Each answer becomes two Kafka messages: the MLiP line (``<time>,<userid>,recomme
 <server>, status <code>, result: <ids>, <n> ms``, rendered by
 :func:`flixlake.logformat.format_reco`)
 on the log topic, and a JSON record (request_id, user_id, variant, model_version, items,
-latency_ms, time, status, server) on the served-recommendations topic, both keyed by user id.
+latency_ms, time, status, server, experiment) on the served-recommendations topic, both keyed by user id.
 
 The request path only appends a tuple to a bounded in-memory buffer (full: the record is dropped
 and counted). A background thread of the service encodes the buffer and writes it to a pipe read
@@ -58,6 +58,7 @@ class TelemetryShipper:
         served_topic: str,
         server: str,
         metrics: ServingMetrics,
+        experiment: str = "default",
         capacity: int = 100_000,
         flush_interval: float = 0.05,
         python: str = sys.executable,
@@ -66,6 +67,7 @@ class TelemetryShipper:
         self.log_topic = log_topic
         self.served_topic = served_topic
         self.server = server
+        self.experiment = experiment
         self.metrics = metrics
         self.capacity = capacity
         self.flush_interval = flush_interval
@@ -189,6 +191,8 @@ class TelemetryShipper:
                 self.served_topic,
                 "--server",
                 self.server,
+                "--experiment",
+                self.experiment,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -286,7 +290,7 @@ def _iso(when: float) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-def messages(line: bytes, server: str) -> tuple[bytes, bytes, bytes]:
+def messages(line: bytes, server: str, experiment: str) -> tuple[bytes, bytes, bytes]:
     """One buffered record -> (key, MLiP log line, JSON record)."""
     when_s, user_s, status_s, latency_s, request_id, variant, model, body = line.rstrip(
         b"\n"
@@ -305,6 +309,7 @@ def messages(line: bytes, server: str) -> tuple[bytes, bytes, bytes]:
         "time": _iso(when),
         "status": status,
         "server": server,
+        "experiment": experiment,
     }
     return user_s, mlip.encode(), json.dumps(record, separators=(",", ":")).encode()
 
@@ -376,7 +381,7 @@ class _Shipper:
         while self.in_flight() > _MAX_IN_FLIGHT and not self.orphaned():
             time.sleep(0.05)  # Kafka is behind: stop reading; the service buffers, then drops
         try:
-            key, mlip, record = messages(line, self.args.server)
+            key, mlip, record = messages(line, self.args.server, self.args.experiment)
         except (ValueError, UnicodeDecodeError) as exc:
             log.error("telemetry: unreadable record %r: %s", line[:200], exc)
             with self.lock:
@@ -401,6 +406,7 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-topic", required=True)
     parser.add_argument("--served-topic", required=True)
     parser.add_argument("--server", required=True)
+    parser.add_argument("--experiment", default="default")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s telemetry-shipper %(levelname)s %(message)s"
