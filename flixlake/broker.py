@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,13 +239,20 @@ def serve_broker(
     host: str = "127.0.0.1",
     stop: threading.Event | None = None,
     log_path: Path | None = None,
+    more_topics: Sequence[str] = (),
 ) -> None:
-    """Run the broker until ``stop`` is set or Ctrl-C (what ``flixlake broker`` calls)."""
+    """Run the broker until ``stop`` is set or Ctrl-C (what ``flixlake broker`` calls).
+
+    ``topic`` and ``more_topics`` (e.g. the served-recommendations topic) get ``partitions``.
+    """
     stop = stop or threading.Event()
     with running_broker(port, topic, partitions, host=host, log_path=log_path) as broker:
+        for extra in more_topics:
+            create_topic(broker.bootstrap, extra, partitions)
+        names = ", ".join(repr(t) for t in (topic, *more_topics))
         print(
-            f"broker ready at {broker.bootstrap} (pid {broker.pid}), topic {topic!r} with "
-            f"{partitions} partitions; log {broker.log_path}; Ctrl-C stops it",
+            f"broker ready at {broker.bootstrap} (pid {broker.pid}), topics {names} with "
+            f"{partitions} partitions each; log {broker.log_path}; Ctrl-C stops it",
             flush=True,
         )
         try:

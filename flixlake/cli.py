@@ -249,21 +249,34 @@ def lineage(
     model: Annotated[
         str | None, typer.Option("--model", help="model version, e.g. als-20261122-ab12cd34")
     ] = None,
+    request: Annotated[
+        str | None,
+        typer.Option("--request", help="a served answer's request id (its X-Request-Id header)"),
+    ] = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Print a model's provenance: input Delta versions, code version, libraries, metrics."""
-    from flixlake.lake import Lake, MissingTableError
-    from flixlake.registry import current_published_model, model_lineage
+    """Print provenance: of a served answer (--request), a model (--model), or the current model.
 
+    A model's: input Delta versions and the commits that wrote them, code version, libraries,
+    metrics, quality checks. A request's: the served answer, then its model's lineage.
+    """
+    from flixlake.lake import Lake, MissingTableError
+    from flixlake.registry import current_published_model, model_lineage, request_lineage
+
+    if model is not None and request is not None:
+        raise _fail("give --model or --request, not both")
     lake = Lake(_settings(env, home).lake_root)
     try:
-        if model is None:
-            current = current_published_model(lake)
-            if current is None:
-                raise _fail("no published model yet; pass --model")
-            model = str(current["model_version"])
-        info = model_lineage(lake, model)
+        if request is not None:
+            info = request_lineage(lake, request)
+        else:
+            if model is None:
+                current = current_published_model(lake)
+                if current is None:
+                    raise _fail("no published model yet; pass --model")
+                model = str(current["model_version"])
+            info = model_lineage(lake, model)
     except (MissingTableError, KeyError, LookupError) as exc:
         raise _fail(str(exc)) from None
     console.print_json(json.dumps(info, default=str))
@@ -295,7 +308,10 @@ def broker(
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Run the embedded Kafka-compatible broker (tansu) with the log topic until Ctrl-C."""
+    """Run the embedded Kafka-compatible broker (tansu) with its topics until Ctrl-C.
+
+    Topics: kafka.topic (the MLiP log) and serving.telemetry.served_topic (served answers).
+    """
     from flixlake.broker import BrokerError, port_of, serve_broker
 
     settings = _settings(env, home)
@@ -305,6 +321,7 @@ def broker(
             settings.kafka.topic,
             settings.kafka.partitions,
             log_path=settings.home / "broker.log",
+            more_topics=[settings.serving.telemetry.served_topic],
         )
     except BrokerError as exc:
         raise _fail(str(exc)) from None

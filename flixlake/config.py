@@ -71,6 +71,7 @@ class StreamingConfig(_Frozen):
     read_timeout_seconds: float = Field(120.0, gt=0)
     maintenance_every_batches: int = Field(300, gt=0)
     vacuum_retention_hours: int = Field(1, ge=0)
+    land_served: bool = True  # also land serving.telemetry.served_topic in served_recommendations
 
     @field_validator("trending_windows")
     @classmethod

@@ -325,9 +325,10 @@ class KafkaStreamReader(DataSourceStreamReader):
     def __init__(self, options: KafkaSourceOptions) -> None:
         self.options = options
         self._consumer: Any = None  # driver-side planner consumer, created lazily
+        self._told_missing = False  # "topic not found" is said once, not every trigger
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "_consumer": None}
+        return {"options": self.options, "_consumer": None, "_told_missing": False}
 
     # driver side ----------------------------------------------------------------------------
     def _planner(self) -> Any:
@@ -400,12 +401,15 @@ class KafkaStreamReader(DataSourceStreamReader):
         try:
             parts = self._topic_partitions()
             if not parts:
-                log.warning(
-                    "topic %r not found at %s; waiting",
-                    self.options.topic,
-                    self.options.bootstrap_servers,
-                )
+                if not self._told_missing:
+                    log.warning(
+                        "topic %r not found at %s; waiting for it",
+                        self.options.topic,
+                        self.options.bootstrap_servers,
+                    )
+                self._told_missing = True
                 return dict(start or {})
+            self._told_missing = False
             tps = {TopicPartition(self.options.topic, p): current.get(p, 0) for p in parts}
             deadline = time.monotonic() + max(2.0, self.options.probe_timeout_ms / 1000 * 10)
             ends = probe_ends(self._planner(), tps, cap, self.options.probe_timeout_ms, deadline)

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from flixlake.lake import Lake
 from flixlake.runs import read_manifest, run_dir, write_manifest
-from flixlake.tables import MODELS
+from flixlake.tables import MODELS, SERVED_RECOMMENDATIONS
 
 if TYPE_CHECKING:  # run_register receives a session; the rest of the module never needs Spark
     from pyspark.sql import SparkSession
@@ -43,6 +43,7 @@ GIT_COMMIT_VAR = "FLIXLAKE_GIT_COMMIT"
 CODE_DIR = Path(__file__).resolve().parent.parent
 LIBRARIES = ("pyspark", "deltalake", "numpy", "pyarrow", "pandas")
 BRONZE_TABLE = "bronze_events"
+SERVED = SERVED_RECOMMENDATIONS.name
 
 REGISTERED = "registered"
 PUBLISHED = "published"
@@ -327,6 +328,30 @@ def model_lineage(lake: Lake, model_version: str) -> dict[str, Any]:
         "quality_checks": quality,
         "batch_view_rows": batch_view_rows(lake, model_version),
     }
+    return dict(_jsonable(result))
+
+
+def request_lineage(lake: Lake, request_id: str) -> dict[str, Any]:
+    """From one served answer to the model behind it, its training data and code versions.
+
+    The ``served_recommendations`` row of ``request_id`` (user, variant, items, latency, time)
+    and, unless the answer was a fallback served before any model was loaded, the
+    :func:`model_lineage` of the model version it records.
+    """
+    rows = lake.read(SERVED, filters=[("request_id", "=", request_id)]).to_pylist()
+    if not rows:
+        raise LookupError(
+            f"request {request_id!r} is not in {SERVED} (the speed-layer job lands served answers "
+            "a few seconds after they are given; is it running?)"
+        )
+    served = min(rows, key=lambda r: (r["served_at"], r["source_offset"]))  # a producer retry
+    version = served["model_version"]
+    result: dict[str, Any] = {
+        "request": served,
+        "model_lineage": model_lineage(lake, version) if version else None,
+    }
+    if not version:
+        result["note"] = "answered from fallbacks (trending/popular): no model was loaded"
     return dict(_jsonable(result))
 
 

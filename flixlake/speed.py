@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -385,7 +385,12 @@ class BatchReport:
 
 
 class SpeedLayer:
-    """Driver-side state of one streaming query: what each micro-batch writes to the lake."""
+    """Driver-side state of the events query: what each micro-batch writes to the lake."""
+
+    tables: tuple[str, ...] = (
+        BRONZE,
+        QUARANTINE,
+    )  # what a fresh checkpoint must not find batches of
 
     def __init__(
         self,
@@ -565,9 +570,12 @@ class SpeedLayer:
 
 # -- the streaming query ------------------------------------------------------------------------
 def kafka_stream(
-    spark: SparkSession, settings: Settings, bootstrap_servers: str | None = None
+    spark: SparkSession,
+    settings: Settings,
+    bootstrap_servers: str | None = None,
+    topic: str | None = None,
 ) -> DataFrame:
-    """The topic as a streaming DataFrame through the ``flixlake_kafka`` source."""
+    """A topic (default ``kafka.topic``) as a streaming DataFrame via the ``flixlake_kafka`` source."""
     from flixlake.kafka_source import SOURCE_NAME, register_kafka_source
 
     register_kafka_source(spark)
@@ -575,7 +583,7 @@ def kafka_stream(
     return (
         spark.readStream.format(SOURCE_NAME)
         .option("bootstrapServers", bootstrap_servers or settings.kafka.bootstrap_servers)
-        .option("topic", settings.kafka.topic)
+        .option("topic", topic or settings.kafka.topic)
         .option("maxEventsPerTrigger", conf.max_events_per_trigger)
         .option("startingOffsets", conf.starting_offsets)
         .option("readTimeoutSeconds", conf.read_timeout_seconds)
@@ -588,12 +596,14 @@ def checkpoint_dir(settings: Settings, query_name: str | None = None) -> Path:
     return settings.checkpoint_root / (query_name or settings.streaming.query_name)
 
 
-def check_checkpoint(lake: Lake, checkpoint: Path, app_id: str) -> None:
+def check_checkpoint(
+    lake: Lake, checkpoint: Path, app_id: str, tables: Iterable[str] = (BRONZE, QUARANTINE)
+) -> None:
     """Refuse a fresh checkpoint for a query that already wrote batches (they would be skipped)."""
     offsets = checkpoint / "offsets"
     if offsets.exists() and any(offsets.iterdir()):
         return
-    for table in (BRONZE, QUARANTINE):
+    for table in tables:
         if lake.applied(table, app_id, 0):
             version = lake.table(table).transaction_version(app_id)
             raise SpeedLayerError(
@@ -604,12 +614,29 @@ def check_checkpoint(lake: Lake, checkpoint: Path, app_id: str) -> None:
             )
 
 
-class SpeedLayerRun:
-    """A running speed-layer query: stop it gracefully (between batches) or abruptly."""
+class BatchProcessor(Protocol):
+    """What a streaming query of this job does per micro-batch (events, or served records)."""
 
-    def __init__(self, query: StreamingQuery, layer: SpeedLayer, lock: threading.Lock) -> None:
+    lake: Lake
+    query_name: str
+    tables: tuple[str, ...]  # tables it appends to with app transactions
+
+    @property
+    def app_id(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def process(self, records: pa.Table, batch_id: int) -> BatchReport: ...
+
+
+class SpeedLayerRun:
+    """A running query: stop it gracefully (between batches) or abruptly."""
+
+    def __init__(
+        self, query: StreamingQuery, processor: BatchProcessor, lock: threading.Lock
+    ) -> None:
         self.query = query
-        self.layer = layer
+        self.processor = processor
         self.reports: list[BatchReport] = []
         self._lock = lock
         self._stopping = threading.Event()
@@ -644,6 +671,51 @@ class SpeedLayerRun:
         return error
 
 
+def start_query(
+    spark: SparkSession,
+    settings: Settings,
+    processor: BatchProcessor,
+    topic: str,
+    bootstrap_servers: str | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    quiet: bool = False,
+) -> SpeedLayerRun:
+    """Start a ``foreachBatch`` query of ``topic`` into ``processor`` (non-blocking).
+
+    Its checkpoint is ``$FLIXLAKE_HOME/checkpoints/<processor.query_name>``.
+    """
+    checkpoint = checkpoint_dir(settings, processor.query_name)
+    check_checkpoint(processor.lake, checkpoint, processor.app_id, processor.tables)
+    processor.start()
+    lock = threading.Lock()
+    holder: list[SpeedLayerRun] = []
+
+    def foreach_batch(batch_df: DataFrame, batch_id: int) -> None:
+        with lock:
+            if holder and holder[0].stopping:
+                # do not let Spark mark this batch done: it is replayed on the next start
+                raise SpeedLayerError(f"{processor.query_name} stopping; batch left for next run")
+            report = processor.process(batch_df.toArrow(), batch_id)
+        if holder:
+            holder[0].reports.append(report)
+        if not quiet and report.events:
+            print(report.line(processor.query_name), flush=True)
+        if on_batch is not None:
+            on_batch(report)
+
+    query = (
+        kafka_stream(spark, settings, bootstrap_servers, topic)
+        .writeStream.queryName(processor.query_name)
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(processingTime=f"{int(settings.streaming.trigger_seconds * 1000)} milliseconds")
+        .foreachBatch(foreach_batch)
+        .start()
+    )
+    run = SpeedLayerRun(query, processor, lock)
+    holder.append(run)
+    return run
+
+
 def start_speed_layer(
     spark: SparkSession,
     settings: Settings,
@@ -652,39 +724,11 @@ def start_speed_layer(
     on_batch: Callable[[BatchReport], None] | None = None,
     quiet: bool = False,
 ) -> SpeedLayerRun:
-    """Start the speed-layer query (non-blocking); see :func:`run_speed_layer`."""
-    conf = settings.streaming
-    layer = SpeedLayer(lake, conf, settings.kafka.topic, conf.query_name)
-    checkpoint = checkpoint_dir(settings)
-    check_checkpoint(lake, checkpoint, layer.app_id)
-    layer.start()
-    lock = threading.Lock()
-    holder: list[SpeedLayerRun] = []
-
-    def foreach_batch(batch_df: DataFrame, batch_id: int) -> None:
-        with lock:
-            if holder and holder[0].stopping:
-                # do not let Spark mark this batch done: it is replayed on the next start
-                raise SpeedLayerError("speed layer stopping; batch left for the next run")
-            report = layer.process(batch_df.toArrow(), batch_id)
-        if holder:
-            holder[0].reports.append(report)
-        if not quiet and report.events:
-            print(report.line(layer.query_name), flush=True)
-        if on_batch is not None:
-            on_batch(report)
-
-    query = (
-        kafka_stream(spark, settings, bootstrap_servers)
-        .writeStream.queryName(conf.query_name)
-        .option("checkpointLocation", str(checkpoint))
-        .trigger(processingTime=f"{int(conf.trigger_seconds * 1000)} milliseconds")
-        .foreachBatch(foreach_batch)
-        .start()
+    """Start the events query (log topic -> bronze -> speed views); see :func:`run_speed_layer`."""
+    layer = SpeedLayer(lake, settings.streaming, settings.kafka.topic)
+    return start_query(
+        spark, settings, layer, settings.kafka.topic, bootstrap_servers, on_batch, quiet
     )
-    run = SpeedLayerRun(query, layer, lock)
-    holder.append(run)
-    return run
 
 
 def run_speed_layer(
@@ -698,26 +742,37 @@ def run_speed_layer(
 ) -> dict[str, Any]:
     """Run the speed layer until ``until`` is set, ``timeout`` seconds pass, or Ctrl-C.
 
-    Raises the query's error if it failed; returns a summary of the batches it ran.
+    Two queries run side by side: the events query, and (with ``streaming.land_served``) the one
+    landing the service's served records (:mod:`flixlake.served`). Raises the first query error;
+    returns a summary of the batches each ran.
     """
-    run = start_speed_layer(spark, settings, lake, bootstrap_servers, on_batch)
+    from flixlake.served import start_served_landing
+
+    runs = {"events": start_speed_layer(spark, settings, lake, bootstrap_servers, on_batch)}
+    if settings.streaming.land_served:
+        runs["served"] = start_served_landing(spark, settings, lake, bootstrap_servers)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while run.query.isActive:
+        while all(run.query.isActive for run in runs.values()):
             if until is not None and until.is_set():
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            run.query.awaitTermination(1)
+            runs["events"].query.awaitTermination(1)
     except KeyboardInterrupt:
         pass
     finally:
-        if run.query.isActive:
-            run.stop(graceful=True)
-    error = run.failure()
-    if error is not None:
-        raise SpeedLayerError(f"speed layer query failed: {error}") from error
-    return summarize(run.reports)
+        for run in runs.values():
+            if run.query.isActive:
+                run.stop(graceful=True)
+    for name, run in runs.items():
+        error = run.failure()
+        if error is not None:
+            raise SpeedLayerError(f"speed layer {name} query failed: {error}") from error
+    summary = summarize(runs["events"].reports)
+    if "served" in runs:
+        summary["served"] = summarize(runs["served"].reports)
+    return summary
 
 
 def summarize(reports: Iterable[BatchReport]) -> dict[str, Any]:

@@ -608,6 +608,7 @@ def test_every_answer_is_logged_to_kafka(tmp_path: Path, broker: BrokerProcess) 
         _, headers, body = answers[record["user_id"]]
         assert record["request_id"] == headers["x-request-id"]
         assert record["model_version"] == "m1" and record["variant"] == "control"
+        assert record["experiment"] == "default"
         assert record["items"] == body.split(",") and record["status"] == 200
         assert record["latency_ms"] >= 0 and record["time"].endswith("Z")
 
@@ -646,3 +647,92 @@ def test_a_dead_broker_neither_fails_nor_blocks_requests(tmp_path: Path) -> None
     assert statuses == {200: 2500}
     assert dropped > 0
     assert buffered <= 20
+
+
+def test_the_live_loop_kafka_watch_to_answer_to_delta_to_lineage(
+    spark: Any, tmp_path: Path, broker: BrokerProcess
+) -> None:
+    """A watch produced to Kafka leaves the user's next answer once the speed view refreshes; the
+    answers land in ``served_recommendations`` and ``lineage --request`` leads to their model."""
+    from typer.testing import CliRunner
+
+    from flixlake.broker import produce_lines
+    from flixlake.cli import app
+    from flixlake.logformat import format_watch
+    from flixlake.speed import run_speed_layer
+
+    log_topic, served_topic = "movielog-live", "served-live"
+    for topic in (log_topic, served_topic):
+        assert create_topic(broker.bootstrap, topic, partitions=2) == 2
+    settings = load_settings(
+        "test",
+        home=tmp_path / "home",
+        overrides={
+            "kafka": {"bootstrap_servers": broker.bootstrap, "topic": log_topic},
+            "streaming": {"trigger_seconds": 0.2, "query_name": "live"},
+            "serving": {
+                "speed_refresh_seconds": 0.2,
+                "model_poll_seconds": 0.3,
+                "startup_wait_seconds": 20,
+                "telemetry": {"enabled": True, "served_topic": served_topic},
+            },
+        },
+    )
+    lake = Lake(settings.lake_root)
+    publish(lake, "m1", T0)
+    ranked = m1_list(1)
+    stop_stream = threading.Event()
+    summary: dict[str, Any] = {}
+    stream = threading.Thread(
+        target=lambda: summary.update(run_speed_layer(spark, settings, lake, until=stop_stream))
+    )
+    stream.start()
+    try:
+        with running(settings) as service:
+            before = service.get("/recommend/1")
+            assert before[2].split(",") == ranked[:K]
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            produce_lines(broker.bootstrap, log_topic, [format_watch(now, 1, ranked[0], 0)])
+            after = wait_for(
+                lambda: (r := service.get("/recommend/1"))[2].split(",")[0] != ranked[0] and r,
+                timeout=90,
+            )
+            ids = {before[1]["x-request-id"], after[1]["x-request-id"]}
+            served = wait_for(
+                lambda: (
+                    lake.exists("served_recommendations")
+                    and ids <= set(lake.read("served_recommendations")["request_id"].to_pylist())
+                    and lake.read("served_recommendations")
+                ),
+                timeout=90,
+            )
+    finally:
+        stop_stream.set()
+        stream.join(120)
+    assert not stream.is_alive()
+    assert after[2].split(",") == ranked[1 : K + 1]
+    rows = {r["request_id"]: r for r in served.to_pylist()}
+    first = rows[before[1]["x-request-id"]]
+    assert first["user_id"] == 1 and first["items"] == ranked[:K]
+    assert (first["model_version"], first["variant"], first["experiment"]) == (
+        "m1",
+        "control",
+        "default",
+    )
+    assert summary["served"]["events"] >= 2 and summary["events"] >= 1
+
+    result = CliRunner().invoke(
+        app,
+        ["lineage", "--request", after[1]["x-request-id"], "--home", str(settings.home)],
+        env={"FLIXLAKE_ENV": "test"},
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["request"]["items"] == ranked[1 : K + 1]
+    assert info["model_lineage"]["model"]["model_version"] == "m1"
+    missing = CliRunner().invoke(
+        app,
+        ["lineage", "--request", "no-such-id", "--home", str(settings.home)],
+        env={"FLIXLAKE_ENV": "test"},
+    )
+    assert missing.exit_code == 2 and "no-such-id" in missing.output
