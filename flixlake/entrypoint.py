@@ -1,19 +1,22 @@
 """Shared plumbing of the thin ``jobs/*.py`` spark-submit entry points.
 
-A job file only names its step function; this parses ``--run-date``/``--env``/``--home``,
-loads the settings, builds the one SparkSession, runs the step and prints its summary as JSON.
+A job file only names its step function; this parses ``--run-date`` (or ``--until`` for jobs
+that evaluate up to a point in time), ``--env`` and ``--home``, loads the settings, builds the one
+SparkSession, runs the step and prints its summary as JSON.
 Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from flixlake.config import ConfigError, load_settings
+from flixlake.logformat import as_utc
 
 StepFn = Callable[..., dict[str, Any]]
 
@@ -22,26 +25,54 @@ class GateFailedError(RuntimeError):
     """A quality or publication gate refused the run; nothing downstream may publish."""
 
 
-def run_job(step: StepFn, description: str, argv: list[str] | None = None) -> int:
-    """Run one batch step as a spark-submit job: ``step(spark, lake, settings, run_date)``."""
+def parse_timestamp(value: str, option: str = "--until") -> dt.datetime:
+    """An ISO-8601 time (Airflow's ``{{ data_interval_end }}``) as UTC; without a zone it is UTC."""
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{option} must be an ISO-8601 time like 2026-11-22T10:00:00+00:00, got {value!r}"
+        ) from None
+    return as_utc(stamp)
+
+
+def run_job(
+    step: StepFn, description: str, argv: list[str] | None = None, *, until: bool = False
+) -> int:
+    """Run one step as a spark-submit job: ``step(spark, lake, settings, run_date)``.
+
+    With ``until=True`` the job takes ``--until`` (an ISO time, default now) instead of
+    ``--run-date`` and calls ``step(spark, lake, settings, until)``.
+    """
     from flixlake.lake import Lake, MissingTableError
     from flixlake.runs import MissingStepError, parse_run_date
     from flixlake.spark import build_spark_session
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--run-date", required=True, help="logical date YYYY-MM-DD (Airflow's ds)")
+    if until:
+        parser.add_argument(
+            "--until", default=None, help="ISO time (Airflow's data_interval_end); default now"
+        )
+    else:
+        parser.add_argument(
+            "--run-date", required=True, help="logical date YYYY-MM-DD (Airflow's ds)"
+        )
     parser.add_argument("--env", default=None, help="config environment (default $FLIXLAKE_ENV)")
     parser.add_argument("--home", default=None, help="state folder (default $FLIXLAKE_HOME)")
     args = parser.parse_args(argv)
     try:
-        run_date = parse_run_date(args.run_date)
+        when: dt.date | dt.datetime
+        if until:
+            when = parse_timestamp(args.until) if args.until else dt.datetime.now(dt.UTC)
+        else:
+            when = parse_run_date(args.run_date)
         settings = load_settings(args.env, home=args.home)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spark = build_spark_session(settings, app_name=f"flixlake-{step.__name__}-{run_date}")
+    spark = build_spark_session(settings, app_name=f"flixlake-{step.__name__}-{when.isoformat()}")
     try:
-        summary = step(spark, Lake(settings.lake_root), settings, run_date)
+        summary = step(spark, Lake(settings.lake_root), settings, when)
     except GateFailedError as exc:
         print(f"gate failed: {exc}", file=sys.stderr)
         return 3

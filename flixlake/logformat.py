@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -201,6 +201,11 @@ def format_reco(
         f"{format_time(time)},{user_id},recommendation request {server}, status {status}, "
         f"result: {', '.join(results)}, {response_ms} ms"
     )
+
+
+def as_utc(stamp: datetime) -> datetime:
+    """An aware UTC time; a naive one is taken to be UTC already (as log times are)."""
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def format_time(time: datetime) -> str:

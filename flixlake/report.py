@@ -153,7 +153,8 @@ def plot_search(search: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 # -- HTML ----------------------------------------------------------------------------------------
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
+    """A value as escaped HTML text (floats to 4 decimals, dicts and lists as JSON)."""
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, dict | list):
@@ -161,14 +162,16 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+def html_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    """An HTML table with every header and cell escaped."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _kv(mapping: dict[str, Any]) -> str:
-    return _table(["key", "value"], sorted(mapping.items()))
+def html_kv(mapping: dict[str, Any]) -> str:
+    """A two-column key/value HTML table, sorted by key."""
+    return html_table(["key", "value"], sorted(mapping.items()))
 
 
 def _search_from_train(
@@ -184,7 +187,7 @@ def _search_from_train(
     return [s for s in search if isinstance(s, dict)]
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;font-size:90%;vertical-align:top}th{background:#f4f4f4}
@@ -215,10 +218,10 @@ def write_evaluation_report(
     ]
 
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(model_version)}</title>"
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>Model {_e(model_version)}</h1>",
-        _kv(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(model_version)}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Model {esc(model_version)}</h1>",
+        html_kv(
             {
                 "run date": model["run_date"],
                 "algorithm": model["algorithm"],
@@ -229,42 +232,42 @@ def write_evaluation_report(
                 "artifact path": model["artifact_path"],
             }
         ),
-        f"<h2>Offline evaluation @{_e(k)}</h2>",
+        f"<h2>Offline evaluation @{esc(k)}</h2>",
     ]
     als_ndcg = (metrics.get("als") or {}).get("ndcg")
     pop_ndcg = (metrics.get("popularity") or {}).get("ndcg")
     if isinstance(als_ndcg, int | float) and isinstance(pop_ndcg, int | float):
         better = als_ndcg > pop_ndcg
         parts.append(
-            f"<p>ALS NDCG@{_e(k)} <b>{_e(float(als_ndcg))}</b> vs popularity "
-            f"<b>{_e(float(pop_ndcg))}</b>: <span class='{'pass' if better else 'fail'}'>"
+            f"<p>ALS NDCG@{esc(k)} <b>{esc(float(als_ndcg))}</b> vs popularity "
+            f"<b>{esc(float(pop_ndcg))}</b>: <span class='{'pass' if better else 'fail'}'>"
             f"{'better' if better else 'not better'}</span> than the baseline "
-            f"(lift {_e(metrics.get('lift_ndcg'))}).</p>"
+            f"(lift {esc(metrics.get('lift_ndcg'))}).</p>"
         )
-    parts += [f"<img src='{p.name}' alt='{_e(p.stem)}'>" for p in plots if p is not None]
+    parts += [f"<img src='{p.name}' alt='{esc(p.stem)}'>" for p in plots if p is not None]
     for segment in sorted(table, key=lambda s: (s != _OVERALL, s)):
         rows = [
             [m, *[table[segment][m].get(r) for r in RECOMMENDERS]] for m in sorted(table[segment])
         ]
         n = ", ".join(f"{r}: {users[(segment, r)]}" for r in RECOMMENDERS if (segment, r) in users)
-        parts.append(f"<h3>segment {_e(segment)}{f' (users {_e(n)})' if n else ''}</h3>")
-        parts.append(_table(["metric", *RECOMMENDERS], rows))
+        parts.append(f"<h3>segment {esc(segment)}{f' (users {esc(n)})' if n else ''}</h3>")
+        parts.append(html_table(["metric", *RECOMMENDERS], rows))
 
     parts.append("<h2>Hyperparameters</h2>")
-    parts.append(_kv(_flatten(model["params"])) if model["params"] else "<p>none recorded</p>")
+    parts.append(html_kv(_flatten(model["params"])) if model["params"] else "<p>none recorded</p>")
     parts.append("<h2>Search results (validation window)</h2>")
     if search:
         flat = [_flatten(s) for s in search]
         headers = sorted({key for row in flat for key in row})
-        parts.append(_table(headers, [[row.get(h) for h in headers] for row in flat]))
+        parts.append(html_table(headers, [[row.get(h) for h in headers] for row in flat]))
     else:
         parts.append("<p>no search results recorded in the train manifest</p>")
 
     parts.append("<h2>Provenance</h2>")
-    parts.append(_kv({"git commit": model["git_commit"], **model["library_versions"]}))
+    parts.append(html_kv({"git commit": model["git_commit"], **model["library_versions"]}))
     parts.append("<h3>Input tables (Delta versions)</h3>")
     parts.append(
-        _table(
+        html_table(
             ["table", "version", "latest version", "operation", "committed at", "metrics"],
             [
                 [
@@ -282,7 +285,7 @@ def write_evaluation_report(
     if lineage["quality_checks"]:
         parts.append("<h3>Quality checks of the run</h3>")
         parts.append(
-            _table(
+            html_table(
                 ["table", "check", "passed", "observed", "threshold"],
                 [
                     [q["table_name"], q["check_name"], q["passed"], q["observed"], q["threshold"]]
@@ -290,7 +293,7 @@ def write_evaluation_report(
                 ],
             )
         )
-    parts.append(f"<p>batch view rows: {_e(lineage['batch_view_rows'])}</p></body></html>")
+    parts.append(f"<p>batch view rows: {esc(lineage['batch_view_rows'])}</p></body></html>")
 
     target = out_dir / f"{stem}.html"
     target.write_text("\n".join(parts), encoding="utf-8")

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flixlake.lake import Lake
+from flixlake.logformat import as_utc
 from flixlake.tables import QUARANTINE_EVENTS, SERVED_RECOMMENDATIONS
 
 if TYPE_CHECKING:
@@ -59,10 +60,6 @@ def _reason(exc: ValidationError) -> str:
     return f"served_record: {where}: {first['msg']}"
 
 
-def _utc(stamp: dt.datetime) -> dt.datetime:
-    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
-
-
 @dataclass(frozen=True)
 class LandedBatch:
     """The two tables one micro-batch of served records becomes."""
@@ -95,7 +92,7 @@ def land_records(
             bad.append({**position, "raw": raw, "reason": "duplicate"})
             continue
         seen.add(record.request_id)
-        served_at = _utc(record.time)
+        served_at = as_utc(record.time)
         rows.append(
             {
                 **position,

@@ -41,19 +41,34 @@ def _normalize(path: str) -> str:
     return unquote(path.removeprefix("file://").removeprefix("file:"))
 
 
-def read_table(spark: SparkSession, lake: Lake, name: str, version: int | None = None) -> DataFrame:
-    """A table snapshot (latest, or pinned ``version``) as a DataFrame with the registry schema."""
+def _file_path(base: str, path: str) -> str:
+    return path if "://" in path or path.startswith("/") else f"{base}/{path}"
+
+
+def read_table(
+    spark: SparkSession,
+    lake: Lake,
+    name: str,
+    version: int | None = None,
+    partition_filter: str | None = None,
+) -> DataFrame:
+    """A table snapshot (latest, or pinned ``version``) as a DataFrame with the registry schema.
+
+    ``partition_filter``, a SQL predicate on partition columns (``"event_date >= '2026-11-22'"``),
+    skips the files of other partitions (Spark would otherwise open every file of the table).
+    """
     spec = table_spec(name)
     schema = spark_schema(spec)
     data_fields = [f for f in schema.fields if f.name not in spec.partition_by]
-    actions = pa.table(lake.table(name, version).get_add_actions(flatten=True)).to_pylist()
+    table = lake.table(name, version)
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    base = table_dir(lake, name)
+    if partition_filter is not None:
+        kept = {_normalize(u) for u in table.file_uris(file_pruning_predicate=partition_filter)}
+        actions = [a for a in actions if _normalize(_file_path(base, a["path"])) in kept]
     if not actions:
         return spark.createDataFrame([], schema)
-    base = table_dir(lake, name)
-    paths = [
-        a["path"] if "://" in a["path"] or a["path"].startswith("/") else f"{base}/{a['path']}"
-        for a in actions
-    ]
+    paths = [_file_path(base, a["path"]) for a in actions]
     df = spark.read.schema(StructType(data_fields)).parquet(*paths)
     if spec.partition_by:
         partitions = spark.createDataFrame(

@@ -348,7 +348,7 @@ ONLINE_EVALUATIONS = TableSpec(
         ]
     ),
     partition_by=("served_date",),
-    keys=("served_hour", "model_version", "variant"),
+    keys=("served_hour", "experiment", "model_version", "variant"),
 )
 
 ALL_TABLES: dict[str, TableSpec] = {

@@ -90,6 +90,18 @@ def test_spark_reads_partition_values_from_the_log(spark: SparkSession, lake: La
     assert sorted((r.user_id, r.event_date) for r in df.collect()) == [(1, d1), (2, d2)]
 
 
+def test_spark_read_skips_files_of_other_partitions(spark: SparkSession, lake: Lake) -> None:
+    d1, d2, d3 = dt.date(2026, 11, 20), dt.date(2026, 11, 21), dt.date(2026, 11, 22)
+    lake.append("watch_sessions", _sessions((1, "a", 0, d1), (2, "b", 1, d2), (3, "c", 2, d3)))
+    df = read_table(spark, lake, "watch_sessions", partition_filter="event_date >= '2026-11-21'")
+    assert len(df.inputFiles()) == 2  # d1's file is not even opened
+    assert sorted((r.user_id, r.event_date) for r in df.collect()) == [(2, d2), (3, d3)]
+    nothing = read_table(
+        spark, lake, "watch_sessions", partition_filter="event_date > '2026-11-22'"
+    )
+    assert nothing.count() == 0
+
+
 def test_executor_write_commits_and_replaces_one_partition(spark: SparkSession, lake: Lake) -> None:
     d1, d2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
     lake.append("watch_sessions", _sessions((1, "a", 0, d1), (2, "b", 1, d2)))

@@ -1,0 +1,54 @@
+"""What the DAG files share: their tasks' environment, spark-submit command and default args.
+
+Airflow calls these while it parses a DAG file, so they only read environment variables:
+``FLIXLAKE_HOME`` (default ``<repo>/var``), ``FLIXLAKE_ENV`` (default ``local``),
+``FLIXLAKE_SPARK_SUBMIT`` (default: ``spark-submit`` beside this Python, i.e. the venv's) and
+``PYSPARK_PYTHON`` (default: this Python). No Airflow import, no Spark, no lake access.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from flixlake.config import ENV_VAR, HOME_VAR, AirflowConfig
+
+SPARK_SUBMIT_VAR = "FLIXLAKE_SPARK_SUBMIT"
+
+
+def task_env(repo: Path) -> dict[str, str]:
+    """Environment every task runs with, so jobs load the same settings the DAG was parsed with."""
+    python = os.environ.get("PYSPARK_PYTHON") or sys.executable  # not resolved: keep the venv path
+    return {
+        HOME_VAR: os.environ.get(HOME_VAR) or str(repo / "var"),
+        ENV_VAR: os.environ.get(ENV_VAR) or "local",
+        "PYSPARK_PYTHON": python,
+        "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON") or python,
+    }
+
+
+def spark_submit_command(job: Path, driver_memory: str, job_args: str) -> str:
+    """A job's shell command; driver memory must be given here (the JVM starts first).
+
+    ``job_args`` is appended as is, so it may hold Airflow templates (``--run-date {{ ds }}``).
+    """
+    spark_submit = os.environ.get(SPARK_SUBMIT_VAR) or str(
+        Path(sys.executable).parent / "spark-submit"
+    )
+    return (
+        f"{shlex.quote(spark_submit)} --driver-memory {shlex.quote(driver_memory)} "
+        f"{shlex.quote(str(job))} {job_args}"
+    )
+
+
+def default_args(airflow: AirflowConfig) -> dict[str, Any]:
+    """Owner and retry policy of every flixlake task (retries are safe: jobs are idempotent)."""
+    return {
+        "owner": "flixlake",
+        "retries": airflow.retries,
+        "retry_delay": dt.timedelta(minutes=airflow.retry_delay_minutes),
+    }
