@@ -55,7 +55,8 @@ import pyarrow as pa
 
 from flixlake.broker import create_topic, free_port, start_broker, stop_broker
 from flixlake.lake import Lake
-from flixlake.tables import MODELS, SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.tables import SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.testing import record_published_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -195,26 +196,6 @@ def write_batch_view(lake: Lake, version: str, users: int, top: int, seed: int) 
     return top20
 
 
-def publish_model(lake: Lake, version: str, published_at: dt.datetime) -> None:
-    """The ``models`` row that makes ``version`` the current published model."""
-    model = {
-        "model_version": version,
-        "run_date": published_at.date(),
-        "algorithm": "als",
-        "params": "{}",
-        "metrics": "{}",
-        "input_versions": "{}",
-        "git_commit": None,
-        "library_versions": "{}",
-        "artifact_path": "/bench",
-        "status": "published",
-        "status_reason": None,
-        "registered_at": published_at,
-        "published_at": published_at,
-    }
-    lake.append("models", pa.Table.from_pylist([model], schema=MODELS.schema))
-
-
 def write_lake(root: Path, users: int, top: int, seed: int = 7) -> dict[str, np.ndarray]:
     """Two batch views (the second published later, for the swap run), a published model,
     trending and some activity; returns the arrays the baseline serves."""
@@ -224,7 +205,7 @@ def write_lake(root: Path, users: int, top: int, seed: int = 7) -> dict[str, np.
     now = dt.datetime.now(dt.UTC)
     top20 = write_batch_view(lake, MODEL, users, top, seed)
     write_batch_view(lake, NEXT_MODEL, users, top, seed + 1)
-    publish_model(lake, MODEL, now)
+    record_published_model(lake, MODEL, now.date(), now)
     trending = [
         {
             "window": label,
@@ -495,7 +476,8 @@ def run_swap(home: Path, conf: Path, args: argparse.Namespace, script: Path, wor
             text=True,
         )
         time.sleep(3)
-        publish_model(Lake(home / "lake"), NEXT_MODEL, dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        record_published_model(Lake(home / "lake"), NEXT_MODEL, now.date(), now)
         published = time.monotonic()
         swapped_after = float("nan")
         while time.monotonic() - published < duration:

@@ -33,7 +33,8 @@ from flixlake.broker import BrokerProcess, create_topic, free_port
 from flixlake.config import Settings, load_settings
 from flixlake.lake import Lake
 from flixlake.logformat import EventType, parse_line
-from flixlake.tables import MODELS, SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.tables import SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.testing import record_published_model
 from serving.app import create_app, uvicorn_config
 from serving.views import MovieCatalog, load_batch_view
 
@@ -95,22 +96,7 @@ def publish(lake: Lake, version: str, published_at: dt.datetime, with_view: bool
             for r, m in enumerate(LISTS[version](u))
         ]
         lake.append("batch_recommendations", pa.Table.from_pylist(rows))
-    model = {
-        "model_version": version,
-        "run_date": published_at.date(),
-        "algorithm": "als",
-        "params": "{}",
-        "metrics": "{}",
-        "input_versions": "{}",
-        "git_commit": None,
-        "library_versions": "{}",
-        "artifact_path": f"/artifacts/{version}",
-        "status": "published",
-        "status_reason": None,
-        "registered_at": published_at,
-        "published_at": published_at,
-    }
-    lake.append("models", pa.Table.from_pylist([model], schema=MODELS.schema))
+    record_published_model(lake, version, published_at.date(), published_at)
 
 
 def write_trending(lake: Lake) -> None:

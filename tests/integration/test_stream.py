@@ -36,7 +36,7 @@ from flixlake.config import Settings, load_settings
 from flixlake.kafka_source import KafkaRange, KafkaSourceOptions, KafkaStreamReader, read_range
 from flixlake.lake import Lake
 from flixlake.speed import SpeedLayerRun, start_speed_layer
-from flixlake.tables import MODELS
+from flixlake.testing import record_published_model
 
 from .conftest import TcpProxy
 
@@ -200,23 +200,7 @@ def assert_bronze_is(lake: Lake, expected: dict[tuple[int, int], str]) -> pa.Tab
 
 
 def publish_model(lake: Lake, version: str, run_date: dt.date, users: set[int]) -> None:
-    at = dt.datetime.combine(run_date, dt.time(3), tzinfo=UTC)
-    model = {
-        "model_version": version,
-        "run_date": run_date,
-        "algorithm": "als",
-        "params": "{}",
-        "metrics": "{}",
-        "input_versions": "{}",
-        "git_commit": None,
-        "library_versions": "{}",
-        "artifact_path": "/nowhere",
-        "status": "published",
-        "status_reason": None,
-        "registered_at": at,
-        "published_at": at,
-    }
-    lake.upsert("models", pa.Table.from_pylist([model], schema=MODELS.schema))
+    record_published_model(lake, version, run_date)
     recos = [
         {"user_id": u, "rank": 1, "movie_id": "x", "score": 1.0, "model_version": version}
         for u in sorted(users)

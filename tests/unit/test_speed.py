@@ -21,7 +21,8 @@ from flixlake.speed import (
     user_activity,
     watch_pairs,
 )
-from flixlake.tables import MODELS, TS
+from flixlake.tables import TS
+from flixlake.testing import record_published_model
 
 UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -197,29 +198,10 @@ def test_views_accumulate_across_batches_and_survive_a_restart(
     assert set(lake.read("speed_new_users")["user_id"].to_pylist()) == {1, 2, 3, 4}
 
 
-def _publish(lake: Lake, version: str, run_date: dt.date, published_at: dt.datetime) -> None:
-    row = {
-        "model_version": version,
-        "run_date": run_date,
-        "algorithm": "als",
-        "params": "{}",
-        "metrics": "{}",
-        "input_versions": "{}",
-        "git_commit": None,
-        "library_versions": "{}",
-        "artifact_path": "/nowhere",
-        "status": "published",
-        "status_reason": None,
-        "registered_at": published_at,
-        "published_at": published_at,
-    }
-    lake.upsert("models", pa.Table.from_pylist([row], schema=MODELS.schema))
-
-
 def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
     lake: Lake, settings: Settings
 ) -> None:
-    _publish(lake, "m1", dt.date(2026, 11, 22), t(22, 3))
+    record_published_model(lake, "m1", dt.date(2026, 11, 22), t(22, 3))
     recos = [{"user_id": 1, "rank": 1, "movie_id": "x", "score": 1.0, "model_version": "m1"}]
     lake.append("batch_recommendations", pa.Table.from_pylist(recos))
     speed = layer(lake, settings)
@@ -230,7 +212,7 @@ def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
     assert set(lake.read("speed_new_users")["user_id"].to_pylist()) == {2}  # 1 is in m1's view
     assert set(lake.read("speed_user_activity")["model_version"].to_pylist()) == {"m1"}
 
-    _publish(lake, "m2", dt.date(2026, 11, 23), t(23, 3))
+    record_published_model(lake, "m2", dt.date(2026, 11, 23), t(23, 3))
     report = speed.process(
         records(["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
     )
