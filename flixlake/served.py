@@ -166,18 +166,13 @@ class ServedLanding:
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
             self.maintain()
-        stamps_ms = pc.divide(records["timestamp"].cast(pa.int64()), 1000).combine_chunks()
-        committed = time.time()
-        lag = committed - pc.min(stamps_ms).as_py() / 1000 if len(stamps_ms) else None
-        return BatchReport(
-            batch_id=batch_id,
+        return BatchReport.committed_now(
+            records,
+            batch_id,
+            started,
             events=records.num_rows,
             rejected=landed.quarantine.num_rows,
             written=wrote_s or wrote_q,
-            seconds=time.monotonic() - started,
-            lag_seconds=lag,
-            committed_at=committed,
-            kafka_timestamps_ms=stamps_ms,
         )
 
     def maintain(self) -> None:

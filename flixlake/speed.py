@@ -373,6 +373,37 @@ class BatchReport:
     kafka_timestamps_ms: pa.Array = field(repr=False)
     rebuilt: bool = False
 
+    @classmethod
+    def committed_now(
+        cls,
+        records: pa.Table,
+        batch_id: int,
+        started: float,
+        events: int,
+        rejected: int,
+        written: bool,
+        rebuilt: bool = False,
+    ) -> BatchReport:
+        """The report of a batch of Kafka ``records`` whose commits just finished.
+
+        ``started`` is the ``time.monotonic()`` when processing began; lag is measured from the
+        oldest Kafka timestamp in the batch.
+        """
+        stamps_ms = pc.divide(records["timestamp"].cast(pa.int64()), 1000).combine_chunks()
+        committed = time.time()
+        lag = committed - pc.min(stamps_ms).as_py() / 1000 if len(stamps_ms) else None
+        return cls(
+            batch_id=batch_id,
+            events=events,
+            rejected=rejected,
+            written=written,
+            seconds=time.monotonic() - started,
+            lag_seconds=lag,
+            committed_at=committed,
+            kafka_timestamps_ms=stamps_ms,
+            rebuilt=rebuilt,
+        )
+
     def line(self, query_name: str) -> str:
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
         lag = "-" if self.lag_seconds is None else f"{self.lag_seconds:.1f}s"
@@ -501,18 +532,13 @@ class SpeedLayer:
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
             self.maintain()
-        stamps_ms = pc.divide(records["timestamp"].cast(pa.int64()), 1000).combine_chunks()
-        committed = time.time()
-        lag = committed - pc.min(stamps_ms).as_py() / 1000 if len(stamps_ms) else None
-        return BatchReport(
-            batch_id=batch_id,
+        return BatchReport.committed_now(
+            records,
+            batch_id,
+            started,
             events=parsed.n_lines,
             rejected=parsed.n_rejected,
             written=wrote_b or wrote_q,
-            seconds=time.monotonic() - started,
-            lag_seconds=lag,
-            committed_at=committed,
-            kafka_timestamps_ms=stamps_ms,
             rebuilt=rebuilt,
         )
 
