@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -426,19 +428,165 @@ def simulate(
 
 @app.command()
 def demo(
-    users: Annotated[int, typer.Option(min=10)] = 3000,
-    movies: Annotated[int, typer.Option(min=20)] = 600,
-    days: Annotated[int, typer.Option(min=8)] = 30,
-    seed: int = 7,
+    users: Annotated[
+        int, typer.Option(min=10, help="users in the history and the simulator")
+    ] = 3000,
+    movies: Annotated[int, typer.Option(min=20, help="movies in the history")] = 600,
+    days: Annotated[int, typer.Option(min=8, help="days of history")] = 30,
+    seed: Annotated[int, typer.Option(help="world seed (history and simulator)")] = 7,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", help="no broker, Airflow or service: generate, ingest, batch in-process"
+        ),
+    ] = False,
+    run_seconds: Annotated[
+        float | None,
+        typer.Option(min=0, help="stop everything after this long live (default: Ctrl-C)"),
+    ] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="simulator log lines per second")] = 40.0,
+    airflow_port: Annotated[int, typer.Option(help="Airflow UI and API port")] = 8080,
+    port: Annotated[int | None, typer.Option(help="service port (default: serving.port)")] = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Generate a small synthetic history, ingest it, run the batch pipeline, show results."""
-    from flixlake.demo import run_demo
+    """The whole system on this machine: broker, speed layer, Airflow, service, simulator.
+
+    Ingests a small synthetic history (generated once), starts the broker,
+    the streaming job and `airflow standalone` (UI on --airflow-port), runs
+    flixlake_batch through Airflow for the history's last day, starts the
+    service and the simulator, then prints a status line every few seconds.
+    Ctrl-C stops everything it started. Logs: $FLIXLAKE_HOME/demo/logs/.
+    """
+    from flixlake.demo import LiveOptions, run_demo, run_offline_demo
 
     settings = _settings(env, home)
-    code = run_demo(settings, console, users=users, movies=movies, days=days, seed=seed)
+    if offline:
+        code = run_offline_demo(settings, console, users, movies, days, seed)
+    else:
+        options = LiveOptions(
+            users=users,
+            movies=movies,
+            days=days,
+            seed=seed,
+            rate=rate,
+            airflow_port=airflow_port,
+            serve_port=port or settings.serving.port,
+            run_seconds=run_seconds,
+        )
+        code = run_demo(settings, console, options)
     raise typer.Exit(code)
+
+
+experiment_app = typer.Typer(
+    help="Online evaluation of served answers and A/B comparison of experiment variants.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("evaluate")
+def experiment_evaluate(
+    until: Annotated[
+        str | None, typer.Option(help="evaluate served hours complete by this ISO time (UTC)")
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Recompute watch-through of recent served hours now, as the flixlake_online DAG does."""
+    from flixlake.entrypoint import parse_timestamp
+    from flixlake.lake import Lake, MissingTableError
+    from flixlake.online import run_online_evaluation
+    from flixlake.spark import build_spark_session
+
+    settings = _settings(env, home)
+    try:
+        end = parse_timestamp(until) if until else dt.datetime.now(dt.UTC)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    spark = build_spark_session(settings, app_name="flixlake-online-evaluation")
+    try:
+        summary = run_online_evaluation(spark, Lake(settings.lake_root), settings, end)
+    except MissingTableError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        spark.stop()
+    if "skipped" in summary:
+        err.print(f"[yellow]{summary['skipped']}[/yellow]")
+    console.print_json(json.dumps(summary, default=str))
+
+
+@experiment_app.command("report")
+def experiment_report(
+    since: Annotated[str | None, typer.Option(help="first served hour, ISO time (UTC)")] = None,
+    until: Annotated[str | None, typer.Option(help="end of the range (exclusive), ISO")] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="experiment name (default: serving.experiment.name)")
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option(help="control variant (default: the first configured one)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="report folder (default: <artifacts>/experiments/<experiment>)"),
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Compare an experiment's variants: watch-through, intervals, z-tests; write an HTML report."""
+    from flixlake.entrypoint import parse_timestamp
+    from flixlake.experiments import NAME_PATTERN
+    from flixlake.lake import Lake
+    from flixlake.online import NoEvaluationsError, compare_variants, experiment_rows
+    from flixlake.online_report import result_rows, write_experiment_report
+
+    settings = _settings(env, home)
+    configured = settings.serving.experiment
+    name = experiment or configured.name
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise _fail(f"--experiment {name!r} must match {NAME_PATTERN}")
+    try:
+        start = parse_timestamp(since, "--since") if since else None
+        end = parse_timestamp(until, "--until") if until else None
+        rows = experiment_rows(Lake(settings.lake_root), name, start, end)
+    except (NoEvaluationsError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        results = compare_variants(
+            rows,
+            control or configured.variants[0].name,
+            settings.online.confidence,
+            settings.online.min_served,
+        )
+    except LookupError as exc:
+        raise _fail(f"{exc}; pass --control") from None
+    requested = f"{since or 'the first hour'} to {until or 'the last hour'}"
+    table = Table(
+        title=f"experiment {name}: watch-through ({requested})",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    rows_text = result_rows(results)
+    for column in rows_text[0]:
+        table.add_column(column, overflow="fold")  # a narrow terminal splits numbers, never cuts
+    for row in rows_text:
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(
+        f"An answer converts when its user watches one of its movies within "
+        f"{settings.online.watch_window}; variants (or a control) with fewer than "
+        f"{settings.online.min_served} answers are not tested."
+    )
+    page = write_experiment_report(
+        out or settings.artifacts_root / "experiments" / name,
+        name,
+        results,
+        rows,
+        settings.online,
+        requested,
+    )
+    console.print(f"report: {page}", soft_wrap=True)
 
 
 def _progress() -> Progress:

@@ -1,61 +1,137 @@
-"""``make demo``: the main job on the embedded default, end to end on one machine.
+"""``make demo``: the whole live system on one machine, started the way a user starts each part.
 
-Generates a small synthetic history (once; it is deterministic), ingests it into bronze exactly
-once, runs the batch pipeline for the last day of the history, then prints the model's offline
-metrics and a few users' recommendations straight from the ``batch_recommendations`` table.
+1. a small synthetic history, generated once and ingested into bronze exactly once;
+2. the broker (``flixlake broker``) with the log topic and the served-recommendations topic;
+3. the speed layer (``spark-submit streaming/speed_layer.py``);
+4. ``airflow standalone`` with this repository's ``dags/``, which runs ``flixlake_batch`` once
+   for the history's last day (triggered and followed through Airflow's REST API);
+5. the service (``flixlake serve``), with a sample answer;
+6. the simulator (``flixlake simulate``) asking the service, for users the history knows;
+
+then one status line every few seconds until Ctrl-C (or ``run_seconds``), which stops them all,
+the last started first (:mod:`flixlake.supervise`). Each child logs to
+``$FLIXLAKE_HOME/demo/logs/<name>.log``; all get the same ``FLIXLAKE_HOME``, ``FLIXLAKE_ENV`` and
+bootstrap servers. The broker keeps its topics in memory, so each demo gives the speed layer a
+query name (and checkpoint) of its own: offsets of an earlier broker mean nothing to this one.
+
+Airflow runs with ``[scheduler] use_job_schedule = False``: only the run the demo triggers
+executes (unpausing would otherwise also start the schedule's latest run, for today).
+
+``--offline`` (:func:`run_offline_demo`) keeps the quick path without Kafka, Airflow or service:
+generate, ingest, run the batch pipeline in this process, print metrics and a few users' lists.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import re
+import signal
+import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from flixlake.config import Settings
+from flixlake.config import ENV_VAR, HOME_VAR, Settings
+from flixlake.lake import Lake
+from flixlake.supervise import Child, ChildFailedError, Stopped, Supervisor, log_tail, port_free
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH_DAG = "flixlake_batch"
+AIRFLOW_USER = "admin"  # the simple auth manager's default user (core.simple_auth_manager_users)
+STATUS_EVERY_S = 5.0
+_HTTP_TIMEOUT_S = 10.0
 
 
-def run_demo(
-    settings: Settings, console: Console, users: int, movies: int, days: int, seed: int
-) -> int:
-    """Run the demo; returns the process exit code (0 ok, 3 when a gate refused to publish)."""
-    from flixlake.cli import print_batch_summary
-    from flixlake.entrypoint import GateFailedError
+class DemoError(RuntimeError):
+    """The demo cannot go on (a port is taken, a child failed, a task failed); says why."""
+
+
+class PortTakenError(DemoError):
+    """A port the demo needs is in use (another demo, Kafka, Airflow or service?)."""
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """What ``flixlake demo`` was asked for (history size, simulator rate, ports, duration)."""
+
+    users: int
+    movies: int
+    days: int
+    seed: int
+    rate: float
+    airflow_port: int
+    serve_port: int
+    run_seconds: float | None = None
+
+
+# -- the synthetic history (both paths) ----------------------------------------------------------
+def prepare_history(
+    settings: Settings, console: Console, users: int, movies: int, days: int, seed: int, steps: int
+) -> dict[str, Any]:
+    """Generate the history once (it is deterministic) and ingest it exactly once; its summary."""
     from flixlake.generate import generate_history
     from flixlake.ingest import ingest_paths
-    from flixlake.lake import Lake
-    from flixlake.pipeline import run_batch
-    from flixlake.spark import build_spark_session
 
-    started = time.perf_counter()
     data_dir = settings.home / "demo-data" / f"u{users}-m{movies}-d{days}-s{seed}"
     summary_file = data_dir / "summary.json"
-    console.rule("[bold]flixlake demo")
-    console.print(f"home: {settings.home}   env: {settings.env}")
     if summary_file.exists():
         generated: dict[str, Any] = json.loads(summary_file.read_text())
-        console.print(f"1/4 synthetic history already in {data_dir}")
+        console.print(f"1/{steps} synthetic history already in {data_dir}")
     else:
         console.print(
-            f"1/4 generating {users:,} users × {movies:,} movies × {days} days into {data_dir}"
+            f"1/{steps} generating {users:,} users × {movies:,} movies × {days} days into {data_dir}"
         )
         generated = generate_history(
             data_dir, n_users=users, n_movies=movies, days=days, seed=seed, bad_rate=0.002
         )
         summary_file.write_text(json.dumps(generated, default=str))
-    console.print(f"    {json.dumps(generated.get('lines', generated), default=str)}")
-
-    lake = Lake(settings.lake_root)
-    console.print("2/4 ingesting into bronze_events (exactly once; a rerun adds nothing)")
-    ingested = ingest_paths(lake, [data_dir], settings.ingest.chunk_lines)
+    lines = generated["lines"]
     console.print(
-        f"    {ingested.lines:,} new lines, {ingested.rejected:,} quarantined {dict(ingested.reasons)}, "
-        f"{ingested.skipped_chunks} chunks already ingested"
+        f"    {lines['total']:,} log lines: {lines['watch']:,} watched minutes, "
+        f"{lines['rate']:,} ratings, {lines['reco']:,} recommendation requests, "
+        f"{lines['bad_total']:,} bad on purpose"
     )
+    ingested = ingest_paths(Lake(settings.lake_root), [data_dir], settings.ingest.chunk_lines)
+    console.print(
+        f"    ingested into bronze_events exactly once: {ingested.lines:,} new lines "
+        f"({ingested.rejected:,} to quarantine), {ingested.skipped_chunks} chunks already there"
+    )
+    return generated
 
-    run_date = _as_date(generated["last_date"])
-    console.print(f"3/4 batch pipeline for run date {run_date}")
+
+def _last_date(generated: dict[str, Any]) -> dt.date:
+    return dt.date.fromisoformat(str(generated["last_date"]))
+
+
+# -- the offline path ----------------------------------------------------------------------------
+def run_offline_demo(
+    settings: Settings, console: Console, users: int, movies: int, days: int, seed: int
+) -> int:
+    """Generate, ingest, batch in-process, show results; 0 ok, 3 when a gate refused to publish."""
+    from flixlake.cli import print_batch_summary
+    from flixlake.entrypoint import GateFailedError
+    from flixlake.pipeline import run_batch
+    from flixlake.spark import build_spark_session
+
+    started = time.perf_counter()
+    console.rule("[bold]flixlake demo (offline)")
+    console.print(f"home: {settings.home}   env: {settings.env}")
+    generated = prepare_history(settings, console, users, movies, days, seed, steps=3)
+    lake = Lake(settings.lake_root)
+    run_date = _last_date(generated)
+    console.print(f"2/3 batch pipeline for run date {run_date}")
     spark = build_spark_session(settings, app_name="flixlake-demo")
     try:
         results = run_batch(
@@ -73,7 +149,7 @@ def run_demo(
         spark.stop()
     print_batch_summary({r.step.name: r.summary for r in results})
 
-    console.print("4/4 a few users' recommendations (batch_recommendations, newest model):")
+    console.print("3/3 a few users' recommendations (batch_recommendations, newest model):")
     version = next(r.summary for r in results if r.step.name == "train")["model_version"]
     sample = lake.sql(
         "SELECT user_id, array_agg(movie_id ORDER BY rank) AS movies FROM batch_recommendations "
@@ -88,7 +164,595 @@ def run_demo(
     return 0
 
 
-def _as_date(value: Any) -> Any:
-    import datetime as dt
+# -- the live path -------------------------------------------------------------------------------
+def run_demo(settings: Settings, console: Console, options: LiveOptions) -> int:
+    """Run the live system until Ctrl-C or ``options.run_seconds``; 0 after a clean stop,
+    1 when a part failed, 2 when a port it needs is taken."""
 
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+    def report_stop(result: Stopped) -> None:
+        how = "killed" if result.killed else f"exit {result.exit_code}"
+        strays = f", {result.strays} stray processes ended" if result.strays else ""
+        console.print(f"    ■ {result.name} stopped ({how}) in {result.seconds:.1f}s{strays}")
+
+    console.rule("[bold]flixlake demo")
+    console.print(f"home: {settings.home}   env: {settings.env}")
+    supervisor = Supervisor(settings.home / "demo" / "logs", on_stop=report_stop)
+    code = 0
+    with _stop_signals_interrupt():
+        try:
+            LiveDemo(settings, console, options, supervisor).run()
+        except KeyboardInterrupt as exc:
+            console.print(f"\n{exc or 'Ctrl-C'}: stopping everything the demo started")
+        except (DemoError, ChildFailedError) as exc:
+            console.print("[red]demo failed:[/red]", escape(str(exc)))
+            code = 2 if isinstance(exc, PortTakenError) else 1
+        finally:
+            with _ignoring_stop_signals():  # a second Ctrl-C must not cut the clean-up short
+                if supervisor.children:
+                    console.print("stopping, the last started first")
+                supervisor.stop_all()
+    console.print(f"all stopped; logs in {supervisor.log_dir}")
+    return code
+
+
+class LiveDemo:
+    """The six start-up steps and the status loop; children belong to ``supervisor``."""
+
+    def __init__(
+        self, settings: Settings, console: Console, options: LiveOptions, supervisor: Supervisor
+    ) -> None:
+        self.settings = settings
+        self.console = console
+        self.options = options
+        self.supervisor = supervisor
+        self.bin_dir = Path(sys.executable).parent  # the venv's: flixlake, airflow, spark-submit
+        self.env = _child_env(settings, self.bin_dir)
+        self.bootstrap = settings.kafka.bootstrap_servers  # the same for every child
+        self.topics = [settings.kafka.topic, settings.serving.telemetry.served_topic]
+        # the broker forgets its topics when it stops: offsets of an earlier broker mean nothing
+        stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+        self.query = f"{settings.streaming.query_name}_{stamp}"
+        self.airflow_home = settings.home / "airflow"
+        self.password_file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        self.airflow_url = f"http://localhost:{options.airflow_port}"
+        self.service_url = f"http://localhost:{options.serve_port}"
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        """Start everything, then print status lines; returns at ``run_seconds``."""
+        self.check_ports()
+        generated = prepare_history(
+            self.settings,
+            self.console,
+            self.options.users,
+            self.options.movies,
+            self.options.days,
+            self.options.seed,
+            steps=6,
+        )
+        run_date = _last_date(generated)
+        self.phase(f"history ready for run date {run_date}")
+        self.start_broker()
+        stream = self.start_speed_layer()
+        api = self.start_airflow()
+        run_batch_dag(api, self.console, self.settings, run_date, self.airflow_home)
+        self.phase(f"{BATCH_DAG} done for {run_date}")
+        self.start_service()
+        simulator = self.start_simulator()
+        metrics = f"{self.service_url}/metrics"
+        self.watch(LiveStatus(stream.log_path, simulator.log_path, metrics, self.query))
+
+    def check_ports(self) -> None:
+        """Fail before starting anything when a port is taken (likely another demo)."""
+        from flixlake.broker import port_of
+
+        wanted = {
+            port_of(self.bootstrap): "the broker (kafka.bootstrap_servers)",
+            self.options.airflow_port: "Airflow (--airflow-port)",
+            self.options.serve_port: "the service (--port or serving.port)",
+        }
+        taken = [f"{port} for {what}" for port, what in wanted.items() if not port_free(port)]
+        if taken:
+            raise PortTakenError(
+                f"port {', '.join(taken)} is in use: stop whatever listens there "
+                "(`ss -ltnp` shows it) or choose other ports"
+            )
+
+    def phase(self, message: str) -> None:
+        self.console.print(
+            f"    ✓ {message}   [dim]{_clock(time.monotonic() - self.started)}[/dim]"
+        )
+
+    def start_broker(self) -> None:
+        from flixlake.broker import create_topic, port_of
+
+        self.console.print(f"2/6 broker (flixlake broker) at {self.bootstrap}")
+        broker = self.supervisor.start(
+            "broker",
+            [self._bin("flixlake"), "broker", "--port", str(port_of(self.bootstrap))],
+            env=self.env,
+            cwd=REPO,
+        )
+        self.supervisor.wait_ready(broker, lambda: "broker ready at" in broker.log_tail(), 60)
+        partitions = self.settings.kafka.partitions
+        for topic in self.topics:  # idempotent: makes sure both topics are there and visible
+            create_topic(self.bootstrap, topic, partitions)
+        self.phase(f"topics {', '.join(self.topics)} ({partitions} partitions each)")
+
+    def start_speed_layer(self) -> Child:
+        self.console.print(
+            f"3/6 speed layer: spark-submit streaming/speed_layer.py --query-name {self.query}"
+        )
+        stream = self.supervisor.start(
+            "speed-layer",
+            [
+                self._bin("spark-submit"),
+                "--driver-memory",
+                self.settings.spark.driver_memory,
+                str(REPO / "streaming" / "speed_layer.py"),
+                f"--bootstrap-servers={self.bootstrap}",
+                f"--query-name={self.query}",
+            ],
+            env=self.env,
+            cwd=REPO,
+            signal_to="python",  # the driver stops both queries cleanly, the JVM follows
+        )
+        metadata = self.settings.checkpoint_root / self.query / "metadata"  # at query start
+        self.supervisor.wait_ready(stream, metadata.exists, timeout=300, what="streaming")
+        self.phase("streaming query started")
+        return stream
+
+    def start_airflow(self) -> AirflowApi:
+        """``airflow standalone``; once healthy and showing the DAG, the API as its admin."""
+        port = self.options.airflow_port
+        self.console.print(f"4/6 Airflow: airflow standalone, UI on port {port}")
+        airflow = self.supervisor.start(
+            "airflow",
+            [self._bin("airflow"), "standalone"],
+            env=_airflow_env(self.env, self.airflow_home, port),
+            cwd=REPO,
+            signal_to="child",  # it stops its scheduler, api-server, ... itself
+        )
+        url = self.airflow_url
+        self.supervisor.wait_ready(airflow, lambda: _airflow_healthy(url), 300, what="healthy")
+        password = json.loads(self.password_file.read_text())[AIRFLOW_USER]
+        api = AirflowApi(url, AIRFLOW_USER, password)
+        self.supervisor.wait_ready(
+            airflow, lambda: api.dag_parsed(BATCH_DAG), 300, what=f"showing {BATCH_DAG}"
+        )
+        self.phase(f"Airflow UI {url}   user {AIRFLOW_USER}   password {password}")
+        self.console.print(f"      (the password is also in {self.password_file})")
+        return api
+
+    def start_service(self) -> None:
+        port = self.options.serve_port
+        self.console.print(f"5/6 service: flixlake serve --port {port}")
+        service = self.supervisor.start(
+            "service",
+            [self._bin("flixlake"), "serve", f"--port={port}"],
+            env=self.env,
+            cwd=REPO,
+            signal_to="child",  # uvicorn drains, then flushes and stops its telemetry shipper
+        )
+        self.supervisor.wait_ready(
+            service,
+            lambda: _service_loaded(self.service_url),
+            timeout=self.settings.serving.startup_wait_seconds + 120,
+            what="serving the batch view",
+        )
+        self.phase(f"service {self.service_url}/recommend/<userid>   /health   /metrics")
+        _print_sample_answer(self.console, self.settings, self.service_url)
+
+    def start_simulator(self) -> Child:
+        options = self.options
+        self.console.print(
+            f"6/6 simulator: flixlake simulate --rate {options.rate:g}, asking the service"
+        )
+        simulator = self.supervisor.start(
+            "simulator",
+            [
+                self._bin("flixlake"),
+                "simulate",
+                f"--rate={options.rate:g}",
+                f"--users={options.users}",
+                f"--movies={options.movies}",
+                f"--seed={options.seed}",
+                f"--serve-url={self.service_url}",
+                f"--bootstrap-servers={self.bootstrap}",
+            ],
+            env=self.env,
+            cwd=REPO,
+        )
+        self.supervisor.wait_ready(simulator, lambda: "sent " in simulator.log_tail(), 120)
+        self.phase("simulator streaming")
+        return simulator
+
+    def watch(self, status: LiveStatus) -> None:
+        """Where everything is, then a status line every few seconds; raises if a child died."""
+        console, options = self.console, self.options
+        console.rule(f"[bold]up in {_clock(time.monotonic() - self.started)}")
+        console.print(
+            f"  Airflow UI  {self.airflow_url}   user {AIRFLOW_USER}, "
+            f"password in {self.password_file}"
+        )
+        console.print(
+            f"  service     curl {self.service_url}/recommend/<userid>   {self.service_url}/metrics"
+        )
+        console.print(f"  broker      {self.bootstrap}   topics {', '.join(self.topics)}")
+        console.print(f"  logs        {self.supervisor.log_dir}/<name>.log")
+        until = "until Ctrl-C" if options.run_seconds is None else f"for {options.run_seconds:g}s"
+        console.print(f"  status every {STATUS_EVERY_S:g}s {until}: {LiveStatus.LEGEND}")
+        watch_started = time.monotonic()
+        end = None if options.run_seconds is None else watch_started + options.run_seconds
+        while end is None or time.monotonic() < end:
+            time.sleep(
+                STATUS_EVERY_S if end is None else min(STATUS_EVERY_S, end - time.monotonic())
+            )
+            died = self.supervisor.exited()
+            if died:
+                raise DemoError(
+                    f"{died[0].name} exited with code {died[0].exit_code()}; "
+                    f"log {died[0].log_path}:\n{died[0].log_tail()}"
+                )
+            console.print(f"  {_clock(time.monotonic() - watch_started)}  {status.line()}")
+        console.print(f"--run-seconds {options.run_seconds:g} reached")
+
+    def _bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _child_env(settings: Settings, bin_dir: Path) -> dict[str, str]:
+    """What every child gets: this lake and config, the venv's Python for Spark, its bin first."""
+    python = str(bin_dir / "python")
+    return {
+        **os.environ,
+        HOME_VAR: str(settings.home),
+        ENV_VAR: settings.env,
+        "PYSPARK_PYTHON": python,
+        "PYSPARK_DRIVER_PYTHON": python,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def _airflow_env(env: dict[str, str], airflow_home: Path, port: int) -> dict[str, str]:
+    """``airflow standalone`` for a 2-core machine, with the repo's DAGs; only triggered runs."""
+    return {
+        **env,
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+    }
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP (terminal closed) all end the demo the same clean way."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(
+            "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        )
+
+    previous = {
+        sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _ignoring_stop_signals() -> Iterator[None]:
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- HTTP: Airflow's REST API and the service ----------------------------------------------------
+def _http(
+    method: str, url: str, body: Any = None, token: str | None = None
+) -> tuple[int, bytes, Message]:
+    """One HTTP request: status, body, headers (4xx/5xx included; connection errors raise)."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response:
+            return response.status, response.read(), response.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers
+
+
+def _get_json(url: str) -> Any:
+    """GET ``url`` as JSON; None when it is not up or answers with an error yet."""
+    try:
+        status, body, _ = _http("GET", url)
+        return json.loads(body) if status == 200 else None
+    except (OSError, ValueError):  # refused, reset, timed out, half-started: not ready yet
+        return None
+
+
+def _airflow_healthy(base_url: str) -> bool:
+    health = _get_json(f"{base_url}/api/v2/monitor/health")
+    return bool(health) and all(
+        part.get("status") == "healthy" for part in health.values() if isinstance(part, dict)
+    )
+
+
+def _service_loaded(service_url: str) -> bool:
+    health = _get_json(f"{service_url}/health")
+    return bool(health and health.get("batch_views"))
+
+
+class AirflowApi:
+    """The few Airflow REST API (v2) calls the demo makes, as the simple auth manager's user."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url
+        self.username = username
+        self.password = password
+        self._token: str | None = None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """``/api/v2/<path>`` as JSON; raises DemoError on an error status."""
+        if self._token is None:
+            credentials = {"username": self.username, "password": self.password}
+            status, answer, _ = _http("POST", f"{self.base_url}/auth/token", credentials)
+            if status not in (200, 201):
+                raise DemoError(f"Airflow refused a token for {self.username!r}: {answer[:300]!r}")
+            self._token = json.loads(answer)["access_token"]
+        status, answer, _ = _http(method, f"{self.base_url}/api/v2/{path}", body, self._token)
+        if status >= 400:
+            raise DemoError(f"Airflow API {method} {path}: HTTP {status} {answer[:300]!r}")
+        return json.loads(answer) if answer else None
+
+    def dag_parsed(self, dag_id: str) -> bool:
+        """True once the DAG is known; a DemoError naming the import error if its file broke."""
+        try:
+            self.call("GET", f"dags/{dag_id}")
+            return True
+        except DemoError:
+            errors = self.call("GET", "importErrors")["import_errors"]
+            if errors:
+                raise DemoError(
+                    f"Airflow cannot import the DAGs: {errors[0]['filename']}: "
+                    f"{errors[0]['stack_trace'][-1500:]}"
+                ) from None
+            return False
+        except (OSError, ValueError):  # the API server is still starting
+            return False
+
+
+def run_batch_dag(
+    api: AirflowApi,
+    console: Console,
+    settings: Settings,
+    run_date: dt.date,
+    airflow_home: Path,
+    poll_seconds: float = 2.0,
+) -> None:
+    """Trigger ``flixlake_batch`` for ``run_date`` (resume a failed run, skip a succeeded one),
+    unpause it, print each task's state changes until the run ends; DemoError if it failed."""
+    from flixlake.cli import print_batch_summary
+    from flixlake.pipeline import BATCH_STEPS
+    from flixlake.runs import read_manifest
+
+    logical = f"{run_date.isoformat()}T00:00:00Z"
+    quoted = urllib.parse.quote(logical)
+    runs = api.call(
+        "GET", f"dags/{BATCH_DAG}/dagRuns?logical_date_gte={quoted}&logical_date_lte={quoted}"
+    )["dag_runs"]
+    run_id = runs[0]["dag_run_id"] if runs else f"demo__{run_date.isoformat()}"
+    run_path = f"dags/{BATCH_DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    if not runs:
+        api.call(
+            "POST", f"dags/{BATCH_DAG}/dagRuns", {"dag_run_id": run_id, "logical_date": logical}
+        )
+        console.print(f"    triggered {BATCH_DAG} for {run_date}: run {run_id}")
+    elif runs[0]["state"] == "success":
+        console.print(f"    {BATCH_DAG} already succeeded for {run_date} (run {run_id})")
+    else:
+        console.print(f"    resuming {BATCH_DAG} run {run_id} ({runs[0]['state']})")
+        if runs[0]["state"] == "failed":
+            api.call("POST", f"{run_path}/clear", {"dry_run": False, "only_failed": True})
+    api.call("PATCH", f"dags/{BATCH_DAG}", {"is_paused": False})
+
+    steps = {s.task_id: (i, s.description) for i, s in enumerate(BATCH_STEPS)}
+    seen: dict[str, tuple[str, int]] = {}
+    polling_since = time.monotonic()
+    while True:
+        tasks = api.call("GET", f"{run_path}/taskInstances")["task_instances"]
+        for task in sorted(tasks, key=lambda t: steps[t["task_id"]][0]):
+            task_id, state, attempt = task["task_id"], task["state"], task["try_number"]
+            if state is None or seen.get(task_id) == (state, attempt):
+                continue
+            seen[task_id] = (state, attempt)
+            took = f" in {task['duration']:.1f}s" if task.get("duration") else ""
+            console.print(
+                f"    {_clock(time.monotonic() - polling_since)}  {task_id:<19} {state}{took}"
+                f"   [dim]{steps[task_id][1]}[/dim]"
+            )
+            if state in ("failed", "up_for_retry"):
+                log = _task_log(airflow_home, run_id, task_id, attempt)
+                console.print(f"      [red]attempt {attempt} failed[/red]; log {log}")
+                for line in _task_output_tail(log):
+                    console.print(f"      │ {escape(line)}")
+            if state == "up_for_retry":
+                console.print(
+                    f"      Airflow retries it in {settings.airflow.retry_delay_minutes} min "
+                    "(airflow.retry_delay_minutes); Ctrl-C stops the demo"
+                )
+        state = api.call("GET", run_path)["state"]
+        if state == "success":
+            break
+        if state == "failed":
+            raise DemoError(f"{BATCH_DAG} run {run_id} failed; task logs under {airflow_home}/logs")
+        time.sleep(poll_seconds)
+    print_batch_summary(
+        {s: read_manifest(settings, run_date, s) for s in ("train", "evaluate", "publish")}
+    )
+
+
+def _task_log(airflow_home: Path, run_id: str, task_id: str, attempt: int) -> Path:
+    return (
+        airflow_home
+        / "logs"
+        / f"dag_id={BATCH_DAG}"
+        / f"run_id={run_id}"
+        / f"task_id={task_id}"
+        / f"attempt={attempt}.log"
+    )
+
+
+def _task_output_tail(log: Path, lines: int = 4) -> list[str]:
+    """The last lines the task's command printed (Airflow logs them as JSON events)."""
+    output = []
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    for raw in text.splitlines():
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if "subprocess" in str(event.get("logger", "")):
+            output.append(str(event.get("event", "")))
+    return output[-lines:]
+
+
+def _print_sample_answer(console: Console, settings: Settings, service_url: str) -> None:
+    """``curl`` one user of the published batch view, and show what came back."""
+    from flixlake.registry import current_published_model
+
+    lake = Lake(settings.lake_root)
+    model = current_published_model(lake)
+    version = model["model_version"] if model else ""
+    rows = lake.sql(
+        "SELECT min(user_id) AS user_id FROM batch_recommendations "
+        f"WHERE model_version = '{version}'"
+    ).to_pylist()
+    user = rows[0]["user_id"] if rows and rows[0]["user_id"] is not None else 1
+    url = f"{service_url}/recommend/{user}"
+    asked = time.perf_counter()
+    status, body, headers = _http("GET", url)
+    took = (time.perf_counter() - asked) * 1000
+    console.print(f"    $ curl {url}")
+    console.print(f"    {body.decode('utf-8', 'replace').strip()}", soft_wrap=True, markup=False)
+    console.print(
+        f"    (HTTP {status} in {took:.1f} ms, X-Model-Version: "
+        f"{headers.get('X-Model-Version', '?')}, source {headers.get('X-Recommendation-Source')})"
+    )
+
+
+# -- the status line -----------------------------------------------------------------------------
+_BATCH_LINE = re.compile(
+    r"^\[(?P<query>[\w-]+)\] batch \d+: (?P<events>\d+) events \((?P<rejected>\d+) rejected\)"
+    r".* lag (?P<lag>[\d.]+s|-)"
+)
+_SENT_LINE = re.compile(r"sent (?P<sent>[\d,]+) lines, (?P<rate>\d+)/s")
+
+
+class LiveStatus:
+    """One status line, from the speed layer's and the simulator's logs and the service's
+    /metrics: lines sent, events landed in bronze and the lag, answers and their median
+    latency, served answers landed in the lake."""
+
+    LEGEND = "lines sent │ events the speed layer landed │ service answers │ answers landed"
+
+    def __init__(self, stream_log: Path, simulator_log: Path, metrics_url: str, query: str) -> None:
+        self.stream_log = stream_log
+        self.simulator_log = simulator_log
+        self.metrics_url = metrics_url
+        self.query = query
+        self._stream_offset = 0
+        self.events = 0
+        self.rejected = 0
+        self.served_landed = 0
+        self.lag = "-"
+
+    def line(self) -> str:
+        self._read_stream_log()
+        sent = _last_match(_SENT_LINE, log_tail(self.simulator_log))
+        simulator = f"sent {sent['sent']} ({sent['rate']}/s)" if sent else "sent 0"
+        quarantined = f" ({self.rejected:,} quarantined)" if self.rejected else ""
+        return (
+            f"{simulator} │ bronze +{self.events:,}{quarantined}, lag {self.lag} │ "
+            f"{self._service()} │ served +{self.served_landed:,}"
+        )
+
+    def _read_stream_log(self) -> None:
+        """Add up the batch lines the speed layer printed since the last call."""
+        try:
+            with self.stream_log.open("rb") as log:
+                log.seek(self._stream_offset)
+                chunk = log.read()
+        except OSError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._stream_offset += len(complete)
+        for text in complete.decode("utf-8", "replace").splitlines():
+            match = _BATCH_LINE.match(text)
+            if match is None:
+                continue
+            if match["query"] == self.query:
+                self.events += int(match["events"])
+                self.rejected += int(match["rejected"])
+                self.lag = match["lag"]
+            elif match["query"].startswith(self.query):  # the served-records query beside it
+                self.served_landed += int(match["events"])
+
+    def _service(self) -> str:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            status, body, _ = _http("GET", self.metrics_url)
+        except OSError:
+            return "service not answering"
+        if status != 200:
+            return f"service /metrics HTTP {status}"
+        answers = 0.0
+        buckets: list[tuple[float, float]] = []
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.labels.get("endpoint") != "recommend":
+                    continue
+                if sample.name == "flixlake_serving_requests_total":
+                    answers += sample.value if sample.labels.get("status") == "200" else 0.0
+                elif sample.name == "flixlake_serving_request_latency_seconds_bucket":
+                    buckets.append((float(sample.labels["le"]), sample.value))
+        return f"answers {answers:,.0f}, p50 {_median_bound(buckets)}"
+
+
+def _median_bound(buckets: list[tuple[float, float]]) -> str:
+    """The upper bound of the histogram bucket holding the median, e.g. ``≤ 0.5 ms``."""
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    if total == 0:
+        return "-"
+    bound = next(le for le, count in buckets if count >= total / 2)
+    return "> 2 s" if bound == float("inf") else f"≤ {bound * 1000:g} ms"
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> dict[str, str] | None:
+    matches = list(pattern.finditer(text))
+    return matches[-1].groupdict() if matches else None
