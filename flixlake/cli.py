@@ -387,6 +387,13 @@ def simulate(
     events: Annotated[
         int | None, typer.Option(min=0, help="stop after this many lines (default: Ctrl-C)")
     ] = None,
+    minute_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            help="wall-clock seconds a watched minute lasts (60: real time; less: more visits)",
+        ),
+    ] = 60.0,
     bootstrap_servers: BootstrapOpt = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
@@ -420,6 +427,7 @@ def simulate(
             faults=spec,
             serve_url=serve_url,
             progress=report,
+            minute_seconds=minute_seconds,
         )
     except BrokerError as exc:
         raise _fail(str(exc)) from None

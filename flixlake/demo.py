@@ -51,6 +51,9 @@ REPO = Path(__file__).resolve().parent.parent
 BATCH_DAG = "flixlake_batch"
 AIRFLOW_USER = "admin"  # the simple auth manager's default user (core.simple_auth_manager_users)
 STATUS_EVERY_S = 5.0
+# simulated time runs 6x faster than real time (a watched minute lasts 10 s): visits end sooner
+# and new ones keep asking the service, instead of the first minute's visits filling the rate
+SIM_MINUTE_SECONDS = 10.0
 _HTTP_TIMEOUT_S = 10.0
 
 
@@ -346,7 +349,8 @@ class LiveDemo:
     def start_simulator(self) -> Child:
         options = self.options
         self.console.print(
-            f"6/6 simulator: flixlake simulate --rate {options.rate:g}, asking the service"
+            f"6/6 simulator: flixlake simulate --rate {options.rate:g} "
+            f"--minute-seconds {SIM_MINUTE_SECONDS:g}, asking the service"
         )
         simulator = self.supervisor.start(
             "simulator",
@@ -354,6 +358,7 @@ class LiveDemo:
                 self._bin("flixlake"),
                 "simulate",
                 f"--rate={options.rate:g}",
+                f"--minute-seconds={SIM_MINUTE_SECONDS:g}",
                 f"--users={options.users}",
                 f"--movies={options.movies}",
                 f"--seed={options.seed}",

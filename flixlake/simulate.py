@@ -10,6 +10,12 @@ watched-minute line per minute (60 s apart), and maybe a rating. When the visits
 fill the rate, new visits start, so the rate sets how many users watch at once (about
 ``60 * rate``; a world with fewer users than that cannot reach the rate, see ``user_limited``).
 
+``minute_seconds`` (default 60: real time) compresses time: a watched minute lasts that many
+wall-clock seconds, and so do the pauses around it. Visits then end sooner and new ones (with
+their recommendation requests) start more often — at 40 lines/s and 60 s a minute, the visits
+started in the first minute fill the rate for many minutes and hardly any user asks the service
+meanwhile; at 10 s a minute about six times as many visits start.
+
 Pacing is a token bucket; lines go out in batches through one KafkaProducer, keyed by user id.
 
 With ``serve_url`` a visit that asks for recommendations calls ``GET {serve_url}/recommend/<id>``
@@ -149,10 +155,14 @@ class Simulator:
         faults: FaultSpec,
         serve_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        minute_seconds: float = 60.0,
     ) -> None:
+        if minute_seconds <= 0:
+            raise ValueError(f"minute_seconds must be positive, got {minute_seconds}")
         self.world = world
         self.faults = faults
         self.serve_url = serve_url
+        self.minute_seconds = minute_seconds  # wall-clock seconds a watched minute lasts
         self.clock = clock
         self.rng = np.random.default_rng([seed, 10])
         self.fault_rng = np.random.default_rng([seed, 11])  # good lines never depend on faults
@@ -280,16 +290,18 @@ class Simulator:
         uid = visit.user + 1
         movie_id = world.movie_ids[visit.movie]
         nxt: float | None
+        scale = self.minute_seconds / 60.0
         if visit.step < 0:
             assert visit.reco is not None
             ms = int(np.clip(np.rint(self.rng.lognormal(np.log(120.0), 0.6)), 3, 3000))
             server = RECO_SERVERS[int(self.rng.integers(0, len(RECO_SERVERS)))]
             kind, line = "reco", format_reco(when, uid, server, 200, visit.reco, ms)
-            nxt = due + float(self.rng.integers(3, 90))
+            nxt = due + max(1.0, float(self.rng.integers(3, 90)) * scale)
         elif visit.step < visit.minutes:
             kind, line = "watch", format_watch(when, uid, movie_id, visit.step)
             last = visit.step == visit.minutes - 1
-            nxt = due + (float(self.rng.integers(20, 300)) if last else 60.0)
+            gap = float(self.rng.integers(20, 300)) * scale if last else self.minute_seconds
+            nxt = due + max(1.0, gap)
             if last and not visit.rated:
                 nxt = None
         else:
@@ -377,9 +389,13 @@ def simulate(
     serve_url: str | None = None,
     stop: threading.Event | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    minute_seconds: float = 60.0,
 ) -> dict[str, Any]:
     """Stream live log lines into ``topic`` at ``rate`` lines/s until ``stop``, Ctrl-C or
-    ``events`` lines; returns a summary (sent, by kind, faults, elapsed, rate, reco requests)."""
+    ``events`` lines; returns a summary (sent, by kind, faults, elapsed, rate, reco requests).
+
+    ``minute_seconds``: wall-clock seconds between a visit's minute lines (60 = real time).
+    """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -392,7 +408,7 @@ def simulate(
     faults = faults or FaultSpec()
     stop = stop or threading.Event()
     world = World.build(n_users, n_movies, seed)
-    sim = Simulator(world, seed, faults, serve_url)
+    sim = Simulator(world, seed, faults, serve_url, minute_seconds=minute_seconds)
     try:
         producer = KafkaProducer(
             bootstrap_servers=bootstrap,

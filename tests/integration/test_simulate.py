@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import time
 
 import pytest
@@ -9,8 +11,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from flixlake.broker import BrokerProcess
 from flixlake.generate import BAD_KINDS
-from flixlake.logformat import parse_line
-from flixlake.simulate import FAULT_HEADER, FaultSpecError, parse_faults, simulate
+from flixlake.logformat import EventType, parse_line
+from flixlake.simulate import FAULT_HEADER, FaultSpecError, Simulator, parse_faults, simulate
+from flixlake.world import World
 
 EVENTS = 2_000
 
@@ -120,3 +123,34 @@ def test_fault_spec_parses() -> None:
         0.01,
         0.001,
     )
+
+
+@pytest.mark.parametrize("minute_seconds", [60.0, 10.0])
+def test_a_visits_minutes_are_minute_seconds_apart(minute_seconds: float) -> None:
+    """Each visit's watched-minute lines come ``minute_seconds`` apart in log time (and order)."""
+    world = World.build(200, 80, 3)
+    sim = Simulator(world, 3, parse_faults(""), minute_seconds=minute_seconds)
+    start = 1_800_000_000.0
+    lines = [ln for t in range(0, 400) for ln in sim.next_lines(5, start + t)]
+    times: dict[tuple[int, str], list[tuple[int, dt.datetime]]] = {}
+    for ln in lines:
+        event = parse_line(ln.value)
+        if event.event_type == EventType.WATCH:
+            assert event.user_id is not None and event.movie_id is not None
+            assert event.minute is not None and event.event_time is not None
+            times.setdefault((event.user_id, event.movie_id), []).append(
+                (event.minute, event.event_time)
+            )
+    gaps = [
+        (b_time - a_time).total_seconds()
+        for minutes in times.values()
+        for (a_min, a_time), (b_min, b_time) in itertools.pairwise(sorted(minutes))
+        if b_min == a_min + 1
+    ]
+    assert len(gaps) > 20
+    assert set(gaps) == {minute_seconds}  # whole seconds: the log's precision
+
+
+def test_minute_seconds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="minute_seconds"):
+        Simulator(World.build(10, 10, 1), 1, parse_faults(""), minute_seconds=0)
