@@ -3,7 +3,9 @@
 An *answer* is a served recommendation with status 200 and at least one item, counted once per
 request id (a producer retry can land a record twice). It *converts* when the same user has a
 watch event (``bronze_events``; MLiP logs one per watched minute, any minute counts) of any of
-its items with ``served_at < event_time <= served_at + online.watch_window``. Watch-through is
+its items with ``served_at <= event_time <= served_at + online.watch_window``, where served_at is
+cut to whole seconds, the precision of log times (a watch logged in the same second as the
+answer came after it: the user clicked a movie they were shown). Watch-through is
 converted / served, stored per served hour, experiment, model version and variant in
 ``online_evaluations``.
 
@@ -82,11 +84,11 @@ def answers_between(served: DataFrame, start: dt.datetime, end: dt.datetime) -> 
 
 
 def watch_events_between(bronze: DataFrame, start: dt.datetime, end: dt.datetime) -> DataFrame:
-    """Parsed watch events with ``start < event_time <= end``: who watched which movie, when."""
+    """Parsed watch events with ``start <= event_time <= end``: who watched which movie, when."""
     return bronze.where(
         (F.col("parse_status") == "ok")
         & (F.col("event_type") == "watch")
-        & (F.col("event_time") > F.lit(start))
+        & (F.col("event_time") >= F.lit(start))
         & (F.col("event_time") <= F.lit(end))
     ).select("user_id", "movie_id", "event_time")
 
@@ -102,7 +104,7 @@ def with_converted(answers: DataFrame, watches: DataFrame, window_seconds: int) 
             watches.alias("w"),
             (F.col("a.user_id") == F.col("w.user_id"))
             & (F.col("a.movie_id") == F.col("w.movie_id"))
-            & (F.col("w.event_time") > F.col("a.served_at"))
+            & (F.col("w.event_time") >= F.date_trunc("second", F.col("a.served_at")))
             & (F.col("w.event_time") <= window_end),
             "left_semi",
         )

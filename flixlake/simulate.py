@@ -230,7 +230,7 @@ class Simulator:
         return out
 
     def start_visits(self, k: int, now: float) -> int:
-        """Start up to ``k`` visits, due ``now`` (2-20 s later if they ask the service); how many."""
+        """Start up to ``k`` visits whose first line is due ``now``; returns how many."""
         world = self.world
         users = self._pick_users(k)
         if users.size < k:
@@ -264,11 +264,6 @@ class Simulator:
         minutes, rating, rated = world.watch_outcome(users, movies, self.rng)
         self.seen.add(users, movies)
         self.active[users] = True
-        # a user who asked the service browses a few seconds before the first minute plays (and
-        # log times have whole seconds: a watch must come after the answer it followed)
-        start = np.full(n, now)
-        if self.serve_url is not None:
-            start[has_reco] += self.rng.uniform(2.0, 20.0, int(has_reco.sum()))
         for i in range(n):
             visit = _Visit(
                 user=int(users[i]),
@@ -279,7 +274,7 @@ class Simulator:
                 reco=recos[i],
                 step=-1 if recos[i] is not None else 0,
             )
-            heapq.heappush(self.queue, (float(start[i]), next(self.seq), visit))
+            heapq.heappush(self.queue, (now, next(self.seq), visit))
         self.visits += n
         return n
 

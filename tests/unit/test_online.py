@@ -93,7 +93,7 @@ ANSWERS = [
     _answer("r1", t(22, 9, 10), 1, "control", "m1", ["a", "b"]),  # b watched 30 min later
     _answer("r1", t(22, 9, 10), 1, "control", "m1", ["a", "b"]),  # a producer retry: once
     _answer("r2", t(22, 9, 20), 2, "control", "m1", ["a"]),  # a watched 1h + 1s later: too late
-    _answer("r3", t(22, 9, 30), 3, "treatment", "m2", ["c"]),  # c watched before / at served_at
+    _answer("r3", t(22, 9, 30), 3, "treatment", "m2", ["c"]),  # c watched before served_at
     _answer("r4", t(22, 9, 45), 4, "treatment", "m2", ["c", "d"]),  # watches of other movies/users
     _answer("r5", t(22, 9, 50), 5, "treatment", "m2", ["d"]),  # d watched exactly 1h later
     _answer("r6", t(22, 9, 55), 5, "treatment", "m2", ["d"], status=503),  # not an answer
@@ -102,6 +102,8 @@ ANSWERS = [
     _answer("r9", t(22, 11, 5), 7, "control", "m1", ["x"]),  # incomplete hour at UNTIL
     _answer("r10", t(21, 10, 30), 8, "control", "m1", ["z"]),  # before the 24 h lookback
     _answer("r11", t(21, 23, 30), 9, "control", "m0", ["z"]),  # watched after midnight
+    # served at 09:35:00.400, f watched at 09:35:00 (log times are whole seconds): the same second
+    _answer("r12", t(22, 9, 35) + dt.timedelta(milliseconds=400), 6, "treatment", "m2", ["f"]),
 ]
 EVENTS = [
     _event(1, "b", t(22, 9, 40)),
@@ -110,7 +112,8 @@ EVENTS = [
     _event(2, "a", t(22, 9, 30), event_type="rate"),  # a rating is not a watch
     _event(2, "a", t(22, 9, 31), status="rejected"),  # neither is a rejected line
     _event(3, "c", t(22, 9, 25)),
-    _event(3, "c", t(22, 9, 30)),
+    _event(3, "c", t(22, 9, 29, 59)),
+    _event(6, "f", t(22, 9, 35)),
     _event(4, "e", t(22, 9, 50)),  # not recommended to user 4
     _event(5, "c", t(22, 9, 50)),  # recommended to user 4, watched by user 5
     _event(5, "d", t(22, 10, 50)),
@@ -123,7 +126,7 @@ EVENTS = [
 EXPECTED = {
     (t(21, 23), "control", "m0"): (1, 1),
     (t(22, 9), "control", "m1"): (2, 1),
-    (t(22, 9), "treatment", "m2"): (3, 1),
+    (t(22, 9), "treatment", "m2"): (4, 2),
     (t(22, 10), "control", "m1"): (1, 1),
 }
 
@@ -170,7 +173,7 @@ def test_conversions_per_hour_and_variant(
     assert summary["hours"] == 24
     assert summary["first_hour"] == t(21, 11).isoformat()
     assert summary["last_hour"] == t(22, 10).isoformat()
-    assert (summary["rows"], summary["served"], summary["converted"]) == (4, 7, 4)
+    assert (summary["rows"], summary["served"], summary["converted"]) == (4, 8, 5)
 
 
 def test_rerun_replaces_the_evaluated_hours_only(
