@@ -452,7 +452,7 @@ def demo(
         float | None,
         typer.Option(min=0, help="stop everything after this long live (default: Ctrl-C)"),
     ] = None,
-    rate: Annotated[float, typer.Option(min=0.1, help="simulator log lines per second")] = 40.0,
+    rate: Annotated[float, typer.Option(min=0.1, help="simulator log lines per second")] = 200.0,
     airflow_port: Annotated[int, typer.Option(help="Airflow UI and API port")] = 8080,
     port: Annotated[int | None, typer.Option(help="service port (default: serving.port)")] = None,
     env: EnvOpt = None,
