@@ -41,6 +41,24 @@ class DataFile:
     num_records: int
 
 
+def _plain(type_: pa.DataType) -> pa.DataType:
+    if pa.types.is_string_view(type_):
+        return pa.string()
+    if pa.types.is_binary_view(type_):
+        return pa.binary()
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_list_view(type_):
+        return pa.list_(_plain(type_.value_type))
+    if pa.types.is_struct(type_):
+        return pa.struct([f.with_type(_plain(f.type)) for f in type_])
+    return type_
+
+
+def without_views(table: pa.Table) -> pa.Table:
+    """Cast DataFusion's string/binary *view* columns to plain ones (CSV, pandas, older readers)."""
+    schema = pa.schema([f.with_type(_plain(f.type)) for f in table.schema])
+    return table if schema.equals(table.schema) else table.cast(schema)
+
+
 def conform(spec: TableSpec, data: pa.Table) -> pa.Table:
     """Select the table's columns in schema order and cast to its types (fails on a missing one)."""
     missing = [c for c in spec.columns if c not in data.column_names]
@@ -121,7 +139,7 @@ class Lake:
         for name in ALL_TABLES:
             if self.exists(name):
                 builder = builder.register(name, self.table(name))
-        return pa.table(builder.execute(query).read_all())
+        return without_views(pa.table(builder.execute(query).read_all()))
 
     # -- writing ------------------------------------------------------------------------------
     def applied(self, name: str, app_id: str, txn_version: int) -> bool:

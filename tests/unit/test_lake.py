@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
+from flixlake.config import Settings
 from flixlake.lake import Lake, MissingTableError
 from flixlake.spark_lake import read_table, register_views, spark_schema, write_table
 from flixlake.tables import RATINGS, WATCH_SESSIONS
@@ -78,6 +80,31 @@ def test_sql_over_tables_by_name(lake: Lake) -> None:
         "SELECT movie_id, count(*) AS n FROM watch_sessions GROUP BY movie_id ORDER BY movie_id"
     )
     assert result.to_pylist() == [{"movie_id": "a", "n": 2}, {"movie_id": "b", "n": 1}]
+    assert result.schema.field("movie_id").type == pa.string()  # not DataFusion's string_view
+
+
+def test_flixlake_sql_prints_every_format(lake: Lake, settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from flixlake.cli import app
+
+    lake.append("watch_sessions", _sessions((1, "a", 0, T.date()), (2, "b", 1, T.date())))
+    query = "SELECT user_id, movie_id FROM watch_sessions ORDER BY user_id"
+    outputs = {}
+    for output in ("csv", "json", "table"):
+        result = CliRunner().invoke(
+            app,
+            ["sql", query, "--format", output, "--home", str(settings.home), "--env", "test"],
+            env={"COLUMNS": "120"},
+        )
+        assert result.exit_code == 0, result.output
+        outputs[output] = result.output
+    assert outputs["csv"].splitlines() == ['"user_id","movie_id"', '1,"a"', '2,"b"']
+    assert json.loads(outputs["json"]) == [
+        {"user_id": 1, "movie_id": "a"},
+        {"user_id": 2, "movie_id": "b"},
+    ]
+    assert "movie_id" in outputs["table"] and "b" in outputs["table"]
 
 
 def test_spark_reads_partition_values_from_the_log(spark: SparkSession, lake: Lake) -> None:
