@@ -16,19 +16,13 @@ from rich.console import Console
 
 from flixlake.config import Settings
 from flixlake.demo import AirflowApi, DemoError, LiveStatus, _airflow_env, run_batch_dag
+from flixlake.pipeline import BATCH_STEPS
 from flixlake.runs import write_manifest
 from flixlake.speed import BatchReport
 from serving.monitoring import ServingMetrics
 
 RUN_DATE = dt.date(2026, 11, 22)
-TASKS = (
-    "compact_silver",
-    "quality_gate",
-    "train_model",
-    "evaluate_model",
-    "register_model",
-    "publish_batch_view",
-)
+TASKS = tuple(step.task_id for step in BATCH_STEPS)
 
 
 class ScriptedAirflow(AirflowApi):
