@@ -1,10 +1,15 @@
 """The speed layer: Kafka topic -> exactly-once bronze/quarantine -> speed views, until stopped.
 
+Two streaming queries in one Spark application: the events query (``kafka.topic`` -> bronze,
+quarantine, speed views) and, with ``streaming.land_served``, the served-answers query
+(``serving.telemetry.served_topic`` -> ``served_recommendations``), each with its own checkpoint.
+
     PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit streaming/speed_layer.py \\
         --env local --home var [--bootstrap-servers 127.0.0.1:9092] [--run-seconds 600]
 
-Offsets live in ``$FLIXLAKE_HOME/checkpoints/<streaming.query_name>``; a restart (also after
-``kill -9``) resumes there and replays the unfinished batch, which commits nothing twice.
+Offsets live in ``$FLIXLAKE_HOME/checkpoints/<streaming.query_name>`` (and ``<...>_served``); a
+restart (also after ``kill -9``) resumes there and replays the unfinished batch, which commits
+nothing twice.
 Exit code 0 after a clean stop (Ctrl-C or --run-seconds), 1 if the query failed, 2 on a user
 error (bad config, checkpoint that does not match the lake).
 """
