@@ -41,6 +41,12 @@ def _normalize(path: str) -> str:
     return unquote(path.removeprefix("file://").removeprefix("file:"))
 
 
+def _same_file(path: str) -> str:
+    """A file's identity: local paths with symlinks resolved (delta-rs resolves them, we do not)."""
+    path = _normalize(path)
+    return path if "://" in path else os.path.realpath(path)
+
+
 def _file_path(base: str, path: str) -> str:
     return path if "://" in path or path.startswith("/") else f"{base}/{path}"
 
@@ -64,8 +70,10 @@ def read_table(
     actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     base = table_dir(lake, name)
     if partition_filter is not None:
-        kept = {_normalize(u) for u in table.file_uris(file_pruning_predicate=partition_filter)}
-        actions = [a for a in actions if _normalize(_file_path(base, a["path"])) in kept]
+        kept = {_same_file(u) for u in table.file_uris(file_pruning_predicate=partition_filter)}
+        actions = [a for a in actions if _same_file(_file_path(base, a["path"])) in kept]
+        if kept and not actions:  # the two file lists disagree on how they spell paths
+            raise RuntimeError(f"{name}: the pruned files match none of the table's files")
     if not actions:
         return spark.createDataFrame([], schema)
     paths = [_file_path(base, a["path"]) for a in actions]

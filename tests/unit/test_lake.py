@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -127,6 +128,19 @@ def test_spark_read_skips_files_of_other_partitions(spark: SparkSession, lake: L
         spark, lake, "watch_sessions", partition_filter="event_date > '2026-11-22'"
     )
     assert nothing.count() == 0
+
+
+def test_a_pruned_read_through_a_symlinked_lake_finds_its_files(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    d1, d2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
+    lake.append("watch_sessions", _sessions((1, "a", 0, d1), (2, "b", 1, d2)))
+    link = tmp_path / "lake-link"
+    link.symlink_to(lake.root, target_is_directory=True)
+    df = read_table(
+        spark, Lake(link), "watch_sessions", partition_filter="event_date >= '2026-11-22'"
+    )
+    assert [(r.user_id, r.event_date) for r in df.collect()] == [(2, d2)]
 
 
 def test_executor_write_commits_and_replaces_one_partition(spark: SparkSession, lake: Lake) -> None:
