@@ -676,11 +676,15 @@ class SpeedLayerRun:
 
         Either way no further batch starts writing (it fails and is replayed on the next start).
         """
-        self._stopping.set()
+        self.request_stop()
         idle = self.wait_idle(timeout) if graceful else True
         self.query.stop()
         if not idle:
             raise SpeedLayerError(f"a micro-batch did not finish within {timeout:.0f}s")
+
+    def request_stop(self) -> None:
+        """From now on no batch starts writing (it fails and is replayed on the next start)."""
+        self._stopping.set()
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Wait until no batch code runs in this process (after an abrupt stop)."""
@@ -774,11 +778,13 @@ def run_speed_layer(
     """
     from flixlake.served import start_served_landing
 
-    runs = {"events": start_speed_layer(spark, settings, lake, bootstrap_servers, on_batch)}
-    if settings.streaming.land_served:
-        runs["served"] = start_served_landing(spark, settings, lake, bootstrap_servers)
+    runs: dict[str, SpeedLayerRun] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
+    stop_errors: list[str] = []
     try:
+        runs["events"] = start_speed_layer(spark, settings, lake, bootstrap_servers, on_batch)
+        if settings.streaming.land_served:
+            runs["served"] = start_served_landing(spark, settings, lake, bootstrap_servers)
         while all(run.query.isActive for run in runs.values()):
             if until is not None and until.is_set():
                 break
@@ -787,14 +793,21 @@ def run_speed_layer(
             runs["events"].query.awaitTermination(1)
     except KeyboardInterrupt:
         pass
-    finally:
+    finally:  # also when the second query failed to start: never leave the first running
         for run in runs.values():
+            run.request_stop()  # no new batch of any query starts writing from here on
+        for name, run in runs.items():
             if run.query.isActive:
-                run.stop(graceful=True)
+                try:
+                    run.stop(graceful=True)
+                except SpeedLayerError as exc:
+                    stop_errors.append(f"{name}: {exc}")
     for name, run in runs.items():
         error = run.failure()
         if error is not None:
             raise SpeedLayerError(f"speed layer {name} query failed: {error}") from error
+    if stop_errors:
+        raise SpeedLayerError("; ".join(stop_errors))
     summary = summarize(runs["events"].reports)
     if "served" in runs:
         summary["served"] = summarize(runs["served"].reports)

@@ -490,3 +490,25 @@ def test_serve_broker_runs_until_stopped_and_creates_the_topic(tmp_path: Path) -
     assert not server.is_alive()
     with pytest.raises(BrokerError):  # the broker is gone
         wait_until_ready(f"127.0.0.1:{port}", timeout=2)
+
+
+def test_a_query_that_cannot_start_stops_the_one_already_running(
+    spark: Any, tmp_path: Path
+) -> None:
+    """The served query refuses a fresh checkpoint for batches the lake already holds; the
+    events query, started first, must not be left running."""
+    from flixlake.served import land_records, served_query_name
+    from flixlake.speed import SpeedLayerError, run_speed_layer
+    from serving.telemetry import messages
+
+    settings = stream_settings(
+        tmp_path / "home", f"127.0.0.1:{free_port()}", "movielog-none", query_name="stuck"
+    )
+    lake = Lake(settings.lake_root)
+    record = messages(b"1800000000.0\t1\t200\t1.0\tr-1\tcontrol\tm1\ta,b", "s", "default")[2]
+    landed = land_records([record], "served", [0], [0], "b", dt.datetime.now(UTC))
+    lake.append("served_recommendations", landed.served, f"served:{served_query_name(settings)}", 0)
+
+    with pytest.raises(SpeedLayerError, match="already holds micro-batches"):
+        run_speed_layer(spark, settings, lake, timeout=30)
+    assert [q.name for q in spark.streams.active if q.name == "stuck"] == []
