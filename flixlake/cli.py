@@ -390,7 +390,7 @@ def simulate(
     minute_seconds: Annotated[
         float,
         typer.Option(
-            min=0.5,
+            min=1.0,
             help="wall-clock seconds a watched minute lasts (60: real time; less: more visits)",
         ),
     ] = 60.0,

@@ -37,12 +37,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
+from flixlake.broker import BrokerError
 from flixlake.config import ENV_VAR, HOME_VAR, Settings
 from flixlake.lake import Lake
 from flixlake.supervise import Child, ChildFailedError, Stopped, Supervisor, log_tail, port_free
@@ -186,7 +188,7 @@ def run_demo(settings: Settings, console: Console, options: LiveOptions) -> int:
             LiveDemo(settings, console, options, supervisor).run()
         except KeyboardInterrupt as exc:
             console.print(f"\n{exc or 'Ctrl-C'}: stopping everything the demo started")
-        except (DemoError, ChildFailedError) as exc:
+        except (DemoError, ChildFailedError, BrokerError, OSError, HTTPException) as exc:
             console.print("[red]demo failed:[/red]", escape(str(exc)))
             code = 2 if isinstance(exc, PortTakenError) else 1
         finally:
@@ -299,6 +301,7 @@ class LiveDemo:
             env=self.env,
             cwd=REPO,
             signal_to="python",  # the driver stops both queries cleanly, the JVM follows
+            stop_timeout=150,  # a graceful stop lets the batch in flight finish (<= 120 s)
         )
         metadata = self.settings.checkpoint_root / self.query / "metadata"  # at query start
         self.supervisor.wait_ready(stream, metadata.exists, timeout=300, what="streaming")
@@ -391,7 +394,9 @@ class LiveDemo:
         end = None if options.run_seconds is None else watch_started + options.run_seconds
         while end is None or time.monotonic() < end:
             time.sleep(
-                STATUS_EVERY_S if end is None else min(STATUS_EVERY_S, end - time.monotonic())
+                STATUS_EVERY_S
+                if end is None
+                else max(0.0, min(STATUS_EVERY_S, end - time.monotonic()))
             )
             died = self.supervisor.exited()
             if died:
@@ -462,7 +467,8 @@ def _stop_signals_interrupt() -> Iterator[None]:
 
 @contextmanager
 def _ignoring_stop_signals() -> Iterator[None]:
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stops}
     try:
         yield
     finally:
@@ -731,7 +737,7 @@ class LiveStatus:
 
         try:
             status, body, _ = _http("GET", self.metrics_url)
-        except OSError:
+        except (OSError, HTTPException):
             return "service not answering"
         if status != 200:
             return f"service /metrics HTTP {status}"

@@ -177,15 +177,10 @@ class ServedLanding:
 
     def maintain(self) -> None:
         """Compact the small files the query wrote into the days it touched."""
-        from flixlake.speed import log
+        from flixlake.speed import compact_days
 
         self.batches_since_maintenance = 0
-        days, self.days = sorted(self.days), set()
-        try:
-            for day in days:
-                self.lake.compact(SERVED, [("served_date", "=", day.isoformat())])
-        except Exception as exc:  # an optimisation: report it, keep landing
-            log.warning("served-records maintenance failed (will retry later): %s", exc)
+        self.days = compact_days(self.lake, SERVED, "served_date", self.days)
 
 
 def served_query_name(settings: Settings) -> str:

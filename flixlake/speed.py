@@ -581,10 +581,10 @@ class SpeedLayer:
     def maintain(self) -> None:
         """Compact the small bronze files the stream wrote; drop old speed-view files."""
         self.batches_since_maintenance = 0
-        days, self.days_since_maintenance = sorted(self.days_since_maintenance), set()
+        self.days_since_maintenance = compact_days(
+            self.lake, BRONZE, "event_date", self.days_since_maintenance
+        )
         try:
-            for day in days:
-                self.lake.compact(BRONZE, [("event_date", "=", day.isoformat())])
             if self.lake.exists(QUARANTINE):
                 self.lake.compact(QUARANTINE)
             for name in SPEED_TABLES:
@@ -592,6 +592,23 @@ class SpeedLayer:
                     self.lake.vacuum(name, self.config.vacuum_retention_hours)
         except Exception as exc:  # maintenance is an optimisation: report it, keep streaming
             log.warning("speed-layer maintenance failed (will retry later): %s", exc)
+
+
+def compact_days(lake: Lake, table: str, column: str, days: Iterable[dt.date]) -> set[dt.date]:
+    """Compact the small files of each day partition; returns the days to retry next time.
+
+    Compaction is an optimisation: a failure is reported and kept for later, never raised.
+    """
+    failed = set()
+    for day in sorted(days):
+        try:
+            lake.compact(table, [(column, "=", day.isoformat())])
+        except Exception as exc:
+            log.warning(
+                "compacting %s %s=%s failed (will retry later): %s", table, column, day, exc
+            )
+            failed.add(day)
+    return failed
 
 
 # -- the streaming query ------------------------------------------------------------------------

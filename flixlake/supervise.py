@@ -55,6 +55,7 @@ class Child:
     stop_signal: signal.Signals
     signal_to: SignalTo
     started_at: float  # time.monotonic()
+    stop_timeout: float | None = None  # seconds it may take to stop; None: the supervisor's
 
     @property
     def pid(self) -> int:
@@ -113,6 +114,7 @@ class Supervisor:
         cwd: Path | None = None,
         stop_signal: signal.Signals = signal.SIGINT,
         signal_to: SignalTo = "group",
+        stop_timeout: float | None = None,
     ) -> Child:
         """Start ``command`` in a new session, output to ``<log_dir>/<name>.log`` (truncated)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,9 @@ class Supervisor:
                 start_new_session=True,
                 preexec_fn=_default_stop_signals,
             )
-        child = Child(name, process, log_path, stop_signal, signal_to, time.monotonic())
+        child = Child(
+            name, process, log_path, stop_signal, signal_to, time.monotonic(), stop_timeout
+        )
         self.children.append(child)
         return child
 
@@ -166,43 +170,54 @@ class Supervisor:
         return [c for c in self.children if c.exit_code() is not None]
 
     def stop_all(self) -> list[Stopped]:
-        """Stop every child, the last started first; each result also goes to ``on_stop``."""
+        """Stop every child, the last started first; each result also goes to ``on_stop``.
+
+        A child whose stop fails gets its group SIGKILLed; a failing ``on_stop`` (say, the
+        terminal is gone) is ignored: either way the remaining children are still stopped.
+        """
         results = []
         while self.children:
-            result = self.stop(self.children.pop())
+            child = self.children.pop()
+            try:
+                result = self.stop(child)
+            except Exception:
+                _signal_group(child.pid, signal.SIGKILL)
+                continue
             if self.on_stop is not None:
-                self.on_stop(result)
+                with contextlib.suppress(Exception):
+                    self.on_stop(result)
             results.append(result)
         return results
 
     def stop(self, child: Child) -> Stopped:
         """Stop signal as ``signal_to`` says, wait, SIGKILL what is left, sweep strays."""
         started = time.monotonic()
+        timeout = child.stop_timeout or self.stop_timeout
         descendants = _descendants(child.pid)
         killed = False
         if child.exit_code() is None:
             _send_stop_signal(child, descendants)
             try:
-                child.process.wait(self.stop_timeout)
+                child.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 _signal_group(child.pid, signal.SIGKILL)
                 child.process.wait()
                 killed = True
         # the leader is gone; the rest of its group gets a moment to follow it
-        if not _wait_until(lambda: not _group_members(child.pid), self.stop_timeout / 3):
+        if not _wait_until(lambda: not _group_members(child.pid), timeout / 3):
             _signal_group(child.pid, signal.SIGKILL)
-            _wait_until(lambda: not _group_members(child.pid), self.stop_timeout / 3)
+            _wait_until(lambda: not _group_members(child.pid), timeout / 3)
             killed = True
         strays = [p for p in descendants if _alive(p)]
         for stray in strays:
             with contextlib.suppress(psutil.NoSuchProcess):  # it ended in the meantime
                 stray.terminate()
-        _, lingering = psutil.wait_procs(strays, timeout=self.stop_timeout / 3)
+        _, lingering = psutil.wait_procs(strays, timeout=timeout / 3)
         for stray in lingering:
             with contextlib.suppress(psutil.NoSuchProcess):
                 stray.kill()
             killed = True
-        psutil.wait_procs(lingering, timeout=self.stop_timeout / 3)
+        psutil.wait_procs(lingering, timeout=timeout / 3)
         return Stopped(
             name=child.name,
             pid=child.pid,
@@ -258,6 +273,13 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+def _is_python(process: psutil.Process) -> bool:
+    try:
+        return process.name().startswith("python")
+    except psutil.Error:  # it ended (or became inaccessible) while we looked
+        return False
+
+
 def _group_members(pgid: int) -> list[psutil.Process]:
     """Live (non-zombie) processes in process group ``pgid``."""
     members = []
@@ -275,7 +297,7 @@ def _send_stop_signal(child: Child, descendants: list[psutil.Process]) -> None:
         child.process.send_signal(child.stop_signal)
         return
     if child.signal_to == "python":
-        pythons = [p for p in descendants if _alive(p) and p.name().startswith("python")]
+        pythons = [p for p in descendants if _alive(p) and _is_python(p)]
         if pythons:  # the driver starts long before the Python workers Spark forks later
             with contextlib.suppress(psutil.NoSuchProcess):
                 min(pythons, key=lambda p: p.create_time()).send_signal(child.stop_signal)

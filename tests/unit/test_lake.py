@@ -174,3 +174,16 @@ def test_executor_write_commits_and_replaces_one_partition(spark: SparkSession, 
 def test_empty_table_reads_as_empty_dataframe(spark: SparkSession, lake: Lake) -> None:
     lake.ensure("ratings")
     assert read_table(spark, lake, "ratings").count() == 0
+
+
+def test_compact_days_merges_small_files_and_keeps_failed_days_for_later(lake: Lake) -> None:
+    from flixlake.speed import compact_days
+
+    d1, d2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
+    for user in range(3):  # three micro-batches: three small files per day
+        lake.append("watch_sessions", _sessions((user, "a", 0, d1), (user, "b", 1, d2)))
+    assert len(lake.file_uris("watch_sessions")) == 6
+    assert compact_days(lake, "watch_sessions", "event_date", {d1}) == set()
+    assert len(lake.file_uris("watch_sessions")) == 4  # d1: one file, d2 untouched
+    assert lake.read("watch_sessions").num_rows == 6
+    assert compact_days(lake, "ratings", "event_date", {d1, d2}) == {d1, d2}  # no such table

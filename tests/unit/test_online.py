@@ -354,7 +354,16 @@ def test_report_prints_the_comparison_and_writes_html(lake: Lake, settings: Sett
         str(out),
     )
     assert result.exit_code == 0, result.output
-    assert "400" in result.output and "1,000" not in result.output  # the 10:00 rows only
+    cells = {
+        line.split()[0]: line.split()[1:4]
+        for line in result.output.splitlines()
+        if line.split()[:1] in (["control"], ["treatment"], ["canary"])
+    }
+    assert cells == {  # the 10:00 rows only: model version, served, converted
+        "treatment": ["m3", "500", "70"],
+        "canary": ["m3", "50", "10"],
+        "control": ["m1", "400", "50"],
+    }
     assert (out / "report.html").is_file()
 
 

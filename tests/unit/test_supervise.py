@@ -109,6 +109,21 @@ def test_children_stop_in_reverse_start_order_and_each_stop_is_reported(tmp_path
     assert supervisor.children == []
 
 
+def test_a_failing_stop_report_does_not_leave_the_other_children_running(
+    tmp_path: Path,
+) -> None:
+    def report(result: Stopped) -> None:
+        raise OSError(5, "Input/output error")  # as printing to a closed terminal does
+
+    supervisor = Supervisor(tmp_path / "logs", stop_timeout=5, on_stop=report)
+    for name in ("first", "second"):
+        _sleeper(supervisor, tmp_path, name)
+    pids = [child.pid for child in supervisor.children]
+    stopped = supervisor.stop_all()
+    assert [r.name for r in stopped] == ["second", "first"]
+    assert not any(_alive(pid) for pid in pids)
+
+
 def test_a_child_that_ignores_its_stop_signal_is_killed(tmp_path: Path) -> None:
     with Supervisor(tmp_path / "logs", stop_timeout=1) as supervisor:
         _sleeper(supervisor, tmp_path, "stubborn", ignore=True)
