@@ -98,3 +98,24 @@ def test_a_replayed_batch_writes_nothing_twice(settings: Settings, lake: Lake) -
     assert rows["request_id"].to_pylist() == ["r-a", "r-b"]
     assert rows["ingest_batch"].to_pylist() == ["served:q_served:0"] * 2
     assert lake.read("quarantine_events")["source_offset"].to_pylist() == [1]
+
+
+def test_a_batch_replayed_after_a_crash_between_its_two_commits_completes_once(
+    settings: Settings, lake: Lake
+) -> None:
+    landing = ServedLanding(lake, settings.streaming, "served", "q_served", clock=lambda: NOW)
+    records = pa.table(
+        {
+            "partition": pa.array([0, 0], pa.int32()),
+            "offset": pa.array([0, 1], pa.int64()),
+            "timestamp": pa.array([NOW, NOW], pa.timestamp("us", tz="UTC")),
+            "value": [shipped("r-a"), b"oops"],
+        }
+    )
+    # the first attempt died after committing the quarantine, before served_recommendations
+    first = land(records["value"].to_pylist())
+    lake.append("quarantine_events", first[1], landing.app_id, 3)
+    replay = landing.process(records, batch_id=3)
+    assert replay.written
+    assert lake.read("served_recommendations")["request_id"].to_pylist() == ["r-a"]
+    assert lake.read("quarantine_events")["raw"].to_pylist() == ["oops"]
