@@ -502,14 +502,14 @@ def experiment_evaluate(
     home: HomeOpt = None,
 ) -> None:
     """Recompute watch-through of recent served hours now, as the flixlake_online DAG does."""
-    from flixlake.entrypoint import parse_timestamp
+    from flixlake.entrypoint import parse_until
     from flixlake.lake import Lake, MissingTableError
     from flixlake.online import run_online_evaluation
     from flixlake.spark import build_spark_session
 
     settings = _settings(env, home)
     try:
-        end = parse_timestamp(until) if until else dt.datetime.now(dt.UTC)
+        end = parse_until(until)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     spark = build_spark_session(settings, app_name="flixlake-online-evaluation")

@@ -36,6 +36,12 @@ def parse_timestamp(value: str, option: str = "--until") -> dt.datetime:
     return as_utc(stamp)
 
 
+def parse_until(value: str | None) -> dt.datetime:
+    """``--until``: the end of what an evaluation covers; now when not given (or empty, as a
+    manually triggered Airflow run renders ``{{ data_interval_end }}``)."""
+    return parse_timestamp(value) if value else dt.datetime.now(dt.UTC)
+
+
 def run_job(
     step: StepFn, description: str, argv: list[str] | None = None, *, until: bool = False
 ) -> int:
@@ -61,11 +67,9 @@ def run_job(
     parser.add_argument("--home", default=None, help="state folder (default $FLIXLAKE_HOME)")
     args = parser.parse_args(argv)
     try:
-        when: dt.date | dt.datetime
-        if until:
-            when = parse_timestamp(args.until) if args.until else dt.datetime.now(dt.UTC)
-        else:
-            when = parse_run_date(args.run_date)
+        when: dt.date | dt.datetime = (
+            parse_until(args.until) if until else parse_run_date(args.run_date)
+        )
         settings = load_settings(args.env, home=args.home)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -639,10 +639,11 @@ def checkpoint_dir(settings: Settings, query_name: str | None = None) -> Path:
     return settings.checkpoint_root / (query_name or settings.streaming.query_name)
 
 
-def check_checkpoint(
-    lake: Lake, checkpoint: Path, app_id: str, tables: Iterable[str] = (BRONZE, QUARANTINE)
-) -> None:
-    """Refuse a fresh checkpoint for a query that already wrote batches (they would be skipped)."""
+def check_checkpoint(lake: Lake, checkpoint: Path, app_id: str, tables: Iterable[str]) -> None:
+    """Refuse a fresh checkpoint for a query that already wrote batches (they would be skipped).
+
+    ``tables``: those the query appends to with ``app_id`` transactions (its ``tables``).
+    """
     offsets = checkpoint / "offsets"
     if offsets.exists() and any(offsets.iterdir()):
         return

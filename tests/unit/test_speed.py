@@ -225,13 +225,14 @@ def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
 def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
     lake: Lake, settings: Settings, tmp_path: Path
 ) -> None:
-    check_checkpoint(lake, tmp_path / "cp", "stream:q")  # nothing written yet: fine
+    tables = SpeedLayer.tables
+    check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # nothing written yet: fine
     layer(lake, settings).process(records(GOOD), batch_id=0)
     with pytest.raises(SpeedLayerError, match="checkpoint"):
-        check_checkpoint(lake, tmp_path / "cp", "stream:q")
+        check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)
     (tmp_path / "cp" / "offsets").mkdir(parents=True)
     (tmp_path / "cp" / "offsets" / "0").write_text("{}")
-    check_checkpoint(lake, tmp_path / "cp", "stream:q")  # the real checkpoint: fine
+    check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # the real checkpoint: fine
 
 
 def test_maintenance_compacts_the_streams_small_bronze_files(
