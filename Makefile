@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel setuptools
 	# pip caches the pyspark wheel it builds from the sdist (~450 MB), so this is slow only once.
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all]'
 	@touch $(STAMP)
 
 demo: venv
@@ -31,13 +31,14 @@ unit: venv
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: venv
-	$(BIN)/ruff check flixlake jobs streaming serving dags tests bench
-	$(BIN)/ruff format --check flixlake jobs streaming serving dags tests bench
+	$(BIN)/ruff check flixlake jobs streaming dags tests bench
+	$(BIN)/ruff format --check flixlake jobs streaming dags tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: venv
-	$(BIN)/ruff format flixlake jobs streaming serving dags tests bench
-	$(BIN)/ruff check --fix flixlake jobs streaming serving dags tests bench
+	$(BIN)/ruff format flixlake jobs streaming dags tests bench
+	$(BIN)/ruff check --fix flixlake jobs streaming dags tests bench
 
 bench: venv
 	$(BIN)/python bench/batch.py

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from flixlake.config import load_settings
-from flixlake.lake import Lake
+from flixlake.lake.store import Lake
 
 
 class PeakRss:
@@ -86,10 +86,10 @@ def main() -> int:
     parser.add_argument("--env", default="local")
     args = parser.parse_args()
 
-    from flixlake.generate import generate_history
-    from flixlake.ingest import ingest_paths
-    from flixlake.pipeline import BATCH_STEPS
-    from flixlake.spark import build_spark_session
+    from flixlake.batch.ingest import ingest_paths
+    from flixlake.batch.pipeline import BATCH_STEPS
+    from flixlake.ops.spark import build_spark_session
+    from flixlake.sim.generate import generate_history
 
     settings = load_settings(args.env, home=args.home)
     lake = Lake(settings.lake_root)

@@ -16,7 +16,7 @@ What it does, all in one temporary folder:
    Zipf-skewed) into the real Delta table with :meth:`flixlake.lake.Lake.append`, a published
    ``models`` row for the first, ``speed_trending``, and ``speed_user_activity`` for 2 % of the
    users (so the merge path runs);
-2. starts ``python -m serving.app`` (uvicorn + uvloop + httptools, one process) twice: with
+2. starts ``python -m flixlake.serving.app`` (uvicorn + uvloop + httptools, one process) twice: with
    telemetry shipped to a real embedded broker (tansu), and with telemetry off;
    then once more while the second model is published under wrk load (load + swap);
 3. starts the baseline: Flask under gunicorn with 2 sync workers (``--preload``), answering from
@@ -53,9 +53,10 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from flixlake.broker import create_topic, free_port, start_broker, stop_broker
-from flixlake.lake import Lake
-from flixlake.tables import SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.contract.kafka import create_topic, free_port
+from flixlake.lake.store import Lake
+from flixlake.lake.tables import SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.ops.broker import start_broker, stop_broker
 from flixlake.testing import record_published_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -413,7 +414,7 @@ def run_service(
         "FLIXLAKE_CONF_DIR": str(conf),
         "PYTHONPATH": str(PROJECT_ROOT),
     }
-    command = [PYTHON, "-m", "serving.app", "--env", env_name, "--home", str(home)]
+    command = [PYTHON, "-m", "flixlake.serving.app", "--env", env_name, "--home", str(home)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     spawned = time.monotonic()
     with process(command, work / f"{env_name}.log", env) as proc:
@@ -451,7 +452,7 @@ def run_swap(home: Path, conf: Path, args: argparse.Namespace, script: Path, wor
     )
     port = free_port()
     env = {**os.environ, "FLIXLAKE_CONF_DIR": str(conf), "PYTHONPATH": str(PROJECT_ROOT)}
-    command = [PYTHON, "-m", "serving.app", "--env", "bench_swap", "--home", str(home)]
+    command = [PYTHON, "-m", "flixlake.serving.app", "--env", "bench_swap", "--home", str(home)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     duration = max(30, args.duration)
     spawned = time.monotonic()

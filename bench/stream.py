@@ -32,11 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flixlake.broker import create_topic, free_port, produce_lines, running_broker
-from flixlake.bronze import parse_batch
 from flixlake.config import Settings, load_settings
-from flixlake.lake import Lake
-from flixlake.logformat import format_rate, format_reco, format_watch
+from flixlake.contract.kafka import create_topic, free_port, produce_lines
+from flixlake.contract.logformat import format_rate, format_reco, format_watch
+from flixlake.lake.bronze import parse_batch
+from flixlake.lake.store import Lake
+from flixlake.ops.broker import running_broker
 
 
 def machine() -> str:
@@ -135,7 +136,8 @@ def bench_speed_layer(
     spark: Any, settings: Settings, bootstrap: str, events: int, rate: int, seconds: float
 ) -> dict[str, Any]:
     """Backlog throughput, then freshness at ``rate``, through the real streaming query."""
-    from flixlake.speed import BatchReport, start_speed_layer
+    from flixlake.streaming.harness import BatchReport
+    from flixlake.streaming.job import start_speed_layer
 
     lake = Lake(settings.lake_root)
     topic = settings.kafka.topic
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = parser.parse_args(argv)
 
-    from flixlake.spark import build_spark_session
+    from flixlake.ops.spark import build_spark_session
 
     home = Path(tempfile.mkdtemp(prefix="flixlake-bench-stream-"))
     port = free_port()

@@ -1,4 +1,4 @@
-"""Benchmark the whole-population top-N (flixlake.topn) at full scale on random factors.
+"""Benchmark the whole-population top-N (flixlake.batch.topn) at full scale on random factors.
 
 Prints the machine, then
 1. numpy, one process with one BLAS thread (like a Spark worker), on a subset of users: the
@@ -89,7 +89,7 @@ def baseline_top_n(
 
 
 def numpy_part(args: argparse.Namespace) -> None:
-    from flixlake.topn import _BLOCK_USERS, ItemIndex
+    from flixlake.batch.topn import _BLOCK_USERS, ItemIndex
 
     rng = np.random.default_rng(0)
     m = args.subset
@@ -134,9 +134,9 @@ def numpy_part(args: argparse.Namespace) -> None:
 def spark_part(args: argparse.Namespace) -> None:
     from pyspark.sql import functions as F
 
+    from flixlake.batch.topn import top_n_per_user
     from flixlake.config import load_settings
-    from flixlake.spark import build_spark_session
-    from flixlake.topn import top_n_per_user
+    from flixlake.ops.spark import build_spark_session
 
     home = tempfile.mkdtemp(prefix="flixlake-bench-")
     settings = load_settings(

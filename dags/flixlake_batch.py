@@ -20,9 +20,9 @@ from pathlib import Path
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, chain
 
+from flixlake.batch.pipeline import BATCH_STEPS
 from flixlake.config import ENV_VAR, HOME_VAR, load_settings
-from flixlake.dag_tasks import default_args, spark_submit_command, task_env
-from flixlake.pipeline import BATCH_STEPS
+from flixlake.ops.dag_tasks import default_args, spark_submit_command, task_env
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS_DIR = REPO / "jobs"

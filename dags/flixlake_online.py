@@ -6,7 +6,7 @@ end of the data interval (an hour is complete once the watch window after it has
 replaces those hours' rows in ``online_evaluations``, so retries, reruns and late data are safe.
 
 Parsing stays cheap, as in ``flixlake_batch``: the YAML config and environment variables only
-(:mod:`flixlake.dag_tasks`).
+(:mod:`flixlake.ops.dag_tasks`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
 from flixlake.config import ENV_VAR, HOME_VAR, load_settings
-from flixlake.dag_tasks import default_args, spark_submit_command, task_env
+from flixlake.ops.dag_tasks import default_args, spark_submit_command, task_env
 
 REPO = Path(__file__).resolve().parent.parent
 TASK_ENV = task_env(REPO)
@@ -46,5 +46,5 @@ with DAG(
         ),
         env=TASK_ENV,
         append_env=True,
-        doc_md="Watch-through of served answers (`flixlake.online:run_online_evaluation`)",
+        doc_md="Watch-through of served answers (`flixlake.experiments.online:run_online_evaluation`)",
     )

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# the repository checkout: conf/, dags/, jobs/, streaming/ (the package lives in flixlake/ inside it)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_VAR = "FLIXLAKE_ENV"
 HOME_VAR = "FLIXLAKE_HOME"
 CONF_DIR_VAR = "FLIXLAKE_CONF_DIR"
@@ -249,7 +251,7 @@ def conf_dir() -> Path:
     """The folder holding ``base.yaml`` and the environment files."""
     if CONF_DIR_VAR in os.environ:
         return Path(os.environ[CONF_DIR_VAR])
-    return Path(__file__).resolve().parent.parent / "conf"
+    return PROJECT_ROOT / "conf"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -9,8 +9,8 @@ import datetime as dt
 
 import pyarrow as pa
 
-from flixlake.lake import Lake
-from flixlake.tables import MODELS
+from flixlake.lake.store import Lake
+from flixlake.lake.tables import MODELS
 
 
 def record_published_model(

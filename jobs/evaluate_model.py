@@ -5,8 +5,8 @@ spark-submit jobs/evaluate_model.py --run-date 2026-11-22 [--env local]
 
 import sys
 
-from flixlake.entrypoint import run_job
-from flixlake.evaluation import run_evaluate
+from flixlake.batch.evaluation import run_evaluate
+from flixlake.ops.jobs import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(run_evaluate, "Evaluate ALS vs. popularity @k on the held-out window"))

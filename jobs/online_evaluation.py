@@ -5,8 +5,8 @@ spark-submit jobs/online_evaluation.py --until 2026-11-22T10:00:00+00:00 [--env 
 
 import sys
 
-from flixlake.entrypoint import run_job
-from flixlake.online import run_online_evaluation
+from flixlake.experiments.online import run_online_evaluation
+from flixlake.ops.jobs import run_job
 
 if __name__ == "__main__":
     sys.exit(

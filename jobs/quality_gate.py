@@ -5,8 +5,8 @@ spark-submit jobs/quality_gate.py --run-date 2026-11-22 [--env local]
 
 import sys
 
-from flixlake.entrypoint import run_job
-from flixlake.quality import run_quality_gate
+from flixlake.batch.quality import run_quality_gate
+from flixlake.ops.jobs import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(run_quality_gate, "check the silver tables compacted for --run-date"))

@@ -5,8 +5,8 @@ spark-submit jobs/register_model.py --run-date 2026-11-22 [--env local]
 
 import sys
 
-from flixlake.entrypoint import run_job
-from flixlake.registry import run_register
+from flixlake.batch.register import run_register
+from flixlake.ops.jobs import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(run_register, "Register the trained model with its provenance"))

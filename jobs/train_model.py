@@ -5,8 +5,8 @@ spark-submit jobs/train_model.py --run-date 2026-11-22 [--env local]
 
 import sys
 
-from flixlake.entrypoint import run_job
-from flixlake.training import run_train
+from flixlake.batch.training import run_train
+from flixlake.ops.jobs import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(run_train, "Train implicit ALS on the silver versions pinned by compact"))

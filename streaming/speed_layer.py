@@ -21,6 +21,12 @@ import json
 import sys
 from typing import Any
 
+from flixlake.config import ConfigError, load_settings
+from flixlake.lake.store import Lake
+from flixlake.ops.spark import build_spark_session
+from flixlake.streaming.harness import SpeedLayerError
+from flixlake.streaming.job import run_speed_layer
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; streaming settings given here override the config file."""
@@ -59,10 +65,6 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Load config, build the one session, run the speed layer until stopped."""
-    from flixlake.config import ConfigError, load_settings
-    from flixlake.lake import Lake
-    from flixlake.spark import build_spark_session
-    from flixlake.speed import SpeedLayerError, run_speed_layer
 
     args = parse_args(argv)
     try:

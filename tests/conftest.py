@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flixlake.config import Settings, load_settings
-from flixlake.lake import Lake
+from flixlake.lake.store import Lake
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -30,7 +30,7 @@ def lake(settings: Settings) -> Lake:
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:  # noqa: F821
     """One local Spark for the whole run: 2 cores, few partitions, no UI."""
-    from flixlake.spark import build_spark_session
+    from flixlake.ops.spark import build_spark_session
 
     home = tmp_path_factory.mktemp("spark-home")
     session_settings = load_settings(

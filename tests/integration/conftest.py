@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flixlake.broker import BrokerProcess, create_topic, free_port, running_broker
+from flixlake.contract.kafka import create_topic, free_port
+from flixlake.ops.broker import BrokerProcess, running_broker
 
 _topic_numbers = itertools.count()
 

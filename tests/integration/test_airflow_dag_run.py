@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from flixlake.batch.ingest import ingest_paths
 from flixlake.config import load_settings
-from flixlake.generate import generate_history
-from flixlake.ingest import ingest_paths
-from flixlake.lake import Lake
+from flixlake.lake.store import Lake
+from flixlake.sim.generate import generate_history
 
 pytestmark = pytest.mark.integration
 

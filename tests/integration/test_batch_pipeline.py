@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
+from flixlake.batch.ingest import ingest_paths
+from flixlake.batch.pipeline import StepResult, run_batch
 from flixlake.config import Settings, load_settings
-from flixlake.generate import generate_history
-from flixlake.ingest import ingest_paths
-from flixlake.lake import Lake
-from flixlake.pipeline import StepResult, run_batch
+from flixlake.lake.store import Lake
+from flixlake.sim.generate import generate_history
 
 pytestmark = pytest.mark.integration
 

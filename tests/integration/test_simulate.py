@@ -9,11 +9,11 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from flixlake.broker import BrokerProcess
-from flixlake.generate import BAD_KINDS
-from flixlake.logformat import EventType, parse_line
-from flixlake.simulate import FAULT_HEADER, FaultSpecError, Simulator, parse_faults, simulate
-from flixlake.world import World
+from flixlake.contract.logformat import EventType, parse_line
+from flixlake.ops.broker import BrokerProcess
+from flixlake.sim.generate import BAD_KINDS
+from flixlake.sim.simulate import FAULT_HEADER, FaultSpecError, Simulator, parse_faults, simulate
+from flixlake.sim.world import World
 
 EVENTS = 2_000
 

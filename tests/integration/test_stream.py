@@ -24,18 +24,18 @@ import pyarrow as pa
 import pytest
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
-from flixlake.broker import (
-    BrokerError,
-    BrokerProcess,
-    create_topic,
-    free_port,
-    produce_lines,
-    running_broker,
-)
 from flixlake.config import Settings, load_settings
-from flixlake.kafka_source import KafkaRange, KafkaSourceOptions, KafkaStreamReader, read_range
-from flixlake.lake import Lake
-from flixlake.speed import SpeedLayerRun, start_speed_layer
+from flixlake.contract.kafka import BrokerError, create_topic, free_port, produce_lines
+from flixlake.lake.store import Lake
+from flixlake.ops.broker import BrokerProcess, running_broker
+from flixlake.streaming.harness import SpeedLayerRun
+from flixlake.streaming.job import start_speed_layer
+from flixlake.streaming.kafka_source import (
+    KafkaRange,
+    KafkaSourceOptions,
+    KafkaStreamReader,
+    read_range,
+)
 from flixlake.testing import record_published_model
 
 from .conftest import TcpProxy
@@ -463,7 +463,7 @@ def topic_partitions(bootstrap: str, topic: str) -> int:
 def test_serve_broker_runs_until_stopped_and_creates_the_topic(tmp_path: Path) -> None:
     import threading
 
-    from flixlake.broker import serve_broker, wait_until_ready
+    from flixlake.ops.broker import serve_broker, wait_until_ready
 
     port, stop_event = free_port(), threading.Event()
     server = threading.Thread(
@@ -497,9 +497,10 @@ def test_a_query_that_cannot_start_stops_the_one_already_running(
 ) -> None:
     """The served query refuses a fresh checkpoint for batches the lake already holds; the
     events query, started first, must not be left running."""
-    from flixlake.served import land_records, served_query_name
-    from flixlake.speed import SpeedLayerError, run_speed_layer
-    from serving.telemetry import messages
+    from flixlake.serving.telemetry import messages
+    from flixlake.streaming.harness import SpeedLayerError
+    from flixlake.streaming.job import run_speed_layer
+    from flixlake.streaming.served import land_records, served_query_name
 
     settings = stream_settings(
         tmp_path / "home", f"127.0.0.1:{free_port()}", "movielog-none", query_name="stuck"

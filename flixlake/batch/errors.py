@@ -1,0 +1,7 @@
+"""Errors of the batch steps that entry points turn into exit codes."""
+
+from __future__ import annotations
+
+
+class GateFailedError(RuntimeError):
+    """A quality or publication gate refused the run; nothing downstream may publish."""

@@ -1,0 +1,421 @@
+"""Offline evaluation of the trained ALS model against a popularity baseline, per user segment.
+
+``run_evaluate(spark, lake, settings, run_date)`` (batch step "evaluate") scores the *eval*
+model of the "train" manifest (trained on everything before the test window) on the test
+window of the same Delta versions:
+
+* users: active in the test window with at least one *relevant* movie (liked -- confidence > 0
+  -- and not seen before the test window); those with training history and those without
+  ("cold") are sampled separately, at most ``eval_max_users`` each, by hash order (reruns pick
+  the same users);
+* ALS lists: the model's best unseen movies; cold users (and any user without factors) get the
+  popularity list, as the service would serve them;
+* popularity baseline: movies by distinct watchers in the training period, seen ones skipped;
+* metrics @k (:mod:`flixlake.batch.metrics`): ndcg, precision, recall, map, plus catalog coverage
+  (distinct recommended movies / movies in the catalog version).
+
+Segments: ``all`` (users with training history: the model comparison the publish gate uses),
+``activity=cold|new|normal|heavy`` (distinct training movies: 0, <= new_user_max_movies,
+>= heavy_user_min_movies, otherwise normal), and ``gender=``, ``age=`` (``<18``, ``18-24``,
+``25-34``, ``35-44``, ``45-54``, ``55+``), ``occupation=`` over users with history; a user missing
+from the ``users`` table falls in ``unknown``.
+
+Rows go to ``model_evaluations`` (this model_version's rows are replaced, so reruns replace).
+Manifest "evaluate" (stable; read by register and publish)::
+
+    {"model_version": str, "run_date": "2026-11-22", "k": 20,
+     "als": {"ndcg", "precision", "recall", "map", "coverage", "n_users"},
+     "popularity": {same keys},
+     "lift_ndcg": als.ndcg / popularity.ndcg   (inf when only popularity scores 0, 0.0 if both),
+     "segments": [{"segment": "all" | "activity=heavy" | ..., "n_users": n,
+                   "als": {...}, "popularity": {...}}, ...],
+     "windows": {...}, "input_versions": {... + "users": v or None}, "counts": {...},
+     "timings": {...}}
+
+The module also holds the driver-side scoring helpers the search in :mod:`flixlake.batch.training`
+shares (collecting factors and per-user lists, ranking with :class:`flixlake.batch.topn.ItemIndex`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from flixlake.batch.features import (
+    TimeWindows,
+    between_dates,
+    deterministic_sample,
+    new_liked_pairs,
+    user_window_summary,
+    watch_popularity,
+    window_interactions,
+    windowed_interactions,
+    with_rating_date,
+)
+from flixlake.batch.metrics import METRICS, catalog_coverage, ranking_metrics
+from flixlake.batch.topn import ItemIndex
+from flixlake.config import BatchConfig, Settings
+from flixlake.lake import runs
+from flixlake.lake.spark_io import read_table, spark_schema
+from flixlake.lake.store import Lake
+from flixlake.lake.tables import MODEL_EVALUATIONS, USERS
+
+log = logging.getLogger(__name__)
+
+ACTIVITY_LEVELS = ("cold", "new", "normal", "heavy")
+_EMPTY = np.zeros(0, np.int64)
+# The driver's BLAS may run several threads; bigger blocks than a worker's amortise them.
+_DRIVER_BLOCK_USERS = 256
+
+
+# -- reading pinned inputs and collecting small results ----------------------------------------
+def load_windowed_inputs(
+    spark: SparkSession, lake: Lake, versions: Mapping[str, int], windows: TimeWindows
+) -> tuple[DataFrame, DataFrame]:
+    """Pinned watch sessions and ratings cut to ``[history_start, D]``, only needed columns."""
+    watch_sessions = (
+        read_table(spark, lake, "watch_sessions", versions["watch_sessions"])
+        .select("user_id", "movie_idx", "minutes_watched", "event_date")
+        .transform(between_dates, windows.history_start, windows.test_end)
+    )
+    ratings = (
+        read_table(spark, lake, "ratings", versions["ratings"])
+        .select("user_id", "movie_idx", "rating", "rated_at")
+        .transform(with_rating_date)
+        .transform(between_dates, windows.history_start, windows.test_end)
+    )
+    return watch_sessions, ratings
+
+
+def lists_by_user(users: np.ndarray, movies: np.ndarray) -> dict[int, np.ndarray]:
+    """Group aligned ``(user, movie)`` arrays into ``user -> sorted distinct movies``."""
+    users = np.asarray(users, dtype=np.int64)
+    movies = np.asarray(movies, dtype=np.int64)
+    order = np.lexsort((movies, users))
+    users, movies = users[order], movies[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else _EMPTY
+    ends = np.r_[starts[1:], users.size]
+    return {int(users[a]): np.unique(movies[a:b]) for a, b in zip(starts, ends, strict=True)}
+
+
+def collect_seen_and_relevant(
+    seen_df: DataFrame, relevant_df: DataFrame, users_df: DataFrame
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Seen and relevant movies of the (sampled) users in ``users_df``, in one Spark job."""
+    pairs = (
+        seen_df.select("user_id", "movie_idx", F.lit(False).alias("relevant"))
+        .unionByName(relevant_df.select("user_id", "movie_idx", F.lit(True).alias("relevant")))
+        .join(F.broadcast(users_df.select("user_id")), "user_id", "left_semi")
+        .toArrow()
+    )
+    users = np.asarray(pairs.column("user_id").to_numpy(zero_copy_only=False), np.int64)
+    movies = np.asarray(pairs.column("movie_idx").to_numpy(zero_copy_only=False), np.int64)
+    is_relevant = np.asarray(pairs.column("relevant").to_numpy(zero_copy_only=False), bool)
+    return (
+        lists_by_user(users[~is_relevant], movies[~is_relevant]),
+        lists_by_user(users[is_relevant], movies[is_relevant]),
+    )
+
+
+def factor_arrays(factors_df: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """ALS factors ``(id, features)`` as sorted ids and a float32 matrix (one row per id)."""
+    table = factors_df.select(
+        F.col("id").cast("long").alias("id"), F.col("features").cast("array<float>")
+    ).toArrow()
+    ids = np.asarray(table.column("id").to_numpy(), dtype=np.int64)
+    features = table.column("features").combine_chunks()
+    rank = (
+        int(features.value_lengths().to_numpy(zero_copy_only=False).max()) if len(features) else 0
+    )
+    matrix = np.asarray(features.flatten().to_numpy(zero_copy_only=False), np.float32)
+    matrix = matrix.reshape(ids.size, rank)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], matrix[order]
+
+
+def _seen_csr(users: np.ndarray, seen: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    arrays = [seen.get(int(u), _EMPTY) for u in users]
+    lengths = np.array([a.size for a in arrays], dtype=np.int64)
+    values = np.concatenate(arrays) if arrays else _EMPTY
+    return lengths, values
+
+
+def _as_lists(movies: np.ndarray) -> list[np.ndarray]:
+    return [row[row >= 0].astype(np.int64) for row in movies]
+
+
+def recommend_from_factors(
+    users: np.ndarray,
+    user_ids: np.ndarray,
+    user_matrix: np.ndarray,
+    index: ItemIndex,
+    seen: Mapping[int, np.ndarray],
+) -> list[np.ndarray]:
+    """Best unseen movies per user (empty for users without factors), aligned with ``users``."""
+    users = np.asarray(users, dtype=np.int64)
+    pos = np.searchsorted(user_ids, users)
+    has = (pos < user_ids.size) & (user_ids[np.minimum(pos, max(user_ids.size - 1, 0))] == users)
+    if user_ids.size == 0:
+        has = np.zeros(users.size, bool)
+    out: list[np.ndarray] = [_EMPTY] * users.size
+    known = users[has]
+    if known.size:
+        lengths, values = _seen_csr(known, seen)
+        movies, _ = index.recommend(user_matrix[pos[has]], lengths, values, _DRIVER_BLOCK_USERS)
+        for i, recs in zip(np.flatnonzero(has), _as_lists(movies), strict=True):
+            out[i] = recs
+    return out
+
+
+def popularity_index(popularity: pa.Table, k: int) -> ItemIndex:
+    """Popularity as a rank-1 "model": score = -(place in the watcher ranking), no ties."""
+    movie_idx = np.asarray(popularity.column("movie_idx").to_numpy(), dtype=np.int64)
+    n_users = np.asarray(popularity.column("n_users").to_numpy(), dtype=np.int64)
+    order = np.lexsort((movie_idx, -n_users))
+    score = np.empty(movie_idx.size, np.float32)
+    score[order] = -np.arange(movie_idx.size, dtype=np.float32)
+    return ItemIndex.build(movie_idx, score[:, None], k)
+
+
+def recommend_popular(
+    users: np.ndarray, index: ItemIndex, seen: Mapping[int, np.ndarray]
+) -> list[np.ndarray]:
+    """The most-watched movies each user has not seen, aligned with ``users``."""
+    lengths, values = _seen_csr(np.asarray(users, dtype=np.int64), seen)
+    ones = np.ones((len(users), 1), np.float32)
+    movies, _ = index.recommend(ones, lengths, values, _DRIVER_BLOCK_USERS)
+    return _as_lists(movies)
+
+
+# -- segments ------------------------------------------------------------------------------------
+def with_user_segments(sample_df: DataFrame, users_df: DataFrame, batch: BatchConfig) -> DataFrame:
+    """Add ``activity``, ``gender``, ``age``, ``occupation`` labels ("unknown" when missing)."""
+    n = F.col("n_movies")
+    age = F.col("age")
+    activity = (
+        F.when(n <= 0, "cold")
+        .when(n <= batch.new_user_max_movies, "new")
+        .when(n >= batch.heavy_user_min_movies, "heavy")
+        .otherwise("normal")
+    )
+    age_bucket = (
+        F.when(age.isNull(), "unknown")
+        .when(age < 18, "<18")
+        .when(age < 25, "18-24")
+        .when(age < 35, "25-34")
+        .when(age < 45, "35-44")
+        .when(age < 55, "45-54")
+        .otherwise("55+")
+    )
+
+    def label(column: str) -> Any:
+        value = F.trim(F.col(column).cast("string"))
+        return F.when(value.isNull() | (value == ""), "unknown").otherwise(value)
+
+    return sample_df.join(
+        users_df.select(
+            F.col("user_id").cast("long").alias("user_id"), "age", "gender", "occupation"
+        ),
+        "user_id",
+        "left",
+    ).select(
+        "user_id",
+        "n_movies",
+        activity.alias("activity"),
+        label("gender").alias("gender"),
+        age_bucket.alias("age"),
+        label("occupation").alias("occupation"),
+    )
+
+
+def segment_masks(segments: pa.Table) -> dict[str, np.ndarray]:
+    """Boolean user masks per segment name, in a stable reporting order."""
+    activity = np.asarray(segments.column("activity").to_pylist(), dtype=object)
+    known = activity != "cold"
+    masks: dict[str, np.ndarray] = {"all": known}
+    for level in ACTIVITY_LEVELS:
+        masks[f"activity={level}"] = activity == level
+    for column in ("gender", "age", "occupation"):
+        values = np.asarray(segments.column(column).to_pylist(), dtype=object)
+        for value in sorted(set(values[known].tolist())):
+            masks[f"{column}={value}"] = known & (values == value)
+    return {name: mask for name, mask in masks.items() if mask.any() or name == "all"}
+
+
+def summarize(
+    per_user: Mapping[str, np.ndarray],
+    lists: list[np.ndarray],
+    mask: np.ndarray,
+    catalog_size: int,
+) -> dict[str, Any]:
+    """Mean metrics and coverage over the users in ``mask``."""
+    n_users = int(mask.sum())
+    out: dict[str, Any] = {
+        name: float(per_user[name][mask].mean()) if n_users else 0.0 for name in METRICS
+    }
+    chosen = [lst for lst, keep in zip(lists, mask, strict=True) if keep]
+    out["coverage"] = catalog_coverage(chosen, catalog_size) if catalog_size > 0 else 0.0
+    out["n_users"] = n_users
+    return out
+
+
+def lift(als_value: float, baseline_value: float) -> float:
+    """Relative improvement over the baseline (inf when only the baseline is zero)."""
+    if baseline_value > 0:
+        return als_value / baseline_value
+    return math.inf if als_value > 0 else 0.0
+
+
+def evaluation_rows(
+    model_version: str, run_date: dt.date, segments: list[dict[str, Any]]
+) -> pa.Table:
+    """``model_evaluations`` rows: one per recommender, segment and metric (coverage included)."""
+    rows = [
+        {
+            "model_version": model_version,
+            "run_date": run_date,
+            "recommender": recommender,
+            "segment": seg["segment"],
+            "metric": metric,
+            "value": float(seg[recommender][metric]),
+            "n_users": int(seg["n_users"]),
+        }
+        for seg in segments
+        for recommender in ("als", "popularity")
+        for metric in (*METRICS, "coverage")
+    ]
+    return pa.Table.from_pylist(rows, schema=MODEL_EVALUATIONS.schema)
+
+
+# -- the batch step ------------------------------------------------------------------------------
+def run_evaluate(
+    spark: SparkSession, lake: Lake, settings: Settings, run_date: dt.date
+) -> dict[str, Any]:
+    """Batch step "evaluate": ALS vs. popularity @k on the test window, per segment."""
+    t_total = time.perf_counter()
+    batch = settings.batch
+    k = batch.k
+    seed = batch.als.seed
+    train = runs.read_manifest(settings, run_date, "train")
+    model_version = str(train["model_version"])
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", model_version):
+        raise ValueError(f"train manifest has a malformed model_version {model_version!r}")
+    windows = TimeWindows.from_dict(train["windows"])
+    versions: dict[str, int | None] = dict(train["input_versions"])
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    watch_sessions, ratings = load_windowed_inputs(spark, lake, train["input_versions"], windows)
+    pairs = windowed_interactions(
+        watch_sessions,
+        ratings,
+        batch.confidence,
+        {
+            "train": (None, windows.eval_train_end),
+            "test": (windows.test_start, windows.test_end),
+        },
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    candidates = user_window_summary(pairs, "test", "train").where(F.col("n_relevant") > 0)
+    sampled = deterministic_sample(
+        candidates.where(F.col("n_movies") > 0), batch.eval_max_users, seed
+    ).unionByName(
+        deterministic_sample(candidates.where(F.col("n_movies") == 0), batch.eval_max_users, seed)
+    )
+    users_version = lake.version("users")
+    versions["users"] = users_version
+    users_df = (
+        read_table(spark, lake, "users", users_version)
+        if users_version is not None
+        else spark.createDataFrame([], spark_schema(USERS))
+    )
+    sample = (
+        sampled.join(candidates, "user_id").transform(with_user_segments, users_df, batch).persist()
+    )
+    segments_table = sample.orderBy("user_id").toArrow()
+    users = np.asarray(segments_table.column("user_id").to_numpy(), dtype=np.int64)
+    seen, relevant_by_user = collect_seen_and_relevant(
+        window_interactions(pairs, "train"), new_liked_pairs(pairs, "test", "train"), sample
+    )
+    popularity = watch_popularity(pairs, "train").toArrow()
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    factor_paths = train["factors"]["eval"]
+    known_users = sample.where(F.col("activity") != "cold").select(F.col("user_id").alias("id"))
+    user_ids, user_matrix = factor_arrays(
+        spark.read.parquet(factor_paths["users"]).join(F.broadcast(known_users), "id", "left_semi")
+    )
+    item_ids, item_matrix = factor_arrays(spark.read.parquet(factor_paths["items"]))
+    pop_lists = recommend_popular(users, popularity_index(popularity, k), seen)
+    als_lists = recommend_from_factors(
+        users, user_ids, user_matrix, ItemIndex.build(item_ids, item_matrix, k), seen
+    )
+    cold = np.asarray(segments_table.column("activity").to_pylist(), dtype=object) == "cold"
+    fallback = np.array([lst.size == 0 for lst in als_lists]) & ~cold
+    als_lists = [
+        pop if lst.size == 0 else lst for lst, pop in zip(als_lists, pop_lists, strict=True)
+    ]
+    relevant_lists = [relevant_by_user.get(int(u), _EMPTY) for u in users]
+    catalog_size = lake.read("movies", versions["movies"], columns=["movie_idx"]).num_rows
+    per_user = {
+        "als": ranking_metrics(als_lists, relevant_lists, k),
+        "popularity": ranking_metrics(pop_lists, relevant_lists, k),
+    }
+    lists = {"als": als_lists, "popularity": pop_lists}
+    segments: list[dict[str, Any]] = [
+        {
+            "segment": name,
+            "n_users": int(mask.sum()),
+            **{rec: summarize(per_user[rec], lists[rec], mask, catalog_size) for rec in lists},
+        }
+        for name, mask in segment_masks(segments_table).items()
+    ]
+    timings["score_s"] = time.perf_counter() - t0
+
+    overall = segments[0]
+    summary: dict[str, Any] = {
+        "model_version": model_version,
+        "run_date": run_date.isoformat(),
+        "k": k,
+        "als": overall["als"],
+        "popularity": overall["popularity"],
+        "lift_ndcg": lift(overall["als"]["ndcg"], overall["popularity"]["ndcg"]),
+        "segments": segments,
+        "windows": windows.to_dict(),
+        "input_versions": versions,
+        "counts": {
+            "users_evaluated": int(users.size),
+            "users_with_history": int((~cold).sum()),
+            "cold_users": int(cold.sum()),
+            "als_fallback_users": int(fallback.sum()),
+            "relevant_pairs": int(sum(len(r) for r in relevant_lists)),
+            "catalog_size": int(catalog_size),
+            "popular_movies": int(popularity.num_rows),
+        },
+    }
+    if overall["n_users"] == 0:
+        log.warning("no user with training history was active in the test window %s", windows)
+    t0 = time.perf_counter()
+    lake.replace_where(
+        "model_evaluations",
+        evaluation_rows(model_version, run_date, segments),
+        f"model_version = '{model_version}'",
+    )
+    timings["write_s"] = time.perf_counter() - t0
+    sample.unpersist()
+    pairs.unpersist()
+    timings["total_s"] = time.perf_counter() - t_total
+    summary["timings"] = {key: round(value, 3) for key, value in timings.items()}
+    runs.write_manifest(settings, run_date, "evaluate", summary)
+    return summary

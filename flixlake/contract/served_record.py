@@ -1,0 +1,38 @@
+"""The served-recommendation record: what the service ships per answer and the lake lands.
+
+The service's telemetry writes one JSON object per answer to ``serving.telemetry.served_topic``;
+the speed layer validates each with :class:`ServedRecord` before landing it in
+``served_recommendations``. Unknown keys are ignored, so the producer may add fields first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+_MAX_ID = 2**63 - 1
+
+
+class ServedRecord(BaseModel):
+    """One answer as the service's telemetry shipper writes it (unknown keys are ignored)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    request_id: str = Field(min_length=1, max_length=200)
+    user_id: Annotated[int, Field(ge=0, le=_MAX_ID)]
+    time: dt.datetime
+    variant: str = Field(min_length=1)
+    model_version: str = ""  # empty when the service answered before any model was loaded
+    items: list[str]
+    status: int
+    latency_ms: float = Field(ge=0)
+    server: str = ""
+    experiment: str = "default"  # records from before experiments were named
+
+
+def validation_reason(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "record"
+    return f"served_record: {where}: {first['msg']}"

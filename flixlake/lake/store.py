@@ -1,0 +1,305 @@
+"""Delta Lake I/O through delta-rs: the only module that touches table files and the log.
+
+Every write names its table from :mod:`flixlake.lake.tables`, so schemas and partitioning live in one
+place. Writes that must happen once (ingest chunks, stream micro-batches) carry a Delta app
+transaction: a replay with the same ``(app_id, version)`` commits nothing.
+
+>>> lake = Lake("/tmp/lake")                                          # doctest: +SKIP
+>>> lake.append("quarantine_events", rows, app_id="ingest:ab12", txn_version=0)  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
+
+from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
+
+
+class MissingTableError(LookupError):
+    """A table the caller needs has not been written yet."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A parquet file already written inside a table's folder, to be committed."""
+
+    relative_path: str
+    size: int
+    partition_values: Mapping[str, str | None]
+    num_records: int
+
+
+def _plain(type_: pa.DataType) -> pa.DataType:
+    if pa.types.is_string_view(type_):
+        return pa.string()
+    if pa.types.is_binary_view(type_):
+        return pa.binary()
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_list_view(type_):
+        return pa.list_(_plain(type_.value_type))
+    if pa.types.is_struct(type_):
+        return pa.struct([f.with_type(_plain(f.type)) for f in type_])
+    return type_
+
+
+def without_views(table: pa.Table) -> pa.Table:
+    """Cast DataFusion's string/binary *view* columns to plain ones (CSV, pandas, older readers)."""
+    schema = pa.schema([f.with_type(_plain(f.type)) for f in table.schema])
+    return table if schema.equals(table.schema) else table.cast(schema)
+
+
+def conform(spec: TableSpec, data: pa.Table) -> pa.Table:
+    """Select the table's columns in schema order and cast to its types (fails on a missing one)."""
+    missing = [c for c in spec.columns if c not in data.column_names]
+    if missing:
+        raise ValueError(f"{spec.name}: data lacks columns {missing}")
+    return data.select(spec.columns).cast(spec.schema)
+
+
+class Lake:
+    """A folder (or object-store prefix) of Delta tables named in the registry."""
+
+    def __init__(self, root: str | Path, storage_options: dict[str, str] | None = None) -> None:
+        self.root = str(root)
+        self.storage_options = storage_options
+        if "://" not in self.root:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    # -- locating -----------------------------------------------------------------------------
+    def path(self, name: str) -> str:
+        table_spec(name)  # validate the name
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.path(name), self.storage_options)
+
+    def table(self, name: str, version: int | None = None) -> DeltaTable:
+        """Open a table (optionally at a pinned version); a clear error when it is missing."""
+        try:
+            return DeltaTable(
+                self.path(name), version=version, storage_options=self.storage_options
+            )
+        except TableNotFoundError:
+            raise MissingTableError(
+                f"table {name!r} does not exist yet under {self.root} "
+                f"(written by {table_spec(name).owner})"
+            ) from None
+
+    def version(self, name: str) -> int | None:
+        return self.table(name).version() if self.exists(name) else None
+
+    def versions(self, names: Iterable[str] | None = None) -> dict[str, int | None]:
+        """Current Delta version of each table, for provenance."""
+        return {n: self.version(n) for n in (names or ALL_TABLES)}
+
+    def ensure(self, name: str) -> DeltaTable:
+        """Create the table empty with its registered schema if it does not exist."""
+        if not self.exists(name):
+            spec = table_spec(name)
+            DeltaTable.create(
+                self.path(name),
+                spec.schema,
+                mode="ignore",
+                partition_by=list(spec.partition_by) or None,
+                name=spec.name,
+                description=spec.description,
+                storage_options=self.storage_options,
+            )
+        return self.table(name)
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(
+        self,
+        name: str,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        filters: Any = None,
+    ) -> pa.Table:
+        """Read a table (or a pinned version of it) into Arrow."""
+        return self.table(name, version).to_pyarrow_table(columns=columns, filters=filters)
+
+    def file_uris(self, name: str, version: int | None = None) -> list[str]:
+        """Active data files of a snapshot (for Spark's parquet reader)."""
+        return self.table(name, version).file_uris()
+
+    def sql(self, query: str) -> pa.Table:
+        """Run SQL (DataFusion) over every existing table, referenced by its registry name."""
+        builder = QueryBuilder()
+        for name in ALL_TABLES:
+            if self.exists(name):
+                builder = builder.register(name, self.table(name))
+        return without_views(pa.table(builder.execute(query).read_all()))
+
+    # -- writing ------------------------------------------------------------------------------
+    def applied(self, name: str, app_id: str, txn_version: int) -> bool:
+        """Whether a write tagged ``(app_id, txn_version)`` (or a later one) is committed."""
+        if not self.exists(name):
+            return False
+        done = self.table(name).transaction_version(app_id)
+        return done is not None and done >= txn_version
+
+    def _commit_properties(
+        self, app_id: str | None, txn_version: int | None, metadata: dict[str, Any] | None
+    ) -> CommitProperties:
+        txns = None
+        if app_id is not None:
+            txns = [Transaction(app_id, int(txn_version or 0), int(time.time() * 1000))]
+        custom = {
+            k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()
+        }
+        return CommitProperties(custom_metadata=custom or None, app_transactions=txns)
+
+    def append(
+        self,
+        name: str,
+        data: pa.Table,
+        app_id: str | None = None,
+        txn_version: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Append rows; with ``app_id`` the append happens at most once. Returns whether it wrote."""
+        if app_id is not None and self.applied(name, app_id, txn_version or 0):
+            return False
+        self._write(
+            name, data, "append", commit=self._commit_properties(app_id, txn_version, metadata)
+        )
+        return True
+
+    def _write(
+        self,
+        name: str,
+        data: pa.Table,
+        mode: Literal["append", "overwrite"],
+        predicate: str | None = None,
+        commit: CommitProperties | None = None,
+    ) -> None:
+        """The one delta-rs write: registry schema and partitioning, table created if missing."""
+        spec = table_spec(name)
+        self.ensure(name)
+        # delta-rs accepts a predicate only with overwrite (replace-where)
+        where: dict[str, Any] = {} if predicate is None else {"predicate": predicate}
+        write_deltalake(
+            self.path(name),
+            conform(spec, data),
+            mode=mode,
+            partition_by=list(spec.partition_by) or None,
+            storage_options=self.storage_options,
+            commit_properties=commit,
+            **where,
+        )
+
+    def replace_where(self, name: str, data: pa.Table, predicate: str) -> None:
+        """Atomically replace the rows matching ``predicate`` (a partition, a run) with ``data``."""
+        self._write(name, data, "overwrite", predicate=predicate)
+
+    def upsert(
+        self,
+        name: str,
+        data: pa.Table,
+        keys: Iterable[str] | None = None,
+        updates: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """MERGE rows on the table's natural key: update matches, insert the rest.
+
+        ``updates`` (column -> SQL over ``t.`` target and ``s.`` source, e.g.
+        ``{"last_seen": "greatest(t.last_seen, s.last_seen)"}``) replaces update-all for matches.
+        """
+        spec = table_spec(name)
+        keys = list(keys or spec.keys)
+        if not keys:
+            raise ValueError(f"{name}: no merge keys")
+        table = self.ensure(name)
+        predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        merger = table.merge(conform(spec, data), predicate, source_alias="s", target_alias="t")
+        if updates:
+            merger = merger.when_matched_update(dict(updates))
+        else:
+            merger = merger.when_matched_update_all()
+        return merger.when_not_matched_insert_all().execute()
+
+    def overwrite(self, name: str, data: pa.Table) -> None:
+        """Atomically replace the whole table's contents (readers see old or new, never a mix)."""
+        self._write(name, data, "overwrite")
+
+    def compact(
+        self, name: str, partition_filters: list[tuple[str, str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Bin-pack small files (e.g. one per stream micro-batch) of the matching partitions."""
+        return self.table(name).optimize.compact(partition_filters=partition_filters)
+
+    def vacuum(self, name: str, retention_hours: int) -> list[str]:
+        """Delete files no snapshot younger than ``retention_hours`` still references."""
+        return self.table(name).vacuum(
+            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+        )
+
+    def delete(self, name: str, predicate: str) -> None:
+        if self.exists(name):
+            self.table(name).delete(predicate)
+
+    def commit_files(
+        self,
+        name: str,
+        files: list[DataFile],
+        mode: Literal["append", "overwrite"] = "append",
+        partition_filters: list[tuple[str, str, Any]] | None = None,
+        app_id: str | None = None,
+        txn_version: int | None = None,
+    ) -> bool:
+        """Commit parquet files that executors wrote into the table folder (no data via driver).
+
+        With ``mode="overwrite"`` and ``partition_filters`` only the matching partitions are
+        replaced. Returns False when the app transaction was already committed.
+        """
+        if app_id is not None and self.applied(name, app_id, txn_version or 0):
+            return False
+        spec = table_spec(name)
+        table = self.ensure(name)
+        now_ms = int(time.time() * 1000)
+        actions: list[AddAction | RemoveAction] = [
+            AddAction(
+                path=f.relative_path,
+                size=f.size,
+                partition_values=dict(f.partition_values),
+                modification_time=now_ms,
+                data_change=True,
+                stats=json.dumps({"numRecords": f.num_records}),
+            )
+            for f in files
+        ]
+        table.create_write_transaction(
+            actions,
+            mode=mode,
+            schema=spec.schema,
+            partition_by=list(spec.partition_by) or None,
+            partition_filters=partition_filters,
+            commit_properties=self._commit_properties(app_id, txn_version, None),
+        )
+        return True
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.table(name).history(limit)
+
+
+def lake_from_settings(settings: Any) -> Lake:
+    """The lake configured for this environment (``settings.lake_root``)."""
+    return Lake(settings.lake_root)
+
+
+def table_dir(lake: Lake, name: str) -> str:
+    """Local folder of a table (for executors writing parquet files into it)."""
+    path = lake.path(name)
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return os.path.abspath(path.removeprefix("file://"))

@@ -1,0 +1,382 @@
+"""The table registry: every Delta table of the lake, its owner, schema and partitioning.
+
+Analysts query these by name (``flixlake sql``); jobs read and write them only through
+:mod:`flixlake.lake.store` (delta-rs) and :mod:`flixlake.lake.spark_io` (Spark). Importing this module
+never imports pyspark, so the service can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")  # log times are UTC without a zone suffix
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    owner: str
+    description: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # natural key used by MERGE
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+_SOURCE = [
+    _f("source", pa.string(), False),  # file path or kafka topic
+    _f("source_partition", pa.int32(), False),  # kafka partition; 0 for files
+    _f("source_offset", pa.int64(), False),  # kafka offset; line number for files
+]
+
+BRONZE_EVENTS = TableSpec(
+    name="bronze_events",
+    owner="flixlake ingest / streaming.speed_layer",
+    description="Every raw log line exactly once, with its source position and parse status.",
+    schema=pa.schema(
+        [
+            *_SOURCE,
+            _f("raw", pa.string(), False),
+            _f("parse_status", pa.string(), False),  # ok | rejected
+            _f("reject_reason", pa.string()),
+            _f("event_type", pa.string()),  # watch | rate | reco
+            _f("event_time", TS),
+            _f("user_id", pa.int64()),
+            _f("movie_id", pa.string()),
+            _f("minute", pa.int32()),
+            _f("rating", pa.int32()),
+            _f("reco_server", pa.string()),
+            _f("reco_status", pa.int32()),
+            _f("reco_results", pa.list_(pa.string())),
+            _f("reco_response_ms", pa.float64()),
+            _f("ingest_batch", pa.string(), False),
+            _f("ingested_at", TS, False),
+            _f("event_date", pa.date32(), False),  # event day; ingest day when unparseable
+        ]
+    ),
+    partition_by=("event_date",),
+)
+
+QUARANTINE_EVENTS = TableSpec(
+    name="quarantine_events",
+    owner="flixlake ingest / streaming.speed_layer",
+    description="Lines that failed parsing or were duplicates, with the reason.",
+    schema=pa.schema(
+        [
+            *_SOURCE,
+            _f("raw", pa.string(), False),
+            _f("reason", pa.string(), False),
+            _f("ingest_batch", pa.string(), False),
+            _f("ingested_at", TS, False),
+        ]
+    ),
+)
+
+MOVIES = TableSpec(
+    name="movies",
+    owner="jobs.compact_silver (+ metadata from flixlake generate)",
+    description="Stable integer index for each movie-id slug, plus catalog metadata.",
+    schema=pa.schema(
+        [
+            _f("movie_idx", pa.int32(), False),
+            _f("movie_id", pa.string(), False),
+            _f("title", pa.string()),
+            _f("year", pa.int32()),
+            _f("genres", pa.list_(pa.string())),
+            _f("first_seen", pa.date32()),
+        ]
+    ),
+    keys=("movie_id",),
+)
+
+USERS = TableSpec(
+    name="users",
+    owner="flixlake ingest-metadata",
+    description="User attributes used for evaluation segments (age, gender, occupation).",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("age", pa.int32()),
+            _f("gender", pa.string()),
+            _f("occupation", pa.string()),
+        ]
+    ),
+    keys=("user_id",),
+)
+
+WATCH_SESSIONS = TableSpec(
+    name="watch_sessions",
+    owner="jobs.compact_silver",
+    description="One row per user, movie and day: distinct minutes watched, first/last time.",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("movie_id", pa.string(), False),
+            _f("movie_idx", pa.int32(), False),
+            _f("minutes_watched", pa.int32(), False),
+            _f("max_minute", pa.int32(), False),
+            _f("first_time", TS, False),
+            _f("last_time", TS, False),
+            _f("event_date", pa.date32(), False),
+        ]
+    ),
+    partition_by=("event_date",),
+    keys=("user_id", "movie_id", "event_date"),
+)
+
+RATINGS = TableSpec(
+    name="ratings",
+    owner="jobs.compact_silver",
+    description="Latest rating per user and movie.",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("movie_id", pa.string(), False),
+            _f("movie_idx", pa.int32(), False),
+            _f("rating", pa.int32(), False),
+            _f("rated_at", TS, False),
+        ]
+    ),
+    keys=("user_id", "movie_id"),
+)
+
+RECO_REQUESTS = TableSpec(
+    name="reco_requests",
+    owner="jobs.compact_silver",
+    description="Served-recommendation telemetry from the log (one row per answered request).",
+    schema=pa.schema(
+        [
+            _f("event_time", TS, False),
+            _f("user_id", pa.int64(), False),
+            _f("server", pa.string(), False),
+            _f("status", pa.int32(), False),
+            _f("results", pa.list_(pa.string())),
+            _f("n_results", pa.int32(), False),
+            _f("response_ms", pa.float64(), False),
+            _f("event_date", pa.date32(), False),
+        ]
+    ),
+    partition_by=("event_date",),
+)
+
+QUALITY_REPORTS = TableSpec(
+    name="quality_reports",
+    owner="jobs.quality_gate",
+    description="One row per quality check per run; a failed check stops the batch run.",
+    schema=pa.schema(
+        [
+            _f("run_date", pa.date32(), False),
+            _f("table_name", pa.string(), False),
+            _f("check_name", pa.string(), False),
+            _f("passed", pa.bool_(), False),
+            _f("observed", pa.float64()),
+            _f("threshold", pa.float64()),
+            _f("details", pa.string()),
+            _f("checked_at", TS, False),
+        ]
+    ),
+    keys=("run_date", "table_name", "check_name"),
+)
+
+MODELS = TableSpec(
+    name="models",
+    owner="jobs.register_model / jobs.publish_batch_view",
+    description="Every trained model with provenance, metrics and publication status.",
+    schema=pa.schema(
+        [
+            _f("model_version", pa.string(), False),
+            _f("run_date", pa.date32(), False),
+            _f("algorithm", pa.string(), False),
+            _f("params", pa.string(), False),  # JSON
+            _f("metrics", pa.string(), False),  # JSON (headline metrics on the eval window)
+            _f("input_versions", pa.string(), False),  # JSON table -> Delta version
+            _f("git_commit", pa.string()),
+            _f("library_versions", pa.string(), False),  # JSON
+            _f("artifact_path", pa.string(), False),
+            _f("status", pa.string(), False),  # registered | published | rejected
+            _f("status_reason", pa.string()),
+            _f("registered_at", TS, False),
+            _f("published_at", TS),
+        ]
+    ),
+    keys=("model_version",),
+)
+
+MODEL_EVALUATIONS = TableSpec(
+    name="model_evaluations",
+    owner="jobs.evaluate_model",
+    description="Offline ranking metrics @k per model, baseline and user segment.",
+    schema=pa.schema(
+        [
+            _f("model_version", pa.string(), False),
+            _f("run_date", pa.date32(), False),
+            _f("recommender", pa.string(), False),  # als | popularity
+            _f("segment", pa.string(), False),  # all, activity=heavy, gender=F, ...
+            _f("metric", pa.string(), False),
+            _f("value", pa.float64(), False),
+            _f("n_users", pa.int64(), False),
+        ]
+    ),
+    keys=("model_version", "recommender", "segment", "metric"),
+)
+
+BATCH_RECOMMENDATIONS = TableSpec(
+    name="batch_recommendations",
+    owner="jobs.publish_batch_view",
+    description="Top-N movies per user for each published model version (the batch view).",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("rank", pa.int32(), False),
+            _f("movie_id", pa.string(), False),
+            _f("score", pa.float32(), False),
+            _f("model_version", pa.string(), False),
+        ]
+    ),
+    partition_by=("model_version",),
+)
+
+_SPEED_STAMP = [
+    _f("since", TS),  # cutoff: run date of the newest published model; null when none
+    _f("model_version", pa.string()),  # that model (null when none)
+    _f("updated_batch", pa.int64(), False),  # micro-batch id of the last change
+    _f("updated_at", TS, False),
+]
+
+SPEED_USER_ACTIVITY = TableSpec(
+    name="speed_user_activity",
+    owner="streaming.speed_layer",
+    description="Per user since the batch cutoff: movies watched and rated, first/last seen.",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("watched_movies", pa.list_(pa.string())),
+            _f("rated_movies", pa.list_(pa.string())),
+            _f("first_seen", TS, False),
+            _f("last_seen", TS, False),
+            *_SPEED_STAMP,
+        ]
+    ),
+    keys=("user_id",),
+)
+
+SPEED_TRENDING = TableSpec(
+    name="speed_trending",
+    owner="streaming.speed_layer",
+    description="Per movie and window (1h, 24h, ...): distinct watchers up to stream time as_of.",
+    schema=pa.schema(
+        [
+            _f("window", pa.string(), False),  # label from streaming.trending_windows
+            _f("window_seconds", pa.int64(), False),
+            _f("movie_id", pa.string(), False),
+            _f("watchers", pa.int64(), False),
+            _f("as_of", TS, False),  # newest event time seen (never ahead of the wall clock)
+            _f("updated_batch", pa.int64(), False),
+            _f("updated_at", TS, False),
+        ]
+    ),
+    keys=("window", "movie_id"),
+)
+
+SPEED_NEW_USERS = TableSpec(
+    name="speed_new_users",
+    owner="streaming.speed_layer",
+    description="Users active since the batch cutoff who are not in the published batch view.",
+    schema=pa.schema(
+        [
+            _f("user_id", pa.int64(), False),
+            _f("first_seen", TS, False),
+            _f("last_seen", TS, False),
+            *_SPEED_STAMP,
+        ]
+    ),
+    keys=("user_id",),
+)
+
+SERVED_RECOMMENDATIONS = TableSpec(
+    name="served_recommendations",
+    owner="streaming.speed_layer (served-recommendations query)",
+    description="Every answer the service gave: request id, user, variant, model version, items.",
+    schema=pa.schema(
+        [
+            *_SOURCE,
+            _f("request_id", pa.string(), False),
+            _f("served_at", TS, False),
+            _f("user_id", pa.int64(), False),
+            _f("experiment", pa.string(), False),
+            _f("variant", pa.string(), False),
+            _f("model_version", pa.string(), False),  # "" when no model was loaded
+            _f("items", pa.list_(pa.string()), False),  # movie ids, best first
+            _f("status", pa.int32(), False),
+            _f("latency_ms", pa.float64(), False),
+            _f("server", pa.string(), False),
+            _f("ingest_batch", pa.string(), False),
+            _f("ingested_at", TS, False),
+            _f("served_date", pa.date32(), False),
+        ]
+    ),
+    partition_by=("served_date",),
+)
+
+ONLINE_EVALUATIONS = TableSpec(
+    name="online_evaluations",
+    owner="jobs.online_evaluation",
+    description=(
+        "Watch-through per served hour, model version and variant: answers followed by a watch "
+        "of a recommended movie within the configured window."
+    ),
+    schema=pa.schema(
+        [
+            _f("served_hour", TS, False),  # start of the hour the answers were served in
+            _f("experiment", pa.string(), False),
+            _f("model_version", pa.string(), False),
+            _f("variant", pa.string(), False),
+            _f("served", pa.int64(), False),  # answers (status 200) in the hour
+            _f("converted", pa.int64(), False),  # of those, followed by a watch of an item
+            _f("window_seconds", pa.int64(), False),
+            _f("computed_at", TS, False),
+            _f("served_date", pa.date32(), False),
+        ]
+    ),
+    partition_by=("served_date",),
+    keys=("served_hour", "experiment", "model_version", "variant"),
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        BRONZE_EVENTS,
+        QUARANTINE_EVENTS,
+        MOVIES,
+        USERS,
+        WATCH_SESSIONS,
+        RATINGS,
+        RECO_REQUESTS,
+        QUALITY_REPORTS,
+        MODELS,
+        MODEL_EVALUATIONS,
+        BATCH_RECOMMENDATIONS,
+        SPEED_USER_ACTIVITY,
+        SPEED_TRENDING,
+        SPEED_NEW_USERS,
+        SERVED_RECOMMENDATIONS,
+        ONLINE_EVALUATIONS,
+    )
+}
+
+
+def table_spec(name: str) -> TableSpec:
+    """Look a table up by name, with a helpful error for typos."""
+    try:
+        return ALL_TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known tables: {sorted(ALL_TABLES)}") from None

@@ -1,0 +1,123 @@
+"""``flixlake experiment``: online evaluation and the A/B report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from flixlake.ops.cli.common import EnvOpt, HomeOpt, console, err, fail, settings_or_exit
+
+app = typer.Typer(
+    help="Online evaluation of served answers and A/B comparison of experiment variants.",
+    no_args_is_help=True,
+)
+
+
+@app.command("evaluate")
+def experiment_evaluate(
+    until: Annotated[
+        str | None, typer.Option(help="evaluate served hours complete by this ISO time (UTC)")
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Recompute watch-through of recent served hours now, as the flixlake_online DAG does."""
+    from flixlake.experiments.online import run_online_evaluation
+    from flixlake.lake.store import Lake, MissingTableError
+    from flixlake.ops.jobs import parse_until
+    from flixlake.ops.spark import build_spark_session
+
+    settings = settings_or_exit(env, home)
+    try:
+        end = parse_until(until)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    spark = build_spark_session(settings, app_name="flixlake-online-evaluation")
+    try:
+        summary = run_online_evaluation(spark, Lake(settings.lake_root), settings, end)
+    except MissingTableError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        spark.stop()
+    if "skipped" in summary:
+        err.print(f"[yellow]{summary['skipped']}[/yellow]")
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command("report")
+def experiment_report(
+    since: Annotated[str | None, typer.Option(help="first served hour, ISO time (UTC)")] = None,
+    until: Annotated[str | None, typer.Option(help="end of the range (exclusive), ISO")] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="experiment name (default: serving.experiment.name)")
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option(help="control variant (default: the first configured one)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="report folder (default: <artifacts>/experiments/<experiment>)"),
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Compare an experiment's variants: watch-through, intervals, z-tests; write an HTML report."""
+    from flixlake.experiments.report import result_rows, write_experiment_report
+    from flixlake.experiments.routing import NAME_PATTERN
+    from flixlake.experiments.stats import NoEvaluationsError, compare_variants, experiment_rows
+    from flixlake.lake.store import Lake
+    from flixlake.ops.jobs import parse_timestamp
+
+    settings = settings_or_exit(env, home)
+    configured = settings.serving.experiment
+    name = experiment or configured.name
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise fail(f"--experiment {name!r} must match {NAME_PATTERN}")
+    try:
+        start = parse_timestamp(since, "--since") if since else None
+        end = parse_timestamp(until, "--until") if until else None
+        rows = experiment_rows(Lake(settings.lake_root), name, start, end)
+    except (NoEvaluationsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        results = compare_variants(
+            rows,
+            control or configured.variants[0].name,
+            settings.online.confidence,
+            settings.online.min_served,
+        )
+    except LookupError as exc:
+        raise fail(f"{exc}; pass --control") from None
+    requested = f"{since or 'the first hour'} to {until or 'the last hour'}"
+    table = Table(
+        title=f"experiment {name}: watch-through ({requested})",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    rows_text = result_rows(results)
+    for column in rows_text[0]:
+        table.add_column(column, overflow="fold")  # a narrow terminal splits numbers, never cuts
+    for row in rows_text:
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(
+        f"An answer converts when its user watches one of its movies within "
+        f"{settings.online.watch_window}; variants (or a control) with fewer than "
+        f"{settings.online.min_served} answers are not tested."
+    )
+    page = write_experiment_report(
+        out or settings.artifacts_root / "experiments" / name,
+        name,
+        results,
+        rows,
+        settings.online,
+        requested,
+    )
+    console.print(f"report: {page}", soft_wrap=True)

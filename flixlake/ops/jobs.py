@@ -1,0 +1,85 @@
+"""Shared plumbing of the thin ``jobs/*.py`` spark-submit entry points.
+
+A job file only names its step function; this parses ``--run-date`` (or ``--until`` for jobs
+that evaluate up to a point in time), ``--env`` and ``--home``, loads the settings, builds the one
+SparkSession, runs the step and prints its summary as JSON.
+Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from flixlake.batch.errors import GateFailedError
+from flixlake.config import ConfigError, load_settings
+from flixlake.contract.logformat import as_utc
+from flixlake.lake.runs import MissingStepError, parse_run_date
+from flixlake.lake.store import Lake, MissingTableError
+from flixlake.ops.spark import build_spark_session
+
+StepFn = Callable[..., dict[str, Any]]
+
+
+def parse_timestamp(value: str, option: str = "--until") -> dt.datetime:
+    """An ISO-8601 time (Airflow's ``{{ data_interval_end }}``) as UTC; without a zone it is UTC."""
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{option} must be an ISO-8601 time like 2026-11-22T10:00:00+00:00, got {value!r}"
+        ) from None
+    return as_utc(stamp)
+
+
+def parse_until(value: str | None) -> dt.datetime:
+    """``--until``: the end of what an evaluation covers; now when not given (or empty, as a
+    manually triggered Airflow run renders ``{{ data_interval_end }}``)."""
+    return parse_timestamp(value) if value else dt.datetime.now(dt.UTC)
+
+
+def run_job(
+    step: StepFn, description: str, argv: list[str] | None = None, *, until: bool = False
+) -> int:
+    """Run one step as a spark-submit job: ``step(spark, lake, settings, run_date)``.
+
+    With ``until=True`` the job takes ``--until`` (an ISO time, default now) instead of
+    ``--run-date`` and calls ``step(spark, lake, settings, until)``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    if until:
+        parser.add_argument(
+            "--until", default=None, help="ISO time (Airflow's data_interval_end); default now"
+        )
+    else:
+        parser.add_argument(
+            "--run-date", required=True, help="logical date YYYY-MM-DD (Airflow's ds)"
+        )
+    parser.add_argument("--env", default=None, help="config environment (default $FLIXLAKE_ENV)")
+    parser.add_argument("--home", default=None, help="state folder (default $FLIXLAKE_HOME)")
+    args = parser.parse_args(argv)
+    try:
+        when: dt.date | dt.datetime = (
+            parse_until(args.until) if until else parse_run_date(args.run_date)
+        )
+        settings = load_settings(args.env, home=args.home)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spark = build_spark_session(settings, app_name=f"flixlake-{step.__name__}-{when.isoformat()}")
+    try:
+        summary = step(spark, Lake(settings.lake_root), settings, when)
+    except GateFailedError as exc:
+        print(f"gate failed: {exc}", file=sys.stderr)
+        return 3
+    except (MissingTableError, MissingStepError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0

@@ -1,0 +1,380 @@
+"""The HTTP service: ``GET /recommend/<userid>`` -> one line of up to 20 comma-separated movie ids.
+
+A plain ASGI callable (no framework routing: three fixed paths) served by uvicorn with uvloop and
+the httptools parser; the answer is computed synchronously from in-memory numpy arrays, so a
+request never awaits anything but its own response write. Background threads refresh the speed
+views, load new batch views and ship telemetry (see :mod:`flixlake.serving.recommender` and
+:mod:`flixlake.serving.telemetry`).
+
+Endpoints: ``/recommend/<userid>`` (text/plain; headers ``X-Request-Id``, ``X-Model-Version``,
+``X-Variant``, ``X-Recommendation-Source``), ``/health`` (JSON), ``/metrics`` (Prometheus).
+Malformed requests get a one-line 4xx explanation: 400 for a missing, non-numeric, zero, negative
+or out-of-range user id (1..2147483647, as in the log contract), 404 for unknown paths or extra
+segments, 405 for methods other than GET.
+
+Run it::
+
+    python -m flixlake.serving.app --env local --home var --port 8082
+    flixlake serve                                   # the CLI calls run_server(settings, ...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.util
+import itertools
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from flixlake.config import ConfigError, Settings, load_settings
+from flixlake.contract.logformat import MAX_USER_ID
+from flixlake.experiments.routing import Experiment
+from flixlake.lake.store import Lake, lake_from_settings
+from flixlake.serving.monitoring import METRICS_CONTENT_TYPE, ServingMetrics
+from flixlake.serving.recommender import NO_MODEL, Answer, Recommender
+from flixlake.serving.refresh import ViewRefresher
+from flixlake.serving.telemetry import TelemetryShipper
+from flixlake.serving.views import MovieCatalog
+
+log = logging.getLogger("serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+RECOMMEND_PREFIX = "/recommend/"
+_MAX_ID_DIGITS = len(str(MAX_USER_ID))
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+_SOURCES = {s: s.encode() for s in ("batch", "batch_filtered", "batch_filled", "fallback")}
+
+
+class BadRequest(Exception):
+    """A request the client got wrong: the status and a one-line explanation."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_user_id(text: str) -> int:
+    """The ``<userid>`` path segment -> a user id in ``1..MAX_USER_ID`` (else BadRequest)."""
+    if not text:
+        raise BadRequest(400, "missing user id: use GET /recommend/<userid>")
+    if "/" in text:
+        raise BadRequest(404, "not found: /recommend/<userid> takes exactly one path segment")
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(400, f"user id must be a positive integer, got {text[:40]!r}")
+    if len(text) > _MAX_ID_DIGITS or not 0 < int(text) <= MAX_USER_ID:
+        raise BadRequest(400, f"user id must be between 1 and {MAX_USER_ID}, got {text[:40]}")
+    return int(text)
+
+
+def _header_value(text: str) -> bytes:
+    return "".join(c if " " <= c <= "~" else "?" for c in text).encode("ascii")
+
+
+class RecommendationService:
+    """The ASGI application plus the background parts it owns (start/stop with the lifespan)."""
+
+    def __init__(
+        self, settings: Settings, lake: Lake | None = None, port: int | None = None
+    ) -> None:
+        self.settings = settings
+        config = settings.serving
+        self.config = config
+        self.metrics = ServingMetrics()
+        self.catalog = MovieCatalog()
+        self.recommender = Recommender(
+            self.catalog,
+            Experiment.from_config(config.experiment),
+            results=config.results,
+            fallback_candidates=config.fallback_candidates,
+        )
+        self.refresher = ViewRefresher(
+            lake or lake_from_settings(settings), config, self.recommender, self.metrics
+        )
+        telemetry = config.telemetry
+        self.server_name = telemetry.server_name or f"{socket.gethostname()}:{port or config.port}"
+        self.telemetry: TelemetryShipper | None = None
+        if telemetry.enabled:
+            self.telemetry = TelemetryShipper(
+                bootstrap_servers=telemetry.bootstrap_servers or settings.kafka.bootstrap_servers,
+                log_topic=telemetry.log_topic or settings.kafka.topic,
+                served_topic=telemetry.served_topic,
+                server=self.server_name,
+                metrics=self.metrics,
+                experiment=settings.serving.experiment.name,
+                capacity=telemetry.buffer_records,
+            )
+        self._request_prefix = uuid.uuid4().hex[:12]
+        self._request_numbers = itertools.count(1)
+        self._header_cache: dict[str, bytes] = {}
+        self._started_at: float | None = None
+        self._start_lock = threading.Lock()
+        self._last_error_log = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Start the background threads; wait (bounded) for the first views. True when loaded."""
+        with self._start_lock:
+            if self._started_at is not None:
+                return True
+            self._started_at = time.time()
+            self.refresher.start()
+            if self.telemetry is not None:
+                self.telemetry.start()
+        ready = self.refresher.wait_ready(self.config.startup_wait_seconds)
+        state = self.recommender.state
+        log.info(
+            "serving %s (%s); experiment %r",
+            dict(
+                zip([v.name for v in state.experiment.variants], state.model_versions, strict=True)
+            ),
+            "views loaded" if ready else "still loading, answering with fallbacks",
+            state.experiment.name,
+        )
+        gc.collect()
+        gc.freeze()  # the loaded objects never need scanning again: shorter GC pauses
+        return ready
+
+    def stop(self) -> None:
+        self.refresher.stop()
+        if self.telemetry is not None:
+            self.telemetry.stop()
+
+    # -- ASGI -----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path.startswith(RECOMMEND_PREFIX):
+                await self._recommend(scope, send, path)
+            elif path == "/recommend":
+                await self._error(
+                    send,
+                    "recommend",
+                    BadRequest(400, "missing user id: use GET /recommend/<userid>"),
+                )
+            elif path == "/health":
+                await self._ops(scope, send, "health", self._health)
+            elif path == "/metrics":
+                await self._ops(scope, send, "metrics", self._metrics)
+            else:
+                await self._error(send, "other", BadRequest(404, f"not found: {path[:80]}"))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _recommend(self, scope: Scope, send: Send, path: str) -> None:
+        started = time.perf_counter()
+        if scope["method"] != "GET":
+            await self._error(send, "recommend", BadRequest(405, "method not allowed: use GET"))
+            return
+        try:
+            user_id = parse_user_id(path[len(RECOMMEND_PREFIX) :])
+        except BadRequest as exc:
+            await self._error(send, "recommend", exc)
+            return
+        request_id = f"{self._request_prefix}-{next(self._request_numbers):x}"
+        try:
+            answer = self.recommender.recommend(user_id)
+        except Exception:
+            answer = self._failed(user_id)
+        model = self._header_cache.get(answer.model_version)
+        if model is None:
+            model = self._header_cache[answer.model_version] = _header_value(answer.model_version)
+        body = answer.body
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", _TEXT),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-model-version", model),
+                    (b"x-variant", answer.variant.encode()),
+                    (b"x-recommendation-source", _SOURCES[answer.source]),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        elapsed = time.perf_counter() - started
+        metrics = self.metrics
+        metrics.recommend_ok.inc()
+        metrics.recommend_latency.observe(elapsed)
+        metrics.answer(answer.variant, answer.source)
+        if answer.reason is not None:
+            metrics.fallback(answer.reason)
+        if self.telemetry is not None:
+            self.telemetry.record(
+                time.time(),
+                user_id,
+                200,
+                elapsed * 1000.0,
+                request_id,
+                answer.variant,
+                answer.model_version,
+                body,
+            )
+
+    def _failed(self, user_id: int) -> Answer:
+        """An unexpected error: answer with the fallback anyway, log (at most once a second)."""
+        self.metrics.errors.inc()
+        now = time.monotonic()
+        if now - self._last_error_log > 1.0:
+            self._last_error_log = now
+            log.exception("answering user %d failed; served the fallback", user_id)
+        try:
+            return self.recommender.fallback_answer(user_id, "error")
+        except Exception:
+            return Answer(b"", "none", NO_MODEL, "fallback", "error")
+
+    async def _error(self, send: Send, endpoint: str, exc: BadRequest) -> None:
+        body = exc.message.encode("utf-8", "replace")
+        headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
+        if exc.status == 405:
+            headers.append((b"allow", b"GET"))
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.requests.labels(endpoint, str(exc.status)).inc()
+
+    async def _ops(
+        self, scope: Scope, send: Send, endpoint: str, render: Callable[[], tuple[bytes, bytes]]
+    ) -> None:
+        if scope["method"] != "GET":
+            await self._error(send, endpoint, BadRequest(405, "method not allowed: use GET"))
+            return
+        started = time.perf_counter()
+        status = 200
+        try:
+            content_type, body = render()
+        except Exception as exc:  # an ops endpoint says it is broken instead of hiding it
+            log.exception("%s failed", endpoint)
+            status, content_type = 503, _TEXT
+            body = f"{endpoint} unavailable: {type(exc).__name__}: {exc}".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def _health(self) -> tuple[bytes, bytes]:
+        health = self.refresher.health()
+        health["server"] = self.server_name
+        health["uptime_seconds"] = (
+            round(time.time() - self._started_at, 1) if self._started_at else None
+        )
+        if self.telemetry is not None:
+            health["telemetry"] = {
+                "enabled": True,
+                "bootstrap_servers": self.telemetry.bootstrap_servers,
+                "topics": [self.telemetry.log_topic, self.telemetry.served_topic],
+                "shipper_pid": self.telemetry.shipper_pid,
+            }
+        else:
+            health["telemetry"] = {"enabled": False}
+        return _JSON, json.dumps(health, default=str).encode()
+
+    def _metrics(self) -> tuple[bytes, bytes]:
+        return METRICS_CONTENT_TYPE.encode(), self.metrics.render()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.to_thread(self.start)
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.stop)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(
+    settings: Settings, lake: Lake | None = None, port: int | None = None
+) -> RecommendationService:
+    """The ASGI app for these settings (background parts start with the ASGI lifespan)."""
+    return RecommendationService(settings, lake=lake, port=port)
+
+
+def uvicorn_config(app: RecommendationService, host: str, port: int) -> Any:
+    """uvicorn settings chosen for this service: uvloop + httptools, no access log."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        ws="none",  # no websocket routes
+        proxy_headers=False,  # no X-Forwarded-* rewriting middleware on every request
+        access_log=False,
+        server_header=False,
+        log_level="info",
+        backlog=2048,
+        timeout_keep_alive=15,
+    )
+
+
+def run_server(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Serve until interrupted (what ``flixlake serve`` and ``python -m flixlake.serving.app`` call)."""
+    import uvicorn
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    logging.getLogger("serving").setLevel(logging.INFO)
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    # a background thread that wants the GIL gets it for at most 1 ms (default 5 ms) at a time
+    sys.setswitchinterval(0.001)
+    app = create_app(settings, port=port)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="flixlake recommendation service")
+    parser.add_argument("--env", default=None, help="config environment (default $FLIXLAKE_ENV)")
+    parser.add_argument("--home", default=None, help="state folder (default $FLIXLAKE_HOME)")
+    parser.add_argument("--host", default=None, help="listen address (default serving.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default serving.port)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.env, home=args.home)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_server(settings, args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The merge rule and experiment routing over one immutable serving state.
+
+Everything a request reads hangs off one immutable :class:`ServingState`; background threads
+build a new state and install it with a single reference assignment, so a request sees either the
+old or the new state, never a mix, and never waits for a load.
+
+The merge rule for a user routed to a variant (and so to one model's batch view):
+
+1. the model's ranked list for the user, minus movies the user watched or rated since the batch
+   cutoff (``speed_user_activity``), best first;
+2. if fewer than ``results`` remain, or the model does not know the user (unknown or new user) or
+   the variant has no batch view at all: trending movies (``speed_trending``, shortest window
+   first, by watchers), then the movies most frequent in the model's batch view — never one the
+   user has seen or one already listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from flixlake.experiments.routing import Experiment
+from flixlake.serving.views import (
+    EMPTY_ACTIVITY,
+    BatchView,
+    MovieCatalog,
+    SpeedActivity,
+)
+
+log = logging.getLogger(__name__)
+NO_MODEL = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One recommendation answer and where it came from."""
+
+    body: bytes  # comma-separated movie ids
+    variant: str
+    model_version: str
+    source: str  # batch | batch_filtered | batch_filled | fallback
+    reason: str | None = None  # why trending/popular movies were used
+
+
+@dataclass(frozen=True, eq=False)
+class Fallback:
+    """Trending then popular movies for one variant, with the ready answer for a user with no
+    recorded activity."""
+
+    candidates: tuple[int, ...]
+    body: bytes
+
+
+@dataclass(frozen=True, eq=False)
+class ServingState:
+    """Everything a request needs, swapped as one reference."""
+
+    experiment: Experiment
+    views: tuple[BatchView | None, ...]  # per variant
+    model_versions: tuple[str, ...]  # per variant (NO_MODEL without a batch view)
+    fallbacks: tuple[Fallback, ...]  # per variant
+    activity: SpeedActivity
+    trending: np.ndarray
+
+
+def pick(
+    ranked: list[int], candidates: tuple[int, ...], seen: set[int] | None, k: int
+) -> tuple[list[int], bool]:
+    """The merge rule: ``ranked`` minus ``seen``, then filled from ``candidates`` (distinct).
+
+    Returns the chosen movie indices and whether candidates were needed.
+    """
+    chosen = [m for m in ranked if m not in seen] if seen else list(ranked)
+    if len(chosen) > k:
+        return chosen[:k], False
+    if len(chosen) == k:
+        return chosen, False
+    taken = set(chosen)
+    for m in candidates:
+        if m not in taken and not (seen and m in seen):
+            chosen.append(m)
+            taken.add(m)
+            if len(chosen) == k:
+                break
+    return chosen, True
+
+
+class Recommender:
+    """Answers requests from the current :class:`ServingState`."""
+
+    def __init__(
+        self,
+        catalog: MovieCatalog,
+        experiment: Experiment,
+        results: int = 20,
+        fallback_candidates: int = 200,
+    ) -> None:
+        self.catalog = catalog
+        self.results = results
+        self.fallback_candidates = fallback_candidates
+        self._lock = threading.Lock()  # serialises writers; readers never lock
+        self._views: dict[str, BatchView] = {}
+        self._variant_models: tuple[str | None, ...] = tuple(None for _ in experiment.variants)
+        self._activity = EMPTY_ACTIVITY
+        self._trending = np.zeros(0, np.int32)
+        self.experiment = experiment
+        self.state = self._compose(experiment)
+
+    # -- writers (background threads) -----------------------------------------------------------
+    def _compose(self, experiment: Experiment) -> ServingState:
+        views = tuple(self._views.get(m) if m else None for m in self._variant_models)
+        trending = self._trending.tolist()
+        fallbacks = []
+        for view in views:
+            popular = view.popular.tolist() if view is not None else []
+            candidates = tuple(dict.fromkeys(trending + popular))[: self.fallback_candidates]
+            body = self.catalog.join(list(candidates[: self.results]))
+            fallbacks.append(Fallback(candidates, body))
+        return ServingState(
+            experiment=experiment,
+            views=views,
+            model_versions=tuple(v.model_version if v is not None else NO_MODEL for v in views),
+            fallbacks=tuple(fallbacks),
+            activity=self._activity,
+            trending=self._trending,
+        )
+
+    def install_views(
+        self, variant_models: tuple[str | None, ...], views: dict[str, BatchView]
+    ) -> ServingState:
+        """Serve ``views`` (model version -> view) for the variants' resolved model versions."""
+        with self._lock:
+            self._variant_models = variant_models
+            self._views = dict(views)
+            self.state = state = self._compose(self.experiment)
+        return state
+
+    def install_speed(
+        self, activity: SpeedActivity | None = None, trending: np.ndarray | None = None
+    ) -> ServingState:
+        """Serve new speed views (either one may be left as it is)."""
+        with self._lock:
+            if activity is not None:
+                self._activity = activity
+            if trending is not None:
+                self._trending = trending
+            self.state = state = self._compose(self.experiment)
+        return state
+
+    @property
+    def loaded_views(self) -> dict[str, BatchView]:
+        return dict(self._views)
+
+    # -- the request path -----------------------------------------------------------------------
+    def recommend(self, user_id: int) -> Answer:
+        """The answer for one user (never raises for a valid id)."""
+        state = self.state
+        v = state.experiment.index_of(user_id)
+        variant = state.experiment.variants[v].name
+        view = state.views[v]
+        seen = state.activity.seen(user_id)
+        k = self.results
+        if view is not None:
+            ranked = view.row(user_id)
+            if ranked is not None:
+                if seen is None and len(ranked) >= k:
+                    return Answer(
+                        self.catalog.join(ranked[:k]), variant, view.model_version, "batch"
+                    )
+                chosen, filled = pick(ranked, state.fallbacks[v].candidates, seen, k)
+                body = self.catalog.join(chosen)
+                if filled:
+                    return Answer(body, variant, view.model_version, "batch_filled", "short_list")
+                return Answer(body, variant, view.model_version, "batch_filtered")
+            reason = "new_user" if seen is not None else "unknown_user"
+        else:
+            reason = "no_batch_view"
+        fallback = state.fallbacks[v]
+        if seen:
+            chosen, _ = pick([], fallback.candidates, seen, k)
+            body = self.catalog.join(chosen)
+        else:
+            body = fallback.body
+        return Answer(body, variant, state.model_versions[v], "fallback", reason)
+
+    def fallback_answer(self, user_id: int, reason: str = "error") -> Answer:
+        """The variant's trending/popular answer (used when something unexpected failed)."""
+        state = self.state
+        v = state.experiment.index_of(user_id)
+        return Answer(
+            state.fallbacks[v].body,
+            state.experiment.variants[v].name,
+            state.model_versions[v],
+            "fallback",
+            reason,
+        )

@@ -1,0 +1,1 @@
+"""The synthetic world: movies, users and tastes, a generated history, and the live simulator."""

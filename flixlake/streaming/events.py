@@ -1,0 +1,247 @@
+"""The events query's processor: log lines -> exactly-once bronze/quarantine -> fresh speed views.
+
+Per micro-batch the records are parsed by the shared parser (:func:`flixlake.lake.bronze.parse_batch`)
+and appended to ``quarantine_events`` then ``bronze_events`` with the Delta app transaction
+``(stream:<query>, batch id)``: Spark replays a batch with the same id and offsets after a crash,
+and a replay commits nothing twice. Then the speed views are brought up to date:
+
+* ``speed_user_activity`` — MERGE of the batch's per-user movies watched/rated and first/last
+  seen since the *cutoff* (the run date of the newest published model);
+* ``speed_new_users`` — the same users minus those in that model's batch view;
+* ``speed_trending`` — distinct watchers per movie over each configured window ending at the
+  stream time ``as_of`` (newest event time seen, never ahead of the wall clock), recomputed from
+  an in-memory ``(movie, user) -> last watch`` state that is rebuilt from bronze on start.
+
+When a newer model is published the cutoff moves: the user views are rebuilt from bronze since
+the new cutoff (bronze already holds the current batch), which resets their window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flixlake.config import StreamingConfig
+from flixlake.lake.bronze import parse_batch
+from flixlake.lake.store import Lake
+from flixlake.lake.tables import (
+    SPEED_NEW_USERS,
+    SPEED_TRENDING,
+    SPEED_USER_ACTIVITY,
+)
+from flixlake.streaming.harness import BatchReport, compact_days
+from flixlake.streaming.state import (
+    activity_from_bronze,
+    current_cutoff,
+    model_users,
+    stream_time_from_lake,
+    trending_state_from_bronze,
+)
+from flixlake.streaming.views import (
+    ACTIVITY_UPDATES,
+    NEW_USER_UPDATES,
+    Cutoff,
+    event_schema,
+    merge_pairs,
+    new_users,
+    ok_events,
+    stamped,
+    stream_time,
+    trending_counts,
+    user_activity,
+    watch_pairs,
+    window_lengths,
+)
+
+log = logging.getLogger(__name__)
+BRONZE = "bronze_events"
+QUARANTINE = "quarantine_events"
+SPEED_TABLES = (SPEED_USER_ACTIVITY.name, SPEED_NEW_USERS.name, SPEED_TRENDING.name)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class SpeedLayer:
+    """Driver-side state of the events query: what each micro-batch writes to the lake."""
+
+    tables: tuple[str, ...] = (
+        BRONZE,
+        QUARANTINE,
+    )  # what a fresh checkpoint must not find batches of
+
+    def __init__(
+        self,
+        lake: Lake,
+        config: StreamingConfig,
+        topic: str,
+        query_name: str | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+        cutoff_check_seconds: float = 5.0,
+    ) -> None:
+        self.lake = lake
+        self.config = config
+        self.topic = topic
+        self.query_name = query_name or config.query_name
+        self.clock = clock
+        self.cutoff_check_seconds = cutoff_check_seconds
+        self._cutoff_checked = 0.0  # monotonic time of the last look at the models table
+        self.windows = window_lengths(config)
+        self.cutoff: Cutoff | None = None
+        self.known_users = pa.array([], pa.int64())
+        self.as_of: dt.datetime | None = None
+        self.pairs = watch_pairs(pa.Table.from_pylist([], event_schema()))
+        self.batches_since_maintenance = 0
+        self.days_since_maintenance: set[dt.date] = set()
+        self.started = False
+
+    @property
+    def app_id(self) -> str:
+        return f"stream:{self.query_name}"
+
+    def start(self) -> None:
+        """Rebuild in-memory state from the lake (after a restart the views continue seamlessly)."""
+        now = self.clock()
+        self.as_of = stream_time_from_lake(self.lake, now)
+        self.pairs = trending_state_from_bronze(self.lake, self.as_of, max(self.windows.values()))
+        cutoff = current_cutoff(self.lake)
+        if self._views_cutoff() != cutoff:
+            self._reset_user_views(cutoff, batch_id=-1)
+        else:
+            self._set_cutoff(cutoff)
+        self.started = True
+
+    def _views_cutoff(self) -> Cutoff | None:
+        name = SPEED_USER_ACTIVITY.name
+        if not self.lake.exists(name):
+            return None
+        marks = self.lake.read(name, columns=["since", "model_version"])
+        if marks.num_rows == 0:
+            return None
+        pairs = {
+            (r["since"], r["model_version"])
+            for r in marks.group_by(["since", "model_version"], use_threads=False)
+            .aggregate([])
+            .to_pylist()
+        }
+        if len(pairs) != 1:
+            return None
+        since, version = pairs.pop()
+        return Cutoff(since=since, model_version=version)
+
+    def _set_cutoff(self, cutoff: Cutoff) -> None:
+        if self.cutoff is None or cutoff.model_version != self.cutoff.model_version:
+            self.known_users = model_users(self.lake, cutoff.model_version)
+        self.cutoff = cutoff
+
+    def _reset_user_views(self, cutoff: Cutoff, batch_id: int) -> None:
+        """A new cutoff: recompute the user views from bronze since it (resets their window)."""
+        self._set_cutoff(cutoff)
+        now = self.clock()
+        activity = activity_from_bronze(self.lake, cutoff.since)
+        self.lake.overwrite(SPEED_USER_ACTIVITY.name, stamped(activity, batch_id, now, cutoff))
+        self.lake.overwrite(
+            SPEED_NEW_USERS.name,
+            stamped(new_users(activity, self.known_users), batch_id, now, cutoff),
+        )
+        print(
+            f"[{self.query_name}] speed views reset at cutoff {cutoff.since} "
+            f"(model {cutoff.model_version}): {activity.num_rows} active users",
+            flush=True,
+        )
+
+    def process(self, records: pa.Table, batch_id: int) -> BatchReport:
+        """Write one micro-batch (columns partition, offset, timestamp, value) exactly once."""
+        if not self.started:
+            self.start()
+        started = time.monotonic()
+        records = records.sort_by([("partition", "ascending"), ("offset", "ascending")])
+        now = self.clock()
+        values = [b"" if v is None else v for v in records["value"].to_pylist()]  # tombstones
+        parsed = parse_batch(
+            values,
+            source=self.topic,
+            offsets=records["offset"].to_pylist(),
+            ingest_batch=f"{self.app_id}:{batch_id}",
+            ingested_at=now.replace(tzinfo=None),
+            partitions=records["partition"].to_pylist(),
+        )
+        # quarantine first: if we die in between, the replay still writes bronze exactly once.
+        # (No rejects, no commit: the replay parses the same lines and finds none either.)
+        wrote_q = parsed.n_rejected > 0 and self.lake.append(
+            QUARANTINE, parsed.quarantine, self.app_id, batch_id
+        )
+        wrote_b = self.lake.append(BRONZE, parsed.bronze, self.app_id, batch_id)
+        self.days_since_maintenance.update(
+            pc.unique(parsed.bronze["event_date"]).to_pylist() if parsed.n_lines else []
+        )
+        rebuilt = self.update_views(ok_events(parsed.bronze), batch_id)
+        self.batches_since_maintenance += 1
+        if self.batches_since_maintenance >= self.config.maintenance_every_batches:
+            self.maintain()
+        return BatchReport.committed_now(
+            records,
+            batch_id,
+            started,
+            events=parsed.n_lines,
+            rejected=parsed.n_rejected,
+            written=wrote_b or wrote_q,
+            rebuilt=rebuilt,
+        )
+
+    def update_views(self, events: pa.Table, batch_id: int) -> bool:
+        """Bring the three speed views up to date with a batch's events; True if reset."""
+        now = self.clock()
+        rebuilt = False
+        cutoff = self.cutoff or Cutoff()
+        if time.monotonic() - self._cutoff_checked >= self.cutoff_check_seconds:
+            cutoff = current_cutoff(self.lake)  # a newer published model resets the window
+            self._cutoff_checked = time.monotonic()
+        if cutoff != self.cutoff:
+            self._reset_user_views(cutoff, batch_id)  # bronze already holds this batch
+            rebuilt = True
+        elif events.num_rows:
+            activity = user_activity(events, cutoff.since)
+            if activity.num_rows:
+                self.lake.upsert(
+                    SPEED_USER_ACTIVITY.name,
+                    stamped(activity, batch_id, now, cutoff),
+                    updates=ACTIVITY_UPDATES,
+                )
+                fresh = new_users(activity, self.known_users)
+                if fresh.num_rows:
+                    self.lake.upsert(
+                        SPEED_NEW_USERS.name,
+                        stamped(fresh, batch_id, now, cutoff),
+                        updates=NEW_USER_UPDATES,
+                    )
+        if events.num_rows or not self.lake.exists(SPEED_TRENDING.name):
+            self.as_of = stream_time(self.as_of, events, now)
+            horizon = None
+            if self.as_of is not None:
+                horizon = self.as_of - dt.timedelta(seconds=max(self.windows.values()))
+            self.pairs = merge_pairs(self.pairs, watch_pairs(events), horizon)
+            counts = trending_counts(self.pairs, self.as_of, self.windows)
+            self.lake.overwrite(SPEED_TRENDING.name, stamped(counts, batch_id, now, None))
+        return rebuilt
+
+    def maintain(self) -> None:
+        """Compact the small bronze files the stream wrote; drop old speed-view files."""
+        self.batches_since_maintenance = 0
+        self.days_since_maintenance = compact_days(
+            self.lake, BRONZE, "event_date", self.days_since_maintenance
+        )
+        try:
+            if self.lake.exists(QUARANTINE):
+                self.lake.compact(QUARANTINE)
+            for name in SPEED_TABLES:
+                if self.lake.exists(name):
+                    self.lake.vacuum(name, self.config.vacuum_retention_hours)
+        except Exception as exc:  # maintenance is an optimisation: report it, keep streaming
+            log.warning("speed-layer maintenance failed (will retry later): %s", exc)

@@ -1,0 +1,272 @@
+"""The query harness shared by both queries of the speed-layer job: start, report, stop.
+
+A query reads one Kafka topic and hands each micro-batch, as Arrow, to a :class:`BatchProcessor`
+(the events processor or the served-records landing), which commits it exactly once with a Delta
+app transaction. The harness owns the checkpoint, the stop protocol and the per-batch report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flixlake.config import Settings
+from flixlake.lake.store import Lake
+from flixlake.streaming.kafka_source import SOURCE_NAME, register_kafka_source
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+
+log = logging.getLogger(__name__)
+
+
+class SpeedLayerError(RuntimeError):
+    """The speed layer cannot start or continue safely; the message says what to do."""
+
+
+# -- the stateful per-batch processor ------------------------------------------------------------
+@dataclass
+class BatchReport:
+    """What one micro-batch did (printed as progress, passed to ``on_batch``)."""
+
+    batch_id: int
+    events: int
+    rejected: int
+    written: bool  # False: a replayed batch whose bronze/quarantine commits already existed
+    seconds: float
+    lag_seconds: float | None  # now - oldest Kafka timestamp in the batch, at commit
+    committed_at: float  # epoch seconds when the views were up to date
+    kafka_timestamps_ms: pa.Array = field(repr=False)
+    rebuilt: bool = False
+
+    @classmethod
+    def committed_now(
+        cls,
+        records: pa.Table,
+        batch_id: int,
+        started: float,
+        events: int,
+        rejected: int,
+        written: bool,
+        rebuilt: bool = False,
+    ) -> BatchReport:
+        """The report of a batch of Kafka ``records`` whose commits just finished.
+
+        ``started`` is the ``time.monotonic()`` when processing began; lag is measured from the
+        oldest Kafka timestamp in the batch.
+        """
+        stamps_ms = pc.divide(records["timestamp"].cast(pa.int64()), 1000).combine_chunks()
+        committed = time.time()
+        lag = committed - pc.min(stamps_ms).as_py() / 1000 if len(stamps_ms) else None
+        return cls(
+            batch_id=batch_id,
+            events=events,
+            rejected=rejected,
+            written=written,
+            seconds=time.monotonic() - started,
+            lag_seconds=lag,
+            committed_at=committed,
+            kafka_timestamps_ms=stamps_ms,
+            rebuilt=rebuilt,
+        )
+
+    def line(self, query_name: str) -> str:
+        rate = self.events / self.seconds if self.seconds > 0 else 0.0
+        lag = "-" if self.lag_seconds is None else f"{self.lag_seconds:.1f}s"
+        note = "" if self.written else " (replay: already committed)"
+        return (
+            f"[{query_name}] batch {self.batch_id}: {self.events} events "
+            f"({self.rejected} rejected) in {self.seconds:.2f}s = {rate:,.0f} events/s, "
+            f"lag {lag}{note}"
+        )
+
+
+def compact_days(lake: Lake, table: str, column: str, days: Iterable[dt.date]) -> set[dt.date]:
+    """Compact the small files of each day partition; returns the days to retry next time.
+
+    Compaction is an optimisation: a failure is reported and kept for later, never raised.
+    """
+    failed = set()
+    for day in sorted(days):
+        try:
+            lake.compact(table, [(column, "=", day.isoformat())])
+        except Exception as exc:
+            log.warning(
+                "compacting %s %s=%s failed (will retry later): %s", table, column, day, exc
+            )
+            failed.add(day)
+    return failed
+
+
+# -- the streaming query ------------------------------------------------------------------------
+def kafka_stream(
+    spark: SparkSession,
+    settings: Settings,
+    bootstrap_servers: str | None = None,
+    topic: str | None = None,
+) -> DataFrame:
+    """A topic (default ``kafka.topic``) as a streaming DataFrame via the ``flixlake_kafka`` source."""
+    register_kafka_source(spark)
+    conf = settings.streaming
+    return (
+        spark.readStream.format(SOURCE_NAME)
+        .option("bootstrapServers", bootstrap_servers or settings.kafka.bootstrap_servers)
+        .option("topic", topic or settings.kafka.topic)
+        .option("maxEventsPerTrigger", conf.max_events_per_trigger)
+        .option("startingOffsets", conf.starting_offsets)
+        .option("readTimeoutSeconds", conf.read_timeout_seconds)
+        .load()
+    )
+
+
+def checkpoint_dir(settings: Settings, query_name: str | None = None) -> Path:
+    """``$FLIXLAKE_HOME/checkpoints/<query>``: offsets and commits of one query."""
+    return settings.checkpoint_root / (query_name or settings.streaming.query_name)
+
+
+def check_checkpoint(lake: Lake, checkpoint: Path, app_id: str, tables: Iterable[str]) -> None:
+    """Refuse a fresh checkpoint for a query that already wrote batches (they would be skipped).
+
+    ``tables``: those the query appends to with ``app_id`` transactions (its ``tables``).
+    """
+    offsets = checkpoint / "offsets"
+    if offsets.exists() and any(offsets.iterdir()):
+        return
+    for table in tables:
+        if lake.applied(table, app_id, 0):
+            version = lake.table(table).transaction_version(app_id)
+            raise SpeedLayerError(
+                f"{table} already holds micro-batches 0..{version} of {app_id!r}, but the "
+                f"checkpoint {checkpoint} is empty: batch ids would restart at 0 and be skipped "
+                "as already written. Restore the checkpoint, or give the query a new "
+                "streaming.query_name."
+            )
+
+
+class BatchProcessor(Protocol):
+    """What a streaming query of this job does per micro-batch (events, or served records)."""
+
+    lake: Lake
+    query_name: str
+    tables: tuple[str, ...]  # tables it appends to with app transactions
+
+    @property
+    def app_id(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def process(self, records: pa.Table, batch_id: int) -> BatchReport: ...
+
+
+class SpeedLayerRun:
+    """A running query: stop it gracefully (between batches) or abruptly."""
+
+    def __init__(
+        self, query: StreamingQuery, processor: BatchProcessor, lock: threading.Lock
+    ) -> None:
+        self.query = query
+        self.processor = processor
+        self.reports: list[BatchReport] = []
+        self._lock = lock
+        self._stopping = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self, graceful: bool = True, timeout: float = 120.0) -> None:
+        """Stop the query; graceful lets the batch in flight finish first, abrupt does not wait.
+
+        Either way no further batch starts writing (it fails and is replayed on the next start).
+        """
+        self.request_stop()
+        idle = self.wait_idle(timeout) if graceful else True
+        self.query.stop()
+        if not idle:
+            raise SpeedLayerError(f"a micro-batch did not finish within {timeout:.0f}s")
+
+    def request_stop(self) -> None:
+        """From now on no batch starts writing (it fails and is replayed on the next start)."""
+        self._stopping.set()
+
+    def wait_idle(self, timeout: float = 120.0) -> bool:
+        """Wait until no batch code runs in this process (after an abrupt stop)."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+            return True
+        return False
+
+    def failure(self) -> BaseException | None:
+        """The exception that ended the query, unless it was our own stop."""
+        error = self.query.exception()
+        if error is None or (self.stopping and not self.query.isActive):
+            return None
+        return error
+
+
+def start_query(
+    spark: SparkSession,
+    settings: Settings,
+    processor: BatchProcessor,
+    topic: str,
+    bootstrap_servers: str | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    quiet: bool = False,
+) -> SpeedLayerRun:
+    """Start a ``foreachBatch`` query of ``topic`` into ``processor`` (non-blocking).
+
+    Its checkpoint is ``$FLIXLAKE_HOME/checkpoints/<processor.query_name>``.
+    """
+    checkpoint = checkpoint_dir(settings, processor.query_name)
+    check_checkpoint(processor.lake, checkpoint, processor.app_id, processor.tables)
+    processor.start()
+    lock = threading.Lock()
+    holder: list[SpeedLayerRun] = []
+
+    def foreach_batch(batch_df: DataFrame, batch_id: int) -> None:
+        with lock:
+            if holder and holder[0].stopping:
+                # do not let Spark mark this batch done: it is replayed on the next start
+                raise SpeedLayerError(f"{processor.query_name} stopping; batch left for next run")
+            report = processor.process(batch_df.toArrow(), batch_id)
+        if holder:
+            holder[0].reports.append(report)
+        if not quiet and report.events:
+            print(report.line(processor.query_name), flush=True)
+        if on_batch is not None:
+            on_batch(report)
+
+    query = (
+        kafka_stream(spark, settings, bootstrap_servers, topic)
+        .writeStream.queryName(processor.query_name)
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(processingTime=f"{int(settings.streaming.trigger_seconds * 1000)} milliseconds")
+        .foreachBatch(foreach_batch)
+        .start()
+    )
+    run = SpeedLayerRun(query, processor, lock)
+    holder.append(run)
+    return run
+
+
+def summarize(reports: Iterable[BatchReport]) -> dict[str, Any]:
+    """Totals over batch reports (for the CLI and the bench)."""
+    reports = list(reports)
+    return {
+        "batches": len(reports),
+        "events": sum(r.events for r in reports),
+        "rejected": sum(r.rejected for r in reports),
+        "replayed_batches": sum(1 for r in reports if not r.written and r.events),
+        "seconds_in_batches": round(sum(r.seconds for r in reports), 3),
+    }

@@ -1,0 +1,89 @@
+"""The speed-layer job: the events query and the served-records query, run side by side."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flixlake.config import Settings
+from flixlake.lake.store import Lake
+from flixlake.streaming.events import SpeedLayer
+from flixlake.streaming.harness import (
+    BatchReport,
+    SpeedLayerError,
+    SpeedLayerRun,
+    start_query,
+    summarize,
+)
+from flixlake.streaming.served import start_served_landing
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def start_speed_layer(
+    spark: SparkSession,
+    settings: Settings,
+    lake: Lake,
+    bootstrap_servers: str | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    quiet: bool = False,
+) -> SpeedLayerRun:
+    """Start the events query (log topic -> bronze -> speed views); see :func:`run_speed_layer`."""
+    layer = SpeedLayer(lake, settings.streaming, settings.kafka.topic)
+    return start_query(
+        spark, settings, layer, settings.kafka.topic, bootstrap_servers, on_batch, quiet
+    )
+
+
+def run_speed_layer(
+    spark: SparkSession,
+    settings: Settings,
+    lake: Lake,
+    until: threading.Event | None = None,
+    timeout: float | None = None,
+    bootstrap_servers: str | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> dict[str, Any]:
+    """Run the speed layer until ``until`` is set, ``timeout`` seconds pass, or Ctrl-C.
+
+    Two queries run side by side: the events query, and (with ``streaming.land_served``) the one
+    landing the service's served records (:mod:`flixlake.streaming.served`). Raises the first query error;
+    returns a summary of the batches each ran.
+    """
+    runs: dict[str, SpeedLayerRun] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stop_errors: list[str] = []
+    try:
+        runs["events"] = start_speed_layer(spark, settings, lake, bootstrap_servers, on_batch)
+        if settings.streaming.land_served:
+            runs["served"] = start_served_landing(spark, settings, lake, bootstrap_servers)
+        while all(run.query.isActive for run in runs.values()):
+            if until is not None and until.is_set():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            runs["events"].query.awaitTermination(1)
+    except KeyboardInterrupt:
+        pass
+    finally:  # also when the second query failed to start: never leave the first running
+        for run in runs.values():
+            run.request_stop()  # no new batch of any query starts writing from here on
+        for name, run in runs.items():
+            if run.query.isActive:
+                try:
+                    run.stop(graceful=True)
+                except SpeedLayerError as exc:
+                    stop_errors.append(f"{name}: {exc}")
+    for name, run in runs.items():
+        error = run.failure()
+        if error is not None:
+            raise SpeedLayerError(f"speed layer {name} query failed: {error}") from error
+    if stop_errors:
+        raise SpeedLayerError("; ".join(stop_errors))
+    summary = summarize(runs["events"].reports)
+    if "served" in runs:
+        summary["served"] = summarize(runs["served"].reports)
+    return summary

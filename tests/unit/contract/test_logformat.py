@@ -1,0 +1,88 @@
+"""The one parser: every contract line kind parses, every bad kind is rejected with its reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from flixlake.contract.logformat import (
+    EventType,
+    RejectReason,
+    format_rate,
+    format_reco,
+    format_watch,
+    parse_line,
+)
+
+
+def test_watch_line() -> None:
+    event = parse_line("2026-11-22T08:54:03,42,GET /data/m/the+matrix+1999/17.mpg")
+    assert event.ok
+    assert event.event_type is EventType.WATCH
+    assert event.event_time == dt.datetime(2026, 11, 22, 8, 54, 3)
+    assert (event.user_id, event.movie_id, event.minute) == (42, "the+matrix+1999", 17)
+
+
+def test_rate_line_and_fractional_seconds() -> None:
+    event = parse_line("2026-11-22T08:54:03.25,7,GET /rate/heat+1995=4")
+    assert event.event_type is EventType.RATE
+    assert event.event_time == dt.datetime(2026, 11, 22, 8, 54, 3, 250000)
+    assert (event.user_id, event.movie_id, event.rating) == (7, "heat+1995", 4)
+
+
+def test_reco_line_keeps_the_served_list() -> None:
+    line = (
+        "2026-11-22T08:54:03,9,recommendation request 17645-team07.isri.cmu.edu:8082, "
+        "status 200, result: heat+1995, alien+1979, up+2009, 231 ms"
+    )
+    event = parse_line(line)
+    assert event.event_type is EventType.RECO
+    assert event.reco_server == "17645-team07.isri.cmu.edu:8082"
+    assert event.reco_status == 200
+    assert event.reco_results == ("heat+1995", "alien+1979", "up+2009")
+    assert event.reco_response_ms == 231.0
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"2026-11-22T08:54:03,42,GET /data/m/\xff\xfe/1.mpg", RejectReason.INVALID_UTF8),
+        ("", RejectReason.EMPTY),
+        ("2026-11-22T08:54:03,42", RejectReason.FIELD_COUNT),
+        ("yesterday,42,GET /rate/heat+1995=4", RejectReason.BAD_TIME),
+        ("2026-13-45T08:54:03,42,GET /rate/heat+1995=4", RejectReason.BAD_TIME),
+        ("2026-11-22T08:54:03,-3,GET /rate/heat+1995=4", RejectReason.BAD_USER),
+        ("2026-11-22T08:54:03,99999999999,GET /rate/heat+1995=4", RejectReason.BAD_USER),
+        ("2026-11-22T08:54:03,42,POST /rate/heat+1995=4", RejectReason.UNKNOWN_VERB),
+        ("2026-11-22T08:54:03,42,GET /rate/heat+1995=0", RejectReason.BAD_RATING),
+        ("2026-11-22T08:54:03,42,GET /rate/heat+1995=7", RejectReason.BAD_RATING),
+        ("2026-11-22T08:54:03,42,GET /data/m/heat+1995/-1.mpg", RejectReason.BAD_MINUTE),
+        ("2026-11-22T08:54:03,42,GET /data/m/heat+1995/1.mp", RejectReason.BAD_MINUTE),
+        ("2026-11-22T08:54:03,42,GET /data/m/ /1.mpg", RejectReason.BAD_MOVIE),
+        ("2026-11-22T08:54:03,42,recommendation request x, status ok", RejectReason.BAD_RECO),
+        ("2026-11-22T08:54:03,42,GET /data/m/heat+19" + "9" * 9000, RejectReason.TOO_LONG),
+    ],
+)
+def test_bad_lines_name_their_reason(line: str | bytes, reason: RejectReason) -> None:
+    event = parse_line(line)
+    assert not event.ok
+    assert event.reject_reason is reason
+    assert event.event_type is None
+
+
+def test_formatters_round_trip_through_the_parser() -> None:
+    t = dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert parse_line(format_watch(t, 5, "up+2009", 3)).minute == 3
+    assert parse_line(format_rate(t, 5, "up+2009", 2)).rating == 2
+    reco = parse_line(format_reco(t, 5, "s1:8082", 200, ["a+1", "b+2"], 12))
+    assert reco.reco_results == ("a+1", "b+2")
+    assert reco.reco_response_ms == 12.0
+
+
+def test_reco_with_empty_result_list_is_valid() -> None:
+    event = parse_line(
+        "2026-11-22T08:54:03,9,recommendation request s:8082, status 500, result: , 3 ms"
+    )
+    assert event.ok
+    assert event.reco_results == ()

@@ -1,0 +1,249 @@
+"""Speed-layer views and per-batch writes, on tiny inline data and a real (delta-rs) lake."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from flixlake.config import Settings
+from flixlake.lake.store import Lake
+from flixlake.lake.tables import TS
+from flixlake.streaming.events import SpeedLayer
+from flixlake.streaming.harness import SpeedLayerError, check_checkpoint
+from flixlake.streaming.views import (
+    merge_pairs,
+    new_users,
+    stream_time,
+    trending_counts,
+    user_activity,
+    watch_pairs,
+)
+from flixlake.testing import record_published_model
+
+UTC = dt.UTC
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+EVENTS = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("event_type", pa.string()),
+        ("movie_id", pa.string()),
+        ("event_time", TS),
+    ]
+)
+
+
+def t(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=UTC)
+
+
+def events(rows: list[tuple[int, str, str | None, dt.datetime]]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [dict(zip(EVENTS.names, r, strict=True)) for r in rows], schema=EVENTS
+    )
+
+
+def by_user(table: pa.Table) -> dict[int, dict]:
+    return {
+        r["user_id"]: {
+            "watched": set(r["watched_movies"]),
+            "rated": set(r["rated_movies"]),
+            "first": r["first_seen"],
+            "last": r["last_seen"],
+        }
+        for r in table.to_pylist()
+    }
+
+
+def test_user_activity_has_distinct_movies_and_first_last_seen() -> None:
+    table = events(
+        [
+            (1, "watch", "a", t(22, 8)),
+            (1, "watch", "a", t(22, 9)),
+            (1, "rate", "b", t(22, 10)),
+            (2, "reco", None, t(22, 7)),  # telemetry: activity, but no movie
+            (1, "watch", "c", t(21, 23)),
+        ]
+    )
+    assert by_user(user_activity(table, None)) == {
+        1: {"watched": {"a", "c"}, "rated": {"b"}, "first": t(21, 23), "last": t(22, 10)},
+        2: {"watched": set(), "rated": set(), "first": t(22, 7), "last": t(22, 7)},
+    }
+    since = by_user(user_activity(table, t(22, 0)))
+    assert since[1] == {"watched": {"a"}, "rated": {"b"}, "first": t(22, 8), "last": t(22, 10)}
+
+
+def test_new_users_are_the_active_users_the_batch_view_lacks() -> None:
+    activity = user_activity(
+        events(
+            [(1, "watch", "a", t(22, 8)), (2, "watch", "a", t(22, 9)), (3, "rate", "b", t(22, 9))]
+        ),
+        None,
+    )
+    fresh = new_users(activity, pa.array([2, 99], pa.int64()))
+    assert sorted(fresh["user_id"].to_pylist()) == [1, 3]
+    assert fresh.column_names == ["user_id", "first_seen", "last_seen"]
+
+
+def test_trending_counts_distinct_watchers_inside_each_window() -> None:
+    pairs = watch_pairs(
+        events(
+            [
+                (1, "watch", "a", t(22, 11, 30)),
+                (1, "watch", "a", t(22, 11, 40)),  # same user twice: one watcher
+                (2, "watch", "a", t(22, 2)),  # only in 24h
+                (3, "watch", "b", t(22, 11, 59)),
+                (4, "watch", "b", t(21, 11, 0)),  # exactly 24h before as_of: outside
+                (5, "rate", "b", t(22, 11, 59)),  # ratings are not watches
+            ]
+        )
+    )
+    counts = trending_counts(pairs, t(22, 12), {"1h": 3600, "24h": 86400})
+    got = {(r["window"], r["movie_id"]): r["watchers"] for r in counts.to_pylist()}
+    assert got == {("1h", "a"): 1, ("1h", "b"): 1, ("24h", "a"): 2, ("24h", "b"): 1}
+    assert set(counts["as_of"].to_pylist()) == {t(22, 12)}
+
+
+def test_merge_pairs_keeps_the_latest_watch_and_drops_expired_pairs() -> None:
+    old = watch_pairs(events([(1, "watch", "a", t(22, 1)), (2, "watch", "a", t(20, 1))]))
+    more = watch_pairs(events([(1, "watch", "a", t(22, 5))]))
+    merged = merge_pairs(old, more, horizon=t(21, 0))
+    assert merged.to_pylist() == [{"movie_id": "a", "user_id": 1, "last_watch": t(22, 5)}]
+
+
+def test_stream_time_advances_but_ignores_future_events() -> None:
+    table = events([(1, "watch", "a", t(22, 8)), (1, "watch", "a", t(30, 8))])
+    assert stream_time(None, table, NOW) == t(22, 8)
+    assert stream_time(t(23, 1), table, NOW) == t(23, 1)  # never goes back
+    assert stream_time(None, events([]), NOW) is None
+
+
+# -- SpeedLayer.process against a real lake -----------------------------------------------------
+GOOD = [
+    "2026-11-22T08:00:00,1,GET /data/m/a/0.mpg",
+    "2026-11-22T08:01:00,1,GET /data/m/a/1.mpg",
+    "2026-11-22T09:00:00,2,GET /rate/b=4",
+    "2026-11-21T10:00:00,3,GET /data/m/b/7.mpg",
+]
+BAD = ["2026-11-22T08:00:00,1,GET /rate/a=9", "garbage", ""]
+
+
+def records(lines: list[str], first_offset: int = 0, partition: int = 0) -> pa.Table:
+    n = len(lines)
+    return pa.table(
+        {
+            "topic": pa.array(["movielog"] * n),
+            "partition": pa.array([partition] * n, pa.int32()),
+            "offset": pa.array(range(first_offset, first_offset + n), pa.int64()),
+            "timestamp": pa.array([NOW] * n, TS),
+            "value": pa.array([line.encode() for line in lines], pa.binary()),
+        }
+    )
+
+
+def layer(lake: Lake, settings: Settings) -> SpeedLayer:
+    return SpeedLayer(
+        lake, settings.streaming, "movielog", "q", clock=lambda: NOW, cutoff_check_seconds=0
+    )
+
+
+def view_rows(lake: Lake, name: str) -> list[dict]:
+    rows = lake.read(name).drop_columns(["updated_at"]).to_pylist()
+    for row in rows:
+        for key in ("watched_movies", "rated_movies"):
+            if key in row:
+                row[key] = sorted(row[key])
+    return sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
+
+
+def test_a_replayed_batch_changes_nothing(lake: Lake, settings: Settings) -> None:
+    speed = layer(lake, settings)
+    first = speed.process(records(GOOD + BAD), batch_id=0)
+    assert (first.events, first.rejected, first.written) == (7, 3, True)
+    snapshot = {n: view_rows(lake, n) for n in ("speed_user_activity", "speed_trending")}
+    versions = lake.versions(["bronze_events", "quarantine_events"])
+
+    replay = layer(lake, settings).process(records(GOOD + BAD), batch_id=0)  # after a restart
+
+    assert replay.written is False
+    assert lake.versions(["bronze_events", "quarantine_events"]) == versions
+    assert lake.read("bronze_events").num_rows == 7
+    assert lake.read("quarantine_events").num_rows == 3
+    assert {n: view_rows(lake, n) for n in snapshot} == snapshot
+
+
+def test_views_accumulate_across_batches_and_survive_a_restart(
+    lake: Lake, settings: Settings
+) -> None:
+    layer(lake, settings).process(records(GOOD), batch_id=0)
+    later = ["2026-11-22T09:30:00,1,GET /rate/c=5", "2026-11-22T09:40:00,4,GET /data/m/a/3.mpg"]
+    layer(lake, settings).process(records(later, first_offset=4), batch_id=1)  # a new process
+
+    activity = by_user(lake.read("speed_user_activity"))
+    assert activity[1] == {
+        "watched": {"a"},
+        "rated": {"c"},
+        "first": t(22, 8),
+        "last": t(22, 9, 30),
+    }
+    assert set(activity) == {1, 2, 3, 4}
+    trending = {
+        (r["window"], r["movie_id"]): r["watchers"] for r in lake.read("speed_trending").to_pylist()
+    }
+    # as_of = 2026-11-22 09:40; user 3 watched b on 11-21 10:00 (inside 24h)
+    assert trending == {("1h", "a"): 1, ("24h", "a"): 2, ("24h", "b"): 1}
+    assert set(lake.read("speed_new_users")["user_id"].to_pylist()) == {1, 2, 3, 4}
+
+
+def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
+    lake: Lake, settings: Settings
+) -> None:
+    record_published_model(lake, "m1", dt.date(2026, 11, 22), t(22, 3))
+    recos = [{"user_id": 1, "rank": 1, "movie_id": "x", "score": 1.0, "model_version": "m1"}]
+    lake.append("batch_recommendations", pa.Table.from_pylist(recos))
+    speed = layer(lake, settings)
+    speed.process(records(GOOD), batch_id=0)
+
+    activity = by_user(lake.read("speed_user_activity"))
+    assert set(activity) == {1, 2}  # user 3 was only active before the cutoff (11-21)
+    assert set(lake.read("speed_new_users")["user_id"].to_pylist()) == {2}  # 1 is in m1's view
+    assert set(lake.read("speed_user_activity")["model_version"].to_pylist()) == {"m1"}
+
+    record_published_model(lake, "m2", dt.date(2026, 11, 23), t(23, 3))
+    report = speed.process(
+        records(["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
+    )
+    assert report.rebuilt
+    assert set(by_user(lake.read("speed_user_activity"))) == {5}
+    assert set(lake.read("speed_new_users")["user_id"].to_pylist()) == {5}
+    assert lake.read("speed_user_activity")["since"].to_pylist() == [t(23, 0)]
+
+
+def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
+    lake: Lake, settings: Settings, tmp_path: Path
+) -> None:
+    tables = SpeedLayer.tables
+    check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # nothing written yet: fine
+    layer(lake, settings).process(records(GOOD), batch_id=0)
+    with pytest.raises(SpeedLayerError, match="checkpoint"):
+        check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)
+    (tmp_path / "cp" / "offsets").mkdir(parents=True)
+    (tmp_path / "cp" / "offsets" / "0").write_text("{}")
+    check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # the real checkpoint: fine
+
+
+def test_maintenance_compacts_the_streams_small_bronze_files(
+    lake: Lake, settings: Settings
+) -> None:
+    config = settings.streaming.model_copy(update={"maintenance_every_batches": 3})
+    speed = SpeedLayer(lake, config, "movielog", "q", clock=lambda: NOW)
+    lines = [f"2026-11-22T08:00:{i:02d},{i + 1},GET /data/m/a/{i}.mpg" for i in range(6)]
+    for batch in range(3):
+        speed.process(records(lines[2 * batch : 2 * batch + 2], first_offset=2 * batch), batch)
+        if batch < 2:
+            assert len(lake.file_uris("bronze_events")) == batch + 1  # one file per batch
+
+    assert len(lake.file_uris("bronze_events")) == 1
+    assert sorted(lake.read("bronze_events")["source_offset"].to_pylist()) == list(range(6))
