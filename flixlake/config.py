@@ -145,8 +145,11 @@ class OnlineConfig(_Frozen):
 
     watch_window: str = "1h"  # an answer converts if a recommended movie is watched within this
     lookback_hours: int = Field(24, gt=0)  # served hours each run recomputes (late data)
-    min_served: int = Field(100, gt=0)  # a variant with fewer answers is reported, not tested
+    min_users: int = Field(100, gt=1)  # an arm with fewer users is reported, not tested
     confidence: float = Field(0.95, gt=0, lt=1)  # confidence intervals and test level
+    # mSPRT mixture: sd of the difference in watch-through the sequential test is tuned to; its
+    # interval is narrowest when the difference's standard error is about mixture_sd / 2.7
+    mixture_sd: float = Field(0.03, gt=0, lt=1)
 
     @field_validator("watch_window")
     @classmethod

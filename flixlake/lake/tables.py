@@ -246,8 +246,8 @@ BATCH_RECOMMENDATIONS = TableSpec(
 )
 
 _SPEED_STAMP = [
-    _f("since", TS),  # cutoff: run date of the newest published model; null when none
-    _f("model_version", pa.string()),  # that model (null when none)
+    _f("since", TS),  # cutoff: oldest run date of the served models; null without a model
+    _f("model_version", pa.string()),  # the newest published model (null when none)
     _f("updated_batch", pa.int64(), False),  # micro-batch id of the last change
     _f("updated_at", TS, False),
 ]
@@ -255,7 +255,10 @@ _SPEED_STAMP = [
 SPEED_USER_ACTIVITY = TableSpec(
     name="speed_user_activity",
     owner="streaming.speed_layer",
-    description="Per user since the batch cutoff: movies watched and rated, first/last seen.",
+    description=(
+        "Per user since the cutoff (the oldest served model's run date): movies watched and "
+        "rated, first/last seen."
+    ),
     schema=pa.schema(
         [
             _f("user_id", pa.int64(), False),
@@ -331,8 +334,9 @@ ONLINE_EVALUATIONS = TableSpec(
     name="online_evaluations",
     owner="jobs.online_evaluation",
     description=(
-        "Watch-through per served hour, model version and variant: answers followed by a watch "
-        "of a recommended movie within the configured window."
+        "Watch-through per served hour, experiment, variant, model version and user: answers "
+        "followed by a watch of a recommended movie within the configured window. Per user "
+        "because users are what experiments randomise (sum the rows for hourly totals)."
     ),
     schema=pa.schema(
         [
@@ -340,7 +344,8 @@ ONLINE_EVALUATIONS = TableSpec(
             _f("experiment", pa.string(), False),
             _f("model_version", pa.string(), False),
             _f("variant", pa.string(), False),
-            _f("served", pa.int64(), False),  # answers (status 200) in the hour
+            _f("user_id", pa.int64(), False),
+            _f("served", pa.int64(), False),  # the user's answers (status 200) in the hour
             _f("converted", pa.int64(), False),  # of those, followed by a watch of an item
             _f("window_seconds", pa.int64(), False),
             _f("computed_at", TS, False),
@@ -348,7 +353,7 @@ ONLINE_EVALUATIONS = TableSpec(
         ]
     ),
     partition_by=("served_date",),
-    keys=("served_hour", "experiment", "model_version", "variant"),
+    keys=("served_hour", "experiment", "model_version", "variant", "user_id"),
 )
 
 ALL_TABLES: dict[str, TableSpec] = {
