@@ -6,8 +6,10 @@ old or the new state, never a mix, and never waits for a load.
 
 The merge rule for a user routed to a variant (and so to one model's batch view):
 
-1. the model's ranked list for the user, minus movies the user watched or rated since the batch
-   cutoff (``speed_user_activity``), best first;
+1. the model's ranked list for the user, minus movies the user watched or rated since the speed
+   views' cutoff (``speed_user_activity``: the oldest run date among the served models, so a
+   variant serving the previous model also drops what was watched since *its* run date), best
+   first;
 2. if fewer than ``results`` remain, or the model does not know the user (unknown or new user) or
    the variant has no batch view at all: trending movies (``speed_trending``, shortest window
    first, by watchers), then the movies most frequent in the model's batch view — never one the

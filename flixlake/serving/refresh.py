@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from flixlake.config import ServingConfig
-from flixlake.experiments.routing import CURRENT, PREVIOUS
-from flixlake.lake.registry import current_published_model
+from flixlake.lake.registry import CURRENT, PREVIOUS, resolve_model_refs
 from flixlake.lake.store import Lake
 from flixlake.serving.monitoring import ServingMetrics
 from flixlake.serving.recommender import NO_MODEL, Recommender
@@ -251,21 +250,13 @@ class ViewRefresher:
         return [v.name for v in self.recommender.experiment.variants]
 
     def _resolve_models(self) -> tuple[str | None, ...]:
-        refs = {v.model for v in self.recommender.experiment.variants}
-        current = previous = None
-        if refs & {CURRENT, PREVIOUS} and self.lake.exists(MODELS_TABLE):
-            current = current_published_model(self.lake)
-            if current is not None and PREVIOUS in refs:
-                previous = current_published_model(
-                    self.lake,
-                    exclude=current["model_version"],
-                    published_before=current["published_at"],
-                )
-        by_ref: dict[str, str | None] = {
-            CURRENT: current["model_version"] if current else None,
-            PREVIOUS: previous["model_version"] if previous else None,
-        }
-        return tuple(by_ref.get(v.model, v.model) for v in self.recommender.experiment.variants)
+        refs = [v.model for v in self.recommender.experiment.variants]
+        named = {r for r in refs if r in (CURRENT, PREVIOUS)}  # the others are model versions
+        rows = {}
+        if named and self.lake.exists(MODELS_TABLE):
+            rows = resolve_model_refs(self.lake, named)
+        versions = {ref: row["model_version"] if row else None for ref, row in rows.items()}
+        return tuple(versions.get(r) if r in named else r for r in refs)
 
     def _load(self, version: str) -> BatchView | None:
         failed_at = self._failed_loads.get(version)

@@ -37,6 +37,7 @@ from flixlake.lake.tables import SPEED_TRENDING, SPEED_USER_ACTIVITY
 from flixlake.ops.broker import BrokerProcess
 from flixlake.serving.app import create_app, uvicorn_config
 from flixlake.serving.views import MovieCatalog, load_batch_view
+from flixlake.streaming.events import SpeedLayer
 from flixlake.testing import record_published_model
 
 pytestmark = pytest.mark.integration
@@ -512,6 +513,51 @@ def test_experiment_routes_users_by_stable_hash(tmp_path: Path) -> None:
     assert 0.15 * len(users) < treatment < 0.45 * len(users)  # 30 % of 230, far outside 6 sigma
     assert health["variants"]["treatment"]["model_version"] == "m2"
     assert set(health["batch_views"]) == {"m1", "m2"}
+
+
+def test_the_previous_models_variant_drops_what_its_users_watched_since_its_run_date(
+    tmp_path: Path,
+) -> None:
+    """Previous (m1, run 11-20) against current (m2, run 11-21): a watch on 11-20 after m1's
+    cutoff is in neither m1's training data nor a view cut at m2's date. The speed layer, told
+    which models the experiment serves, starts its views at m1's date, so m1's users never get
+    that movie back."""
+    split = [("control", 50.0), ("treatment", 50.0)]
+    settings = serving_settings(
+        tmp_path,
+        experiment={
+            "name": "prev-vs-current",
+            "variants": [
+                {"name": "control", "model": "previous", "percent": 50},
+                {"name": "treatment", "model": "current", "percent": 50},
+            ],
+        },
+    )
+    lake = Lake(settings.lake_root)
+    publish(lake, "m1", T0)
+    publish(lake, "m2", T0 + dt.timedelta(days=1))
+    user = next(u for u in USERS if assigned("prev-vs-current", u, split) == "control")
+    watched = m1_list(user)[0]
+    line = f"{T0 + dt.timedelta(hours=7):%Y-%m-%dT%H:%M:%S},{user},GET /data/m/{watched}/1.mpg"
+    served_models = tuple(v.model for v in settings.serving.experiment.variants)  # as job.py
+    speed = SpeedLayer(lake, settings.streaming, "movielog", "q", model_refs=served_models)
+    speed.process(
+        pa.table(
+            {
+                "partition": pa.array([0], pa.int32()),
+                "offset": pa.array([0], pa.int64()),
+                "timestamp": pa.array([T0], pa.timestamp("us", tz="UTC")),
+                "value": pa.array([line.encode()], pa.binary()),
+            }
+        ),
+        batch_id=0,
+    )
+    with running(settings) as service:
+        status, headers, body = service.get(f"/recommend/{user}")
+    assert status == 200
+    assert (headers["x-variant"], headers["x-model-version"]) == ("control", "m1")
+    assert body.split(",") == m1_list(user)[1 : K + 1]  # all but the watched one
+    assert headers["x-recommendation-source"] == "batch_filtered"
 
 
 def test_load_batch_view_closes_rank_gaps_and_drops_duplicates(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from flixlake.lake.registry import (
     current_published_model,
     get_model,
     model_lineage,
+    resolve_model_refs,
     rollback_to,
     set_model_status,
     upsert_model,
@@ -209,6 +210,18 @@ def test_current_model_is_the_latest_published(lake: Lake) -> None:
     assert excluded is not None and excluded["model_version"] == "a"
     before = current_published_model(lake, published_before=t1)
     assert before is None
+
+
+def test_model_refs_resolve_to_current_previous_and_named_versions(lake: Lake) -> None:
+    assert resolve_model_refs(lake, ["current", "previous"]) == {"current": None, "previous": None}
+    t1, t2, t3 = (T0 + dt.timedelta(days=d) for d in (1, 2, 3))
+    upsert_model(lake, _model_row("a", "published", t1))
+    assert resolve_model_refs(lake, ["previous"]) == {"previous": None}  # nothing before "a"
+    upsert_model(lake, _model_row("b", "published", t2))
+    upsert_model(lake, _model_row("c", "rejected", t3))
+    resolved = resolve_model_refs(lake, ["current", "previous", "c", "nope"])
+    versions = {ref: row["model_version"] if row else None for ref, row in resolved.items()}
+    assert versions == {"current": "b", "previous": "a", "c": "c", "nope": None}
 
 
 def test_set_status_rejects_unknown_models_and_statuses(lake: Lake) -> None:
