@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
@@ -20,8 +19,8 @@ from flixlake.experiments.stats import (
     running_moments,
     user_moments,
 )
+from flixlake.testing import clustered_arm, simulated_verdicts
 
-Z95 = NormalDist().inv_cdf(0.975)
 ALPHA = 0.05
 TAU = 0.03
 HOURS = 24
@@ -68,19 +67,6 @@ def test_running_moments_accumulate_each_users_totals_look_by_look() -> None:
     assert m.served_sq.tolist() == [1 + 4, 9 + 4 + 1, 9 + 16 + 1, 26]
     assert m.converted_sq.tolist() == [0 + 1, 1 + 1 + 1, 1 + 4 + 1, 6]
     assert m.cross.tolist() == [0 + 2, 3 + 2 + 1, 3 + 8 + 1, 12]
-
-
-def clustered_arm(
-    rng: np.random.Generator, users: int, hours: int, lift: float = 0.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows (hour, user, served, converted) of users with their own conversion probability and
-    request rate: a few heavy users make many requests, and a user's answers convert alike."""
-    p = np.clip(rng.beta(2, 6, users) + lift, 0, 1)
-    per_hour = rng.gamma(0.5, 2.0, users) * 0.3
-    n = rng.poisson(per_hour[None, :], (hours, users))
-    hour, user = np.nonzero(n)
-    served = n[hour, user]
-    return hour, user, served, rng.binomial(served, p[user])
 
 
 def test_it_is_the_cluster_robust_sandwich_of_the_answers() -> None:
@@ -162,29 +148,11 @@ def test_significant_exactly_when_the_interval_excludes_zero() -> None:
 # -- simulated experiments: false positives and power -----------------------------------------------
 
 
-def simulate(rng: np.random.Generator, lift: float) -> dict[str, bool]:
-    """One experiment with 24 hourly looks; which tests call a difference at 5 %."""
-    arms = [clustered_arm(rng, USERS, HOURS), clustered_arm(rng, USERS, HOURS, lift)]
-    control, treatment = (running_moments(*arm, HOURS) for arm in arms)
-    (r0, v0), (r1, v1) = ratio_and_variance(control), ratio_and_variance(treatment)
-    diff, variance = r1 - r0, v1 + v0
-    counted = (control.users >= MIN_USERS) & (treatment.users >= MIN_USERS)
-    z_user = np.abs(diff) / np.sqrt(variance)
-    # the old analysis: every answer an independent trial, pooled two-proportion z-test
-    n0, n1 = control.served[-1], treatment.served[-1]
-    pooled = (control.converted[-1] + treatment.converted[-1]) / (n0 + n1)
-    z_answers = abs(diff[-1]) / math.sqrt(pooled * (1 - pooled) * (1 / n0 + 1 / n1))
-    return {
-        "always_valid": bool(always_valid_p_values(diff, variance, TAU, counted)[-1] < ALPHA),
-        "per_user_once": bool(z_user[-1] > Z95),
-        "per_user_every_hour": bool((counted & (z_user > Z95)).any()),
-        "per_answer_once": bool(z_answers > Z95),
-    }
-
-
 def rejection_rates(seed: int, runs: int, lift: float) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    outcomes = [simulate(rng, lift) for _ in range(runs)]
+    outcomes = [
+        simulated_verdicts(rng, USERS, HOURS, lift, TAU, MIN_USERS, ALPHA) for _ in range(runs)
+    ]
     return {key: float(np.mean([o[key] for o in outcomes])) for key in outcomes[0]}
 
 
