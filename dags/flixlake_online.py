@@ -1,9 +1,10 @@
 """Online evaluation every hour: did users watch what the service recommended to them?
 
 One task, ``spark-submit <repo>/jobs/online_evaluation.py --until {{ data_interval_end }}``: it
-recomputes watch-through for the last ``online.lookback_hours`` complete served hours before the
-end of the data interval (an hour is complete once the watch window after it has passed) and
-replaces those hours' rows in ``online_evaluations``, so retries, reruns and late data are safe.
+recomputes each user's served and converted answers for the last ``online.lookback_hours``
+complete served hours before the end of the data interval (an hour is complete once the watch
+window after it has passed) and replaces those hours' rows in ``online_evaluations``, so
+retries, reruns and late data are safe.
 
 Parsing stays cheap, as in ``flixlake_batch``: the YAML config and environment variables only
 (:mod:`flixlake.ops.dag_tasks`).
@@ -27,7 +28,7 @@ settings = load_settings(TASK_ENV[ENV_VAR], home=TASK_ENV[HOME_VAR])
 
 with DAG(
     dag_id="flixlake_online",
-    description="served answers + watch events -> watch-through per hour, model and variant",
+    description="served answers + watch events -> watch-through per hour, variant, model and user",
     schedule=settings.airflow.online_schedule,
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
