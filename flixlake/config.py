@@ -148,7 +148,7 @@ class OnlineConfig(_Frozen):
     min_users: int = Field(100, gt=1)  # an arm with fewer users is reported, not tested
     confidence: float = Field(0.95, gt=0, lt=1)  # confidence intervals and test level
     # mSPRT mixture: sd of the difference in watch-through the sequential test is tuned to; its
-    # interval is narrowest when the difference's standard error is about mixture_sd / 2.7
+    # interval is narrowest when the difference's standard error is about mixture_sd / 2.9
     mixture_sd: float = Field(0.03, gt=0, lt=1)
 
     @field_validator("watch_window")
