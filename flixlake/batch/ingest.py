@@ -191,8 +191,7 @@ def ingest_log_file(
     line_number = state.ingested_lines
     end = state.ingested_bytes
     for start, raw_lines, end in iter_new_lines(state, chunk_lines):
-        for line in raw_lines:
-            state.prefix.update(line)
+        state.prefix.update(b"".join(raw_lines))
         first = line_number
         line_number += len(raw_lines)
         batch = parse_batch(
