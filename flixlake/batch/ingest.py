@@ -5,12 +5,14 @@ its bytes are in bronze, so a file that grew (a capture appended to with ``>>``)
 new lines, and one that was changed in place is refused. Only complete lines are taken: a last
 line without its newline waits for the next ingest (``pending_bytes`` in the summary).
 
-The record lives in bronze's Delta log, in the same commit as the rows (app transactions):
+The record lives in bronze's Delta log, in the same commit as the rows: two app transactions
+per file, whatever its size or the number of ingests, so the log's transaction set stays small:
 
 - ``ingest:<path key>`` at version *n*: the file's first *n* bytes are in bronze;
-- ``ingest-prefix:<path key>:<SHA-256 of those n bytes>`` at version *n*: what they were.
+- ``ingest-prefix:<path key>`` at version *f*: what they were, *f* being the first 56 bits of
+  their SHA-256 (:func:`prefix_fingerprint`; Delta only stores the latest version per app id).
 
-Before ingesting, the first *n* bytes are hashed again; if no prefix record matches, the file
+Before ingesting, the first *n* bytes are hashed again; if the fingerprint differs, the file
 changed in place (or shrank) and :class:`ChangedLogFileError` refuses it, naming the file, before
 anything is written. New lines are cut into chunks of ``chunk_lines``; a chunk's quarantine rows
 are committed first (app transaction ``ingest:<path key>`` at the chunk's end byte, rows already
@@ -103,9 +105,14 @@ def ingest_app_id(key: str) -> str:
     return f"ingest:{key}"
 
 
-def prefix_app_id(key: str, prefix_sha256: str) -> str:
-    """App transaction recording the SHA-256 of the file's bytes ingested so far."""
-    return f"ingest-prefix:{key}:{prefix_sha256}"
+def prefix_app_id(key: str) -> str:
+    """App transaction whose version fingerprints the file's bytes ingested so far."""
+    return f"ingest-prefix:{key}"
+
+
+def prefix_fingerprint(prefix: Any) -> int:
+    """The first 56 bits of a SHA-256 (a Delta app transaction version is a signed 64-bit int)."""
+    return int.from_bytes(prefix.digest()[:7], "big")
 
 
 @dataclass
@@ -145,7 +152,8 @@ def check_log_file(lake: Lake, path: Path) -> LogFileState:
                 prefix.update(block)
                 lines += block.count(b"\n")
                 remaining -= len(block)
-        if not lake.applied("bronze_events", prefix_app_id(key, prefix.hexdigest()), done):
+        recorded = lake.txn_version("bronze_events", prefix_app_id(key))
+        if recorded != prefix_fingerprint(prefix):
             raise ChangedLogFileError(
                 f"{path}: its first {done:,} bytes ({lines:,} lines) differ from the bytes "
                 "already ingested from it: the file was changed in place. Refusing it, since "
@@ -217,7 +225,7 @@ def ingest_log_file(
             batch.bronze,
             app_id=app_id,
             txn_version=end,
-            also_record={prefix_app_id(state.key, state.prefix.hexdigest()): end},
+            also_record={prefix_app_id(state.key): prefix_fingerprint(state.prefix)},
         )
         summary.lines += batch.n_lines
         summary.rejected += batch.n_rejected

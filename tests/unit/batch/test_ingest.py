@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flixlake.batch.ingest import ChangedLogFileError, ingest_paths
+from flixlake.batch.ingest import ChangedLogFileError, file_key, ingest_paths
 from flixlake.lake.store import Lake
 
 LINES = [
@@ -76,6 +76,28 @@ def test_a_grown_file_ingests_only_its_new_lines(tmp_path: Path, lake: Lake) -> 
     ] == (_watch_lines(1, 150))
     quarantined = _offsets(lake, "quarantine_events", log)
     assert quarantined == [u - 1 for u in range(10, 151, 10)]  # every bad rating, once
+
+
+def test_a_file_growing_many_times_keeps_two_records_in_the_delta_log(
+    tmp_path: Path, lake: Lake
+) -> None:
+    """However often a capture grows, bronze's log holds two app ids for it (bytes in, their
+    fingerprint), each at its latest version, so the transaction set does not grow with it."""
+    log = _write(tmp_path / "capture.log", _watch_lines(1, 10))
+    ingest_paths(lake, [log], chunk_lines=3)
+    for round_ in range(1, 6):
+        _append(log, "\n".join(_watch_lines(1 + 10 * round_, 10)) + "\n")
+        assert ingest_paths(lake, [log], chunk_lines=3).lines == 10
+    assert ingest_paths(lake, [log]).lines == 0  # the last fingerprint still matches the file
+    app_ids = {
+        json.loads(line)["txn"]["appId"]
+        for commit in sorted(Path(lake.path("bronze_events"), "_delta_log").glob("*.json"))
+        for line in commit.read_text().splitlines()
+        if '"txn"' in line
+    }
+    key = file_key(str(log.resolve()))
+    assert app_ids == {f"ingest:{key}", f"ingest-prefix:{key}"}
+    assert lake.txn_version("bronze_events", f"ingest:{key}") == log.stat().st_size
 
 
 def test_a_partial_last_line_waits_for_its_newline(tmp_path: Path, lake: Lake) -> None:
