@@ -114,6 +114,7 @@ class QualityConfig(_Frozen):
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1)
     min_volume_ratio: float = Field(0.5, ge=0)
     max_quarantine_fraction: float = Field(0.2, ge=0, le=1)
+    volume_reference_days: int = Field(7, gt=0)  # days before a run's days: its volume reference
 
 
 class BatchConfig(_Frozen):

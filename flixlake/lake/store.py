@@ -144,21 +144,30 @@ class Lake:
     # -- writing ------------------------------------------------------------------------------
     def applied(self, name: str, app_id: str, txn_version: int) -> bool:
         """Whether a write tagged ``(app_id, txn_version)`` (or a later one) is committed."""
-        if not self.exists(name):
-            return False
-        done = self.table(name).transaction_version(app_id)
+        done = self.txn_version(name, app_id)
         return done is not None and done >= txn_version
 
+    def txn_version(self, name: str, app_id: str) -> int | None:
+        """The latest committed version of app transaction ``app_id`` (None: none, or no table)."""
+        if not self.exists(name):
+            return None
+        return self.table(name).transaction_version(app_id)
+
     def _commit_properties(
-        self, app_id: str | None, txn_version: int | None, metadata: dict[str, Any] | None
+        self,
+        app_id: str | None,
+        txn_version: int | None,
+        metadata: dict[str, Any] | None,
+        also_record: Mapping[str, int] | None = None,
     ) -> CommitProperties:
-        txns = None
+        now_ms = int(time.time() * 1000)
+        txns = [Transaction(a, int(v), now_ms) for a, v in (also_record or {}).items()]
         if app_id is not None:
-            txns = [Transaction(app_id, int(txn_version or 0), int(time.time() * 1000))]
+            txns.insert(0, Transaction(app_id, int(txn_version or 0), now_ms))
         custom = {
             k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()
         }
-        return CommitProperties(custom_metadata=custom or None, app_transactions=txns)
+        return CommitProperties(custom_metadata=custom or None, app_transactions=txns or None)
 
     def append(
         self,
@@ -167,13 +176,17 @@ class Lake:
         app_id: str | None = None,
         txn_version: int | None = None,
         metadata: dict[str, Any] | None = None,
+        also_record: Mapping[str, int] | None = None,
     ) -> bool:
-        """Append rows; with ``app_id`` the append happens at most once. Returns whether it wrote."""
+        """Append rows; with ``app_id`` the append happens at most once. Returns whether it wrote.
+
+        ``also_record`` (app id -> version) commits further app transactions in the same commit
+        as the rows, e.g. what a file ingest verified, so the record and the rows are one step.
+        """
         if app_id is not None and self.applied(name, app_id, txn_version or 0):
             return False
-        self._write(
-            name, data, "append", commit=self._commit_properties(app_id, txn_version, metadata)
-        )
+        commit = self._commit_properties(app_id, txn_version, metadata, also_record)
+        self._write(name, data, "append", commit=commit)
         return True
 
     def _write(

@@ -60,7 +60,7 @@ BRONZE_EVENTS = TableSpec(
             _f("reco_response_ms", pa.float64()),
             _f("ingest_batch", pa.string(), False),
             _f("ingested_at", TS, False),
-            _f("event_date", pa.date32(), False),  # event day; ingest day when unparseable
+            _f("event_date", pa.date32(), False),  # event day (bad lines: see lake.bronze)
         ]
     ),
     partition_by=("event_date",),

@@ -87,8 +87,12 @@ def run_batch_dag(
     poll_seconds: float = 2.0,
 ) -> None:
     """Trigger ``flixlake_batch`` for ``run_date`` (resume a failed run, skip a succeeded one),
-    unpause it, print each task's state changes until the run ends; AirflowError if it failed."""
-    logical = f"{run_date.isoformat()}T00:00:00Z"
+    unpause it, print each task's state changes until the run ends; AirflowError if it failed.
+
+    A run processes the last day complete at its logical date (see ``dags/flixlake_batch.py``),
+    so the run for ``run_date`` has logical date ``run_date + 1 day`` at 00:00 UTC.
+    """
+    logical = f"{(run_date + dt.timedelta(days=1)).isoformat()}T00:00:00Z"
     quoted = urllib.parse.quote(logical)
     runs = api.call(
         "GET", f"dags/{BATCH_DAG}/dagRuns?logical_date_gte={quoted}&logical_date_lte={quoted}"

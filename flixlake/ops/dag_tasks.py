@@ -1,4 +1,17 @@
-"""What the DAG files share: their tasks' environment, spark-submit command and default args.
+"""What the DAG files share: their tasks' environment, spark-submit command, default args and
+the templates that turn a run's logical time into what the jobs take.
+
+Both DAGs use Airflow 3's cron *trigger* timetable explicitly (not whatever
+``[scheduler] create_cron_data_intervals`` selects): a scheduled run's logical date is the moment
+it is due, e.g. 2026-11-23T03:00 for the nightly batch run. So a job never reads ``{{ ds }}``
+directly; it gets what is complete at that moment:
+
+- ``--run-date`` (:data:`RUN_DATE_TEMPLATE`): the last complete day, the day before the logical
+  date: the run due 2026-11-23T03:00 processes 2026-11-22. The same rule holds for a manual run
+  (``airflow dags test flixlake_batch 2026-11-23`` or a trigger with that logical date) and, for
+  a manual run without a logical date, for the day it was triggered.
+- ``--until`` (:data:`UNTIL_TEMPLATE`): the logical time itself: the hourly run due 13:00
+  evaluates the hours served before 13:00.
 
 Airflow calls these while it parses a DAG file, so they only read environment variables:
 ``FLIXLAKE_HOME`` (default ``<repo>/var``), ``FLIXLAKE_ENV`` (default ``local``),
@@ -18,6 +31,13 @@ from typing import Any
 from flixlake.config import ENV_VAR, HOME_VAR, AirflowConfig
 
 SPARK_SUBMIT_VAR = "FLIXLAKE_SPARK_SUBMIT"
+TIMEZONE = "UTC"  # log times are UTC, so days and hours of the schedules are too
+
+# a run's logical time: when it was due (scheduled), the time it was given (manual), or the time
+# it was triggered (a manual run without a logical date, which Airflow 3 allows)
+_LOGICAL_TIME = "(logical_date if logical_date is defined else dag_run.run_after)"
+RUN_DATE_TEMPLATE = "{{ macros.ds_add(" + _LOGICAL_TIME + " | ds, -1) }}"
+UNTIL_TEMPLATE = "{{ " + _LOGICAL_TIME + ".isoformat() }}"
 
 
 def task_env(repo: Path) -> dict[str, str]:

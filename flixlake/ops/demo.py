@@ -116,7 +116,7 @@ def prepare_history(
     ingested = ingest_paths(Lake(settings.lake_root), [data_dir], settings.ingest.chunk_lines)
     console.print(
         f"    ingested into bronze_events exactly once: {ingested.lines:,} new lines "
-        f"({ingested.rejected:,} to quarantine), {ingested.skipped_chunks} chunks already there"
+        f"({ingested.rejected:,} to quarantine), {ingested.already_ingested_lines:,} already there"
     )
     return generated
 

@@ -26,7 +26,7 @@ StepFn = Callable[..., dict[str, Any]]
 
 
 def parse_timestamp(value: str, option: str = "--until") -> dt.datetime:
-    """An ISO-8601 time (Airflow's ``{{ data_interval_end }}``) as UTC; without a zone it is UTC."""
+    """An ISO-8601 time (the online DAG's logical time) as UTC; without a zone it is UTC."""
     try:
         stamp = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -37,8 +37,7 @@ def parse_timestamp(value: str, option: str = "--until") -> dt.datetime:
 
 
 def parse_until(value: str | None) -> dt.datetime:
-    """``--until``: the end of what an evaluation covers; now when not given (or empty, as a
-    manually triggered Airflow run renders ``{{ data_interval_end }}``)."""
+    """``--until``: the end of what an evaluation covers; now when not given (or empty)."""
     return parse_timestamp(value) if value else dt.datetime.now(dt.UTC)
 
 
@@ -53,11 +52,13 @@ def run_job(
     parser = argparse.ArgumentParser(description=description)
     if until:
         parser.add_argument(
-            "--until", default=None, help="ISO time (Airflow's data_interval_end); default now"
+            "--until", default=None, help="ISO time (the Airflow run's logical time); default now"
         )
     else:
         parser.add_argument(
-            "--run-date", required=True, help="logical date YYYY-MM-DD (Airflow's ds)"
+            "--run-date",
+            required=True,
+            help="day to process, YYYY-MM-DD (in Airflow: the day before the logical date)",
         )
     parser.add_argument("--env", default=None, help="config environment (default $FLIXLAKE_ENV)")
     parser.add_argument("--home", default=None, help="state folder (default $FLIXLAKE_HOME)")

@@ -17,6 +17,9 @@ started in the first minute fill the rate for many minutes and hardly any user a
 meanwhile; at 10 s a minute about six times as many visits start.
 
 Pacing is a token bucket; lines go out in batches through one KafkaProducer, keyed by user id.
+When the world's users cannot fill the rate (every user is mid-visit and no line is due), the
+loop sleeps until the next line is due instead of polling, so its CPU use follows the lines it
+sends (``wakeups`` in the summary counts loop iterations).
 
 With ``serve_url`` a visit that asks for recommendations calls ``GET {serve_url}/recommend/<id>``
 (800 ms timeout; failures are counted, never fatal) and watches the best-liked recommended movie
@@ -65,6 +68,7 @@ RECO_TIMEOUT_S = 0.8
 MAX_BATCH = 5_000  # lines generated and handed to the producer per loop iteration
 BUCKET_SECONDS = 0.2  # token-bucket capacity, in seconds of rate
 PROGRESS_EVERY_S = 1.0
+WAKE_SLACK_S = 0.02  # a user-limited loop sleeps until the next line is due, plus this
 UNKNOWN_USER_SPAN = 1_000_000  # unknown users: ids in (n_users, n_users + span]
 POISON_ID_OFFSET = 2_000_000  # poisoning accounts: ids above n_users + offset
 _BAD_KINDS = tuple(BAD_KINDS)
@@ -175,6 +179,7 @@ class Simulator:
         self.user_cdf = np.cumsum(weights / weights.sum())
         self.user_cdf[-1] = 1.0
         self.active = np.zeros(world.n_users, dtype=bool)
+        self.n_active = 0  # users in a visit (kept with ``active``: no O(users) count per call)
         self.queue: list[tuple[float, int, _Visit]] = []
         self.seq = itertools.count()
         self.pending: list[_Line] = []
@@ -198,6 +203,9 @@ class Simulator:
     # ---- visits -------------------------------------------------------------------------
 
     def _pick_users(self, k: int) -> np.ndarray:
+        idle_users = self.world.n_users - self.n_active
+        if idle_users <= k:  # every idle user is needed (or none is left): no weighted draw
+            return self.rng.permutation(np.flatnonzero(~self.active))[:k].astype(np.int64)
         chosen: list[int] = []
         taken: set[int] = set()
         for _ in range(4):
@@ -265,6 +273,7 @@ class Simulator:
         minutes, rating, rated = world.watch_outcome(users, movies, self.rng)
         self.seen.add(users, movies)
         self.active[users] = True
+        self.n_active += n
         for i in range(n):
             visit = _Visit(
                 user=int(users[i]),
@@ -306,6 +315,7 @@ class Simulator:
         visit.step += 1
         if nxt is None:
             self.active[visit.user] = False
+            self.n_active -= 1
         else:
             heapq.heappush(self.queue, (nxt, next(self.seq), visit))
         return kind, line
@@ -343,6 +353,14 @@ class Simulator:
         self.fault_counts[fault] += 1
         self.pending.append(_Line(str(uid).encode(), value, fault, fault))
 
+    def next_due(self) -> float | None:
+        """Clock time the next visit line is due (None before the first visit).
+
+        When :meth:`next_lines` returned fewer lines than asked, every user is in a visit and
+        nothing more is due before this time: the caller sleeps until then.
+        """
+        return self.queue[0][0] if self.queue else None
+
     def next_lines(self, budget: int, now: float) -> list[_Line]:
         """Up to ``budget`` lines due by ``now`` (pending fault lines first, then visits)."""
         out: list[_Line] = []
@@ -371,6 +389,18 @@ class Simulator:
             out.append(_Line(str(user + 1).encode(), line.encode("utf-8"), kind, fault))
             self._fault_lines(kind, line, due, user, movie)
         return out
+
+
+def _starved_pause(sim: Simulator) -> float:
+    """Seconds to sleep when the users cannot fill the rate: until the next line is due.
+
+    Lines carry their due time, so waking a little late (``WAKE_SLACK_S``) only lets a few lines
+    go out together; the cap keeps progress reports and ``stop`` responsive.
+    """
+    due = sim.next_due()
+    if due is None:
+        return PROGRESS_EVERY_S
+    return min(PROGRESS_EVERY_S, max(0.0, due - sim.clock()) + WAKE_SLACK_S)
 
 
 def simulate(
@@ -430,8 +460,10 @@ def simulate(
     second = -1
     factor = 1.0
     interrupted = False
+    wakeups = 0
     try:
         while not stop.is_set() and (events is None or sent < events):
+            wakeups += 1
             now = time.monotonic()
             sec = int(now - start)
             if sec != second:  # a burst lasts one whole second
@@ -445,8 +477,10 @@ def simulate(
             budget = min(int(tokens), MAX_BATCH)
             if events is not None:
                 budget = min(budget, events - sent)
+            starved = False
             if budget > 0:
-                lines = sim.next_lines(budget, time.time())
+                lines = sim.next_lines(budget, sim.clock())
+                starved = len(lines) < budget  # every user is mid-visit, nothing else is due
                 for ln in lines:
                     headers = [(FAULT_HEADER, ln.fault.encode())] if ln.fault else None
                     producer.send(topic, value=ln.value, key=ln.key, headers=headers).add_errback(
@@ -464,7 +498,9 @@ def simulate(
                     }
                 )
                 last_report, sent_at_report = now, sent
-            if tokens < 1.0:
+            if starved:
+                stop.wait(_starved_pause(sim))
+            elif tokens < 1.0:
                 stop.wait(min(0.05, (1.0 - tokens) / current))
     except KeyboardInterrupt:
         interrupted = True
@@ -490,4 +526,5 @@ def simulate(
         "reco_requests": {"ok": sim.reco_ok, "failed": sim.reco_failed, "taken": sim.reco_taken},
         "poison_target": sim.poison_target if sim.fault_counts["poison"] else None,
         "interrupted": interrupted,
+        "wakeups": wakeups,
     }

@@ -63,7 +63,7 @@ def ingest(
     home: HomeOpt = None,
 ) -> None:
     """Append log lines to bronze_events exactly once; rejects go to quarantine_events."""
-    from flixlake.batch.ingest import expand_paths, ingest_paths
+    from flixlake.batch.ingest import ChangedLogFileError, expand_paths, ingest_paths
     from flixlake.lake.store import Lake
 
     settings = settings_or_exit(env, home)
@@ -81,9 +81,12 @@ def ingest(
             done += n
             progress.update(task, completed=done, description=f"ingesting ({total / 1e6:.0f} MB)")
 
-        summary = ingest_paths(
-            Lake(settings.lake_root), paths, settings.ingest.chunk_lines, on_chunk=advance
-        )
+        try:
+            summary = ingest_paths(
+                Lake(settings.lake_root), paths, settings.ingest.chunk_lines, on_chunk=advance
+            )
+        except ChangedLogFileError as exc:
+            raise fail(f"nothing ingested: {exc}") from None
     console.print_json(json.dumps(summary.as_dict()))
 
 

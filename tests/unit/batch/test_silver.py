@@ -269,8 +269,6 @@ def test_compact_builds_silver_up_to_the_run_date(
         "duplicates_dropped": 2,
         "unique_events": 9,
         "later": 2,
-        "on_run_date": 9,
-        "quarantined_on_run_date": 0,
     }
     assert summary["events"] == {"watch": 6, "rate": 2, "reco": 1}
     assert read_manifest(settings, D20, "compact") == summary

@@ -81,7 +81,8 @@ def test_a_new_run_is_triggered_unpaused_and_followed_to_success(
         (
             "POST",
             "dags/flixlake_batch/dagRuns",
-            {"dag_run_id": "demo__2026-11-22", "logical_date": "2026-11-22T00:00:00Z"},
+            # a run processes the day before its logical date
+            {"dag_run_id": "demo__2026-11-22", "logical_date": "2026-11-23T00:00:00Z"},
         ),
         ("PATCH", "dags/flixlake_batch", {"is_paused": False}),
     ]
