@@ -84,10 +84,24 @@ def serve(
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Serve GET /recommend/<userid>, merging the published batch view with the speed views."""
+    """Serve GET /recommend/<userid>, merging the published batch view with the speed views.
+
+    The port listens before the service is even imported: no connection is ever refused while
+    it starts (they wait, then get fallback answers until the batch view is loaded).
+    """
+    from flixlake.serving.listen import take
+
+    settings = settings_or_exit(env, home)
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    try:
+        sock = take(host, port)  # bound by the launcher before this module was even imported
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
     from flixlake.serving.app import run_server
 
-    run_server(settings_or_exit(env, home), host=host, port=port)
+    run_server(settings, host=host, port=port, sock=sock)
 
 
 @app.command()
