@@ -220,13 +220,16 @@ class LiveDemo:
         self.bin_dir = Path(sys.executable).parent  # the venv's: flixlake, airflow, spark-submit
         self.env = _child_env(settings, self.bin_dir)
         self.bootstrap = settings.kafka.bootstrap_servers  # the same for every child
-        self.topics = [settings.kafka.topic, settings.serving.telemetry.served_topic]
+        telemetry = settings.serving.telemetry
+        self.topics = list(
+            dict.fromkeys([settings.kafka.topic, telemetry.served_topic, telemetry.log_topic])
+        )
         # the broker forgets its topics when it stops: offsets of an earlier broker mean nothing
         stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
         self.query = f"{settings.streaming.query_name}_{stamp}"
         self.airflow_home = settings.home / "airflow"
         self.password_file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
-        self.airflow_url = f"http://localhost:{options.airflow_port}"
+        self.airflow_url = f"http://127.0.0.1:{options.airflow_port}"  # loopback only
         self.service_url = f"http://localhost:{options.serve_port}"
         self.started = time.monotonic()
 
@@ -328,8 +331,8 @@ class LiveDemo:
         self.supervisor.wait_ready(
             airflow, lambda: api.dag_parsed(BATCH_DAG), 300, what=f"showing {BATCH_DAG}"
         )
-        self.phase(f"Airflow UI {url}   user {AIRFLOW_USER}   password {password}")
-        self.console.print(f"      (the password is also in {self.password_file})")
+        self.phase(f"Airflow UI {url}   user {AIRFLOW_USER}")
+        self.console.print(f"      (its password is in {self.password_file}; never printed)")
         return api
 
     def start_service(self) -> None:
@@ -427,7 +430,8 @@ def _child_env(settings: Settings, bin_dir: Path) -> dict[str, str]:
 
 
 def _airflow_env(env: dict[str, str], airflow_home: Path, port: int) -> dict[str, str]:
-    """``airflow standalone`` for a 2-core machine, with the repo's DAGs; only triggered runs."""
+    """``airflow standalone`` for a 2-core machine, on loopback, with the repo's DAGs; only
+    triggered runs."""
     return {
         **env,
         "AIRFLOW_HOME": str(airflow_home),
@@ -437,9 +441,10 @@ def _airflow_env(env: dict[str, str], airflow_home: Path, port: int) -> dict[str
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",  # loopback only: the demo's admin is not for the LAN
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
     }
 
 

@@ -30,7 +30,8 @@ def broker(
 ) -> None:
     """Run the embedded Kafka-compatible broker (tansu) with its topics until Ctrl-C.
 
-    Topics: kafka.topic (the MLiP log) and serving.telemetry.served_topic (served answers).
+    Topics: kafka.topic (the MLiP log), serving.telemetry.served_topic (served answers) and
+    serving.telemetry.log_topic (the service's own MLiP lines).
     """
     from flixlake.contract.kafka import BrokerError, port_of
     from flixlake.ops.broker import serve_broker
@@ -42,7 +43,10 @@ def broker(
             settings.kafka.topic,
             settings.kafka.partitions,
             log_path=settings.home / "broker.log",
-            more_topics=[settings.serving.telemetry.served_topic],
+            more_topics=[
+                settings.serving.telemetry.served_topic,
+                settings.serving.telemetry.log_topic,
+            ],
         )
     except BrokerError as exc:
         raise fail(str(exc)) from None

@@ -197,6 +197,38 @@ def test_the_status_line_adds_up_batches_and_reads_the_service_metrics(
 def test_airflow_is_told_its_own_port_for_the_execution_api(tmp_path: Path) -> None:
     env = _airflow_env({"PATH": "/venv/bin"}, tmp_path / "airflow", 18080)
     assert env["AIRFLOW__API__PORT"] == "18080"
-    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:18080/execution/"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"  # not on every interface
     assert env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "False"  # only the demo's run
     assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
+
+
+def test_the_airflow_password_is_never_printed_only_where_it_is(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from flixlake.ops.demo import LiveDemo, LiveOptions
+
+    class NoProcesses:  # stands in for the supervisor: starts nothing, everything is ready
+        def __init__(self) -> None:
+            self.started: list[tuple[str, list[str], dict[str, str]]] = []
+
+        def start(self, name: str, command: list[str], env: dict[str, str], **_: Any) -> Any:
+            self.started.append((name, command, env))
+            return object()
+
+        def wait_ready(self, *_: Any, **__: Any) -> float:
+            return 0.0
+
+    options = LiveOptions(3000, 600, 30, 7, 200.0, 18080, 18082)
+    console = _console()
+    processes = NoProcesses()
+    demo = LiveDemo(settings, console, options, processes)  # type: ignore[arg-type]
+    demo.password_file.parent.mkdir(parents=True)
+    demo.password_file.write_text(json.dumps({"admin": "s3cret-Pa55"}))
+    demo.start_airflow()
+    shown = console.export_text()
+    assert "s3cret-Pa55" not in shown
+    assert str(demo.password_file) in shown.replace("\n", "")
+    assert "http://127.0.0.1:18080" in shown
+    ((_, _, env),) = processes.started
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
