@@ -18,7 +18,7 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
 from flixlake.config import ENV_VAR, HOME_VAR, load_settings
-from flixlake.ops.dag_tasks import default_args, spark_submit_command, task_env
+from flixlake.ops.dag_tasks import default_args, push_dag_run, spark_submit_command, task_env
 
 REPO = Path(__file__).resolve().parent.parent
 TASK_ENV = task_env(REPO)
@@ -33,6 +33,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings.airflow),
+    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
+    on_failure_callback=push_dag_run,
     dagrun_timeout=dt.timedelta(hours=1),
     tags=["flixlake", "online", "spark"],
     doc_md=__doc__,

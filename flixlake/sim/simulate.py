@@ -39,9 +39,9 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
+import socket
 import threading
 import time
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -173,7 +173,7 @@ def ask_service(serve_url: str, user_id: int, timeout: float = RECO_TIMEOUT_S) -
         status, result = exc.code, [f"HTTP {exc.code} {exc.reason}"]
     except Exception as exc:  # refused, timed out, reset: what the course logs as status 0
         status, result = 0, [_java_style(exc)]
-    ms = int(round((time.perf_counter() - started) * 1000))
+    ms = round((time.perf_counter() - started) * 1000)
     return ServedReco(status, ms, result, server)
 
 

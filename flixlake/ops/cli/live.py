@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -221,3 +222,56 @@ def demo(
         )
         code = run_demo(settings, console, options)
     raise typer.Exit(code)
+
+
+@app.command()
+def monitor(
+    host: Annotated[
+        str | None, typer.Option(help="bind address (default: monitoring.exporter_host)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (default: monitoring.exporter_port, 9108)")
+    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Export availability (from the log topic), model staleness and online quality to Prometheus."""
+    from flixlake.monitoring.exporter import run_exporter
+
+    settings = settings_or_exit(env, home)
+    try:
+        run_exporter(settings, host, port, bootstrap_servers)
+    except OSError as exc:
+        raise fail(f"cannot listen: {exc.strerror or exc}") from None
+
+
+@app.command("alert-receiver")
+def alert_receiver(
+    port: Annotated[
+        int | None, typer.Option(help="port (default: monitoring.receiver_port)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON-lines file (default: $FLIXLAKE_HOME/monitoring/alerts.jsonl)"),
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Receive Alertmanager's webhook notifications on loopback and keep them (the on-call person)."""
+    from flixlake.ops.alert_receiver import AlertReceiver
+
+    settings = settings_or_exit(env, home)
+    path = out or settings.home / "monitoring" / "alerts.jsonl"
+    bind_port = port or settings.monitoring.receiver_port
+    try:
+        server = AlertReceiver(path).server("127.0.0.1", bind_port)
+    except OSError as exc:
+        raise fail(f"cannot listen on 127.0.0.1:{bind_port}: {exc.strerror or exc}") from None
+    err.print(f"alert receiver on http://127.0.0.1:{bind_port}/alerts, keeping them in {path}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
