@@ -119,6 +119,8 @@ class RecommendationService:
         self.refresher = ViewRefresher(
             lake or lake_from_settings(settings), config, self.recommender, self.metrics
         )
+        self.metrics.ready.set_function(lambda: float(self.refresher.readiness()[0]))
+        self.metrics.catalog_movies.set_function(lambda: float(len(self.catalog)))
         telemetry = config.telemetry
         self.server_name = telemetry.server_name or f"{socket.gethostname()}:{port or config.port}"
         self.telemetry: TelemetryShipper | None = None
