@@ -11,6 +11,7 @@ listed, and may only query flixlake_stream_* metrics.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -176,10 +177,8 @@ class Traffic:
             )
             produce_lines(self.bootstrap, self.topic, lines)
             for user in (1, 2, 3, 77):
-                try:
+                with contextlib.suppress(OSError):  # not up yet: the panels will say so
                     http_request("GET", f"http://127.0.0.1:{self.port}/recommend/{user + i}")
-                except OSError:
-                    pass  # not up yet: the panels will say so
             i += 1
             self.stop.wait(0.5)
 
