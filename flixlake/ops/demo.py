@@ -280,7 +280,12 @@ class LiveDemo:
         print_sample_answer(self.console, self.settings, self.service_url)
         simulator = self.start_simulator()
         metrics = f"{self.service_url}/metrics"
-        self.watch(LiveStatus(stream.log_path, simulator.log_path, metrics, self.query))
+        exporter = (
+            f"http://127.0.0.1:{self.settings.monitoring.exporter_port}/metrics"
+            if self.monitoring
+            else None
+        )
+        self.watch(LiveStatus(stream.log_path, simulator.log_path, metrics, self.query, exporter))
 
     def check_ports(self) -> None:
         """Fail before starting anything when a port is taken (likely another demo)."""
@@ -472,7 +477,8 @@ class LiveDemo:
             )
         console.print(f"  logs        {self.supervisor.log_dir}/<name>.log")
         until = "until Ctrl-C" if options.run_seconds is None else f"for {options.run_seconds:g}s"
-        console.print(f"  status every {STATUS_EVERY_S:g}s {until}: {LiveStatus.LEGEND}")
+        legend = LiveStatus.LEGEND + (LiveStatus.AVAILABILITY_LEGEND if self.monitoring else "")
+        console.print(f"  status every {STATUS_EVERY_S:g}s {until}: {legend}")
         watch_started = time.monotonic()
         end = None if options.run_seconds is None else watch_started + options.run_seconds
         while end is None or time.monotonic() < end:

@@ -194,6 +194,47 @@ def test_the_status_line_adds_up_batches_and_reads_the_service_metrics(
     assert "bronze +400 (2 quarantined), lag 1.2s" in status.line()
 
 
+def test_the_status_line_shows_the_last_minutes_availability_from_the_exporter(
+    tmp_path: Path, metrics_url: str
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flixlake.monitoring.availability import AvailabilityMeter
+
+    registry = CollectorRegistry()  # as the exporter serves it
+    meter = AvailabilityMeter(registry)
+    t = dt.datetime(2026, 11, 22, 8, 0, 10)
+    for second, status, ms in (
+        (0, 200, 90),
+        (5, 200, 950),
+        (9, 0, 800),
+        (20, 200, 40),
+        (70, 200, 5),
+    ):
+        meter.observe(t + dt.timedelta(seconds=second), status, ms)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        exporter = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        status = LiveStatus(tmp_path / "a.log", tmp_path / "b.log", metrics_url, "q", exporter)
+        line = status.line()
+    finally:
+        server.shutdown()
+    assert line.endswith("│ availability 50.0% of 4")  # 08:00: 2 of 4 ok (one slow, one failed)
+
+
 def test_airflow_is_told_its_own_port_for_the_execution_api(tmp_path: Path) -> None:
     env = _airflow_env({"PATH": "/venv/bin"}, tmp_path / "airflow", 18080)
     assert env["AIRFLOW__API__PORT"] == "18080"
