@@ -138,6 +138,10 @@ def start_stack(
             [
                 BINARIES["pushgateway"],
                 f"--web.listen-address=127.0.0.1:{ports.pushgateway}",
+                # Debian's default is a machine-wide /var/lib/prometheus/pushgateway.data: keep
+                # this run's pushes with this run (they survive a restart of the stack)
+                f"--persistence.file={out_dir / 'pushgateway.data'}",
+                "--persistence.interval=30s",
             ],
             ports.pushgateway,
         ),
