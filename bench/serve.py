@@ -446,8 +446,7 @@ def run_swap(home: Path, conf: Path, args: argparse.Namespace, script: Path, wor
     view in the background and swaps; every request must still succeed, and fast."""
     result = Result("flixlake during a swap")
     (conf / "bench_swap.yaml").write_text(
-        "serving:\n  model_poll_seconds: 1\n"
-        "  telemetry:\n    enabled: false\n"
+        "serving:\n  model_poll_seconds: 1\n  telemetry:\n    enabled: false\n"
     )
     port = free_port()
     env = {**os.environ, "FLIXLAKE_CONF_DIR": str(conf), "PYTHONPATH": str(PROJECT_ROOT)}
