@@ -163,9 +163,14 @@ class OnlineConfig(_Frozen):
         return duration_seconds(self.watch_window)
 
 
+SERVICE_LOG_TOPIC = "service_requests"  # the service's own MLiP lines (not the course's topic)
+
+
 class TelemetryConfig(_Frozen):
     enabled: bool = True
-    log_topic: str | None = None  # MLiP telemetry lines; None: kafka.topic
+    # the service's own MLiP "recommendation request" lines go to a topic of its own: on the
+    # course's topic the course's infrastructure already logs every request it made
+    log_topic: str = Field(default=SERVICE_LOG_TOPIC, min_length=1)
     served_topic: str = Field(default="served_recommendations", min_length=1)  # JSON records
     bootstrap_servers: str | None = None  # None: kafka.bootstrap_servers
     buffer_records: int = Field(default=20_000, gt=0)  # beyond: dropped (counted)
@@ -194,17 +199,46 @@ class ExperimentConfig(_Frozen):
         return variants
 
 
+MAX_RESULTS = 20  # the contract: up to 20 movie ids per answer
+
+
 class ServingConfig(_Frozen):
     host: str = "0.0.0.0"
     port: int = Field(default=8082, gt=0, lt=65536)
-    results: int = Field(default=20, gt=0, le=100)  # movie ids per answer
+    results: int = Field(default=20, gt=0, le=MAX_RESULTS)  # movie ids per answer (contract: 20)
     max_per_user: int = Field(default=50, gt=0, le=1000)  # batch-view entries kept per user
     speed_refresh_seconds: float = Field(default=1.0, gt=0, le=2.0)
     model_poll_seconds: float = Field(default=5.0, gt=0)
-    startup_wait_seconds: float = Field(default=60.0, ge=0)  # for the first batch view
+    # the listening socket is bound first; connections queue (never refused) while the start-up
+    # reads the catalog, for at most this long; batch views load in the background afterwards
+    startup_wait_seconds: float = Field(default=3.0, ge=0, le=30)
     fallback_candidates: int = Field(default=200, gt=0)  # trending + popular, for fill-ins
+    # bounds on what the stream feeds into memory (the catalog grows only from the movies table)
+    max_catalog_movies: int = Field(default=200_000, gt=0)
+    max_activity_users: int = Field(default=2_000_000, gt=0)  # speed_user_activity rows kept
+    max_seen_per_user: int = Field(default=500, gt=0)  # movies per active user kept as "seen"
+    ready_max_view_age_seconds: float = Field(default=30.0, gt=0)  # /health/ready
     experiment: ExperimentConfig = ExperimentConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+
+
+class MonitoringConfig(_Frozen):
+    """Prometheus, Alertmanager, the Pushgateway and flixlake's own exporter (``flixlake monitor``)."""
+
+    # batch jobs and DAG runs push their metrics here when set (never fails a job)
+    pushgateway_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+/?$")
+    push_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    exporter_host: str = "127.0.0.1"
+    exporter_port: int = Field(default=9108, gt=0, lt=65536)
+    # availability from the course's "recommendation request" lines: null = kafka.topic
+    availability_topic: str | None = None
+    availability_deadline_ms: float = Field(default=800.0, gt=0)  # answered in time: <= this
+    lake_poll_seconds: float = Field(default=30.0, gt=0)  # models / online_evaluations re-read
+    # the stack `make demo` starts when the Debian packages are installed (loopback only)
+    prometheus_port: int = Field(default=9090, gt=0, lt=65536)
+    alertmanager_port: int = Field(default=9093, gt=0, lt=65536)
+    pushgateway_port: int = Field(default=9091, gt=0, lt=65536)
+    receiver_port: int = Field(default=9095, gt=0, lt=65536)  # the demo's alert webhook
 
 
 class Settings(_Frozen):
@@ -222,6 +256,7 @@ class Settings(_Frozen):
     airflow: AirflowConfig = AirflowConfig()
     serving: ServingConfig = ServingConfig()
     online: OnlineConfig = OnlineConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @property
     def lake_root(self) -> Path:

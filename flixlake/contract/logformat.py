@@ -6,6 +6,11 @@ A line is ``<time>,<userid>,<request>`` where the request is one of::
     GET /rate/<movieid>=<rating>                             a rating, 1..5
     recommendation request <server>, status <code>, result: <ids>, <n> ms
 
+A failed call is a valid telemetry line too (the input of availability monitoring): a status
+other than 200 — ``0`` when there was no HTTP answer at all — with the error text as its result,
+e.g. ``status 0, result: java.net.SocketTimeoutException: Read timed out, 800 ms``; it parses with
+no result ids.
+
 Every line parses to a :class:`ParsedEvent`; a bad one carries a ``reject_reason`` instead of
 raising, so callers can quarantine it with the reason and never lose it.
 
@@ -58,7 +63,7 @@ _MOVIE = r"[A-Za-z0-9][A-Za-z0-9+%._:'()!&-]{0,199}"
 _WATCH_RE = re.compile(rf"GET /data/m/({_MOVIE})/(-?\d{{1,9}})\.mpg")
 _RATE_RE = re.compile(rf"GET /rate/({_MOVIE})=(-?\d{{1,9}})")
 _RECO_RE = re.compile(
-    r"recommendation request ([^,\s]+), status (\d{3}), result: (.*), (\d+(?:\.\d+)?) ?ms"
+    r"recommendation request ([^,\s]+), status (\d{1,3}), result: (.*), (\d+(?:\.\d+)?) ?ms"
 )
 _MOVIE_RE = re.compile(_MOVIE)
 
@@ -155,14 +160,17 @@ def parse_line(line: str | bytes) -> ParsedEvent:
         match = _RECO_RE.fullmatch(request)
         if match is None:
             return ParsedEvent(**base, reject_reason=RejectReason.BAD_RECO)
+        status = int(match.group(2))
         results = tuple(r.strip() for r in match.group(3).split(",") if r.strip())
-        if not all(_MOVIE_RE.fullmatch(r) for r in results):
+        if status != 200:
+            results = ()  # a failed call: the result is the error text, not movie ids
+        elif not all(_MOVIE_RE.fullmatch(r) for r in results):
             return ParsedEvent(**base, reject_reason=RejectReason.BAD_RECO)
         return ParsedEvent(
             **base,
             event_type=EventType.RECO,
             reco_server=match.group(1),
-            reco_status=int(match.group(2)),
+            reco_status=status,
             reco_results=results,
             reco_response_ms=float(match.group(4)),
         )

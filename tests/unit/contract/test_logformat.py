@@ -86,3 +86,41 @@ def test_reco_with_empty_result_list_is_valid() -> None:
     )
     assert event.ok
     assert event.reco_results == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "ms"),
+    [
+        (
+            "2026-11-22T08:54:03,9,recommendation request 17645-team12.isri.cmu.edu:8082, "
+            "status 0, result: java.net.SocketTimeoutException: Read timed out, 800 ms",
+            0,
+            800.0,
+        ),
+        (
+            "2026-11-22T08:54:03,9,recommendation request s:8082, status 0, "
+            "result: java.net.ConnectException: Connection refused (Connection refused), 3 ms",
+            0,
+            3.0,
+        ),
+        (
+            "2026-11-22T08:54:03,9,recommendation request s:8082, status 503, "
+            "result: HTTP 503 Service Unavailable, 12 ms",
+            503,
+            12.0,
+        ),
+    ],
+)
+def test_failed_calls_are_valid_telemetry_without_result_ids(
+    line: str, status: int, ms: float
+) -> None:
+    """The contract: failure lines are valid, they are what availability monitoring reads."""
+    event = parse_line(line)
+    assert event.ok, event.reject_reason
+    assert event.event_type == EventType.RECO
+    assert (event.reco_status, event.reco_results, event.reco_response_ms) == (status, (), ms)
+
+
+def test_a_200_whose_result_is_not_movie_ids_is_still_bad() -> None:
+    line = "2026-11-22T08:54:03,9,recommendation request s:8082, status 200, result: oops!?, 3 ms"
+    assert parse_line(line).reject_reason is RejectReason.BAD_RECO
