@@ -102,9 +102,11 @@ def lists_by_user(users: np.ndarray, movies: np.ndarray) -> dict[int, np.ndarray
     """Group aligned ``(user, movie)`` arrays into ``user -> sorted distinct movies``."""
     users = np.asarray(users, dtype=np.int64)
     movies = np.asarray(movies, dtype=np.int64)
+    if users.size == 0:  # an empty window: nobody (np.r_ below would invent one boundary)
+        return {}
     order = np.lexsort((movies, users))
     users, movies = users[order], movies[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else _EMPTY
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     ends = np.r_[starts[1:], users.size]
     return {int(users[a]): np.unique(movies[a:b]) for a, b in zip(starts, ends, strict=True)}
 
@@ -362,7 +364,7 @@ def run_evaluate(
         users, user_ids, user_matrix, ItemIndex.build(item_ids, item_matrix, k), seen
     )
     cold = np.asarray(segments_table.column("activity").to_pylist(), dtype=object) == "cold"
-    fallback = np.array([lst.size == 0 for lst in als_lists]) & ~cold
+    fallback = np.array([lst.size == 0 for lst in als_lists], dtype=bool) & ~cold
     als_lists = [
         pop if lst.size == 0 else lst for lst, pop in zip(als_lists, pop_lists, strict=True)
     ]

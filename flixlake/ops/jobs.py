@@ -3,7 +3,8 @@
 A job file only names its step function; this parses ``--run-date`` (or ``--until`` for jobs
 that evaluate up to a point in time), ``--env`` and ``--home``, loads the settings, builds the one
 SparkSession, runs the step and prints its summary as JSON.
-Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails.
+Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails,
+4 when no model could be trained (the reason in one line; the traces in the run's ``train.log``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from flixlake.batch.errors import GateFailedError
+from flixlake.batch.errors import GateFailedError, TrainingError
 from flixlake.config import ConfigError, load_settings
 from flixlake.contract.logformat import as_utc
 from flixlake.lake.runs import MissingStepError, parse_run_date
@@ -76,6 +77,9 @@ def run_job(
     except GateFailedError as exc:
         print(f"gate failed: {exc}", file=sys.stderr)
         return 3
+    except TrainingError as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 4
     except (MissingTableError, MissingStepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

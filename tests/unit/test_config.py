@@ -33,3 +33,16 @@ def test_unknown_key_is_rejected(tmp_path: Path) -> None:
 def test_unknown_environment_lists_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="known environments"):
         load_settings("nope", home=tmp_path)
+
+
+def test_search_ranges_and_regularisation_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"batch\.als\.search\.rank"):
+        load_settings(
+            "test", home=tmp_path, overrides={"batch": {"als": {"search": {"rank": [64, 8]}}}}
+        )
+    with pytest.raises(ConfigError, match=r"batch\.als\.grid\.0\.reg_param"):
+        load_settings(
+            "test",
+            home=tmp_path,
+            overrides={"batch": {"als": {"grid": [{"rank": 8, "reg_param": 0, "alpha": 1}]}}},
+        )
