@@ -136,7 +136,17 @@ class ConfidenceConfig(_Frozen):
 
 class PublishConfig(_Frozen):
     min_lift_over_popularity: float = Field(1.0, ge=0)
+    # ALS NDCG@k must exceed the best baseline's (popularity, item-kNN, EASE) times this
+    min_lift_over_baseline: float = Field(1.0, ge=0)
     max_regression: float = Field(0.05, ge=0, le=1)
+
+
+class BaselinesConfig(_Frozen):
+    """The strong baselines every evaluation runs beside popularity (flixlake.batch.baselines)."""
+
+    knn_neighbours: int = Field(100, gt=0)  # item-kNN: most similar movies kept per movie
+    ease_max_items: int = Field(6000, ge=0)  # EASE's dense movies x movies fits up to this
+    ease_l2: float = Field(250.0, gt=0)  # EASE's ridge lambda
 
 
 class QualityConfig(_Frozen):
@@ -160,6 +170,7 @@ class BatchConfig(_Frozen):
     confidence: ConfidenceConfig = ConfidenceConfig()
     als: AlsConfig
     publish: PublishConfig = PublishConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     quality: QualityConfig = QualityConfig()
 
 

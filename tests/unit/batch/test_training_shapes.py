@@ -147,9 +147,11 @@ def test_the_singular_matrix_comes_from_users_without_positive_pairs(
         rank=8, regParam=0.1, alpha=10.0, maxIter=3, seed=1, implicitPrefs=True,
         userCol="user_id", itemCol="movie_idx", ratingCol="confidence",
     )  # fmt: skip
-    with pytest.raises(Exception, match="SingularMatrixException") as caught:
-        with training.quiet_task_errors(spark):
-            als.fit(pairs)
+    with (
+        pytest.raises(Exception, match="SingularMatrixException") as caught,
+        training.quiet_task_errors(spark),
+    ):
+        als.fit(pairs)
     assert one_line_error(caught.value).startswith("SingularMatrixException: LAPACK.dppsv returned")
     model = als.fit(pairs.transform(with_positive_signal))
     users = {r["id"] for r in model.userFactors.collect()}
