@@ -54,6 +54,35 @@ def generate(
     console.print_json(json.dumps(summary, default=str))
 
 
+@app.command("import-movielens")
+def import_movielens(
+    out: Annotated[
+        Path, typer.Option(help="output folder for events-*.log, movies.jsonl, users.jsonl")
+    ],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="the recbole 1.2.1 wheel or a folder with ml-100k.{inter,item,user} "
+            "(default: the wheel `make movielens` downloads into .cache/movielens)"
+        ),
+    ] = None,
+) -> None:
+    """Write the public MovieLens 100k ratings as MLiP logs (each rating = a watch session + rate line).
+
+    Then: flixlake ingest OUT && flixlake batch --run-date 1998-04-23. MovieLens terms: research
+    use, no commercial use, cite Harper & Konstan, ACM TiiS 2015.
+    """
+    from flixlake.sim.movielens import DatasetMissingError, convert
+
+    try:
+        with line_progress() as progress:
+            progress.add_task("converting MovieLens 100k", total=None)
+            summary = convert(out, source)
+    except DatasetMissingError as exc:
+        raise fail(str(exc)) from None
+    console.print_json(json.dumps(summary, default=str))
+
+
 @app.command()
 def ingest(
     paths: Annotated[
