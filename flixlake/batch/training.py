@@ -356,7 +356,6 @@ def search_params(
                 spark, als, fit_input(train_sample, params), trace_log, f"search trial {number}"
             )
             row["seconds"] = round(seconds, 3)
-            row["projected_fit_s"] = round(seconds * scale * fits, 1)
             if model is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 row.update(status="failed", ndcg=None, n_users=int(users.size), error=error)
@@ -366,11 +365,36 @@ def search_params(
                 row.update(status="ok", ndcg=ndcg, n_users=int(users.size), error=None)
                 log.info("search %s: ndcg@%d=%.4f (%.1fs)", params, batch.k, ndcg, seconds)
             trials.append(row)
+        project_fit_seconds(trials, scale, fits)
     train_sample.unpersist()
     sample.unpersist()
     summary["trials_run"] = len(trials)
     summary["failed"] = sum(1 for t in trials if t["status"] == "failed")
     return trials, summary, counts
+
+
+def project_fit_seconds(trials: list[dict[str, Any]], scale: float, fits: int) -> None:
+    """Set each trial's ``projected_fit_s``: the eval (+ final) fit on ``scale`` x its data.
+
+    Fit time ~ a + c x rank^2 x pairs: ``a`` (job overhead) does not grow with the data. With
+    two or more ranks among the successful trials, ``a`` and ``c`` are least-squares estimates;
+    otherwise the whole trial time is scaled (an overestimate on small samples).
+    """
+    ok = [t for t in trials if t["status"] == "ok"]
+    ranks = np.array([t["rank"] for t in ok], np.float64)
+    seconds = np.array([t["seconds"] for t in ok], np.float64)
+    overhead, per_rank2 = 0.0, None
+    if len(set(ranks.tolist())) >= 2:
+        design = np.stack([np.ones_like(ranks), ranks**2], axis=1)
+        (overhead, per_rank2), *_ = np.linalg.lstsq(design, seconds, rcond=None)
+        if overhead < 0 or per_rank2 <= 0:
+            overhead, per_rank2 = 0.0, None
+    for trial in trials:
+        if per_rank2 is None:
+            cost = trial["seconds"] * scale
+        else:
+            cost = max(overhead, 0.0) + per_rank2 * trial["rank"] ** 2 * scale
+        trial["projected_fit_s"] = round(fits * float(cost), 1)
 
 
 def ranked_candidates(

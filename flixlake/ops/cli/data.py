@@ -34,10 +34,20 @@ def generate(
     seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 7,
     bad_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="fraction of bad lines")] = 0.0,
     end_date: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD")] = None,
+    regime: Annotated[
+        str,
+        typer.Option(
+            help="lowrank: choices from a taste x movie logit (ALS's own model class); trends: "
+            "popularity, recency and bursts with genre affinity, one-off users, 1-2 star raters"
+        ),
+    ] = "lowrank",
 ) -> None:
     """Write a synthetic history in the exact MLiP log format (deterministic per seed)."""
     from flixlake.sim.generate import generate_history
+    from flixlake.sim.world import REGIMES
 
+    if regime not in REGIMES:
+        raise fail(f"--regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     end = dt.date.fromisoformat(end_date) if end_date else None
     with line_progress() as progress:
         task = progress.add_task("generating", total=None)
@@ -50,6 +60,7 @@ def generate(
             bad_rate=bad_rate,
             end=end,
             progress=lambda n: progress.update(task, completed=n),
+            regime=regime,
         )
     console.print_json(json.dumps(summary, default=str))
 
