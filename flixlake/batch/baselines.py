@@ -3,10 +3,11 @@
 Both learn from the same binary matrix ALS's training window gives: ``X[u, i] = 1`` when user
 ``u`` liked movie ``i`` (confidence > 0) before the test window.
 
-* **item-kNN**: cosine similarity of movies' co-watch columns,
-  ``S[i, j] = |U_i ∩ U_j| / sqrt(|U_i| |U_j|)``, keeping each movie's ``neighbours`` most similar
-  ones; a user's score of ``j`` is the sum of ``S[i, j]`` over the movies ``i`` they liked.
-  Computed in column blocks, so memory stays ``movies x block`` whatever the catalog size.
+* **item-kNN** (item-based top-N, Deshpande & Karypis 2004): cosine similarity of movies'
+  co-watch columns, ``S[i, j] = |U_i ∩ U_j| / sqrt(|U_i| |U_j|)``, keeping each movie's
+  ``neighbours`` most similar ones; a user's score of ``j`` is the sum of ``S[i, j]`` over the
+  movies ``i`` they liked (candidates: their movies' neighbours). Computed in sparse column
+  blocks, so memory follows the co-watch counts, not ``movies²``.
 * **EASE** (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019): the closed form
   ``P = (XᵀX + λI)⁻¹``, ``B = -P / diag(P)``, ``diag(B) = 0``; score = ``X_u B``. Dense
   ``movies x movies``: only where it fits in memory (``ease_max_items``), else item-kNN alone.
@@ -51,23 +52,38 @@ class ItemScorer:
         k: int,
         block: int = 1024,
     ) -> list[np.ndarray]:
-        """Top-``k`` unseen movies per row of ``history`` (best first; empty when no signal)."""
+        """Top-``k`` unseen movies per row of ``history`` (best first, ties by movie index;
+        only movies with a positive score, so a user without signal gets an empty list)."""
+        n_items = history.shape[1]
+        kk = min(k, n_items)
         out: list[np.ndarray] = []
         for lo in range(0, history.shape[0], block):
             hi = min(lo + block, history.shape[0])
             scores = history[lo:hi] @ self.weights
-            scores = np.asarray(scores.toarray() if sp.issparse(scores) else scores, np.float32)
-            for row in range(hi - lo):
-                values = scores[row]
-                drop = seen[lo + row]
-                if drop.size:
-                    values[drop[drop < values.size]] = -np.inf
-                positive = np.flatnonzero(values > 0)
-                if positive.size == 0:
-                    out.append(_EMPTY)
-                    continue
-                top = positive[np.argsort(-values[positive], kind="stable")[:k]]
-                out.append(top.astype(np.int64))
+            if sp.issparse(scores):  # item-kNN: a few hundred candidates per user
+                scores = sp.csr_matrix(scores)
+                for row in range(hi - lo):
+                    a, b = scores.indptr[row], scores.indptr[row + 1]
+                    items, values = scores.indices[a:b], scores.data[a:b]
+                    keep = (values > 0) & ~np.isin(items, seen[lo + row])
+                    items, values = items[keep], values[keep]
+                    order = np.lexsort((items, -values))[:kk]
+                    out.append(items[order].astype(np.int64))
+                continue
+            dense = np.array(scores, np.float32)  # EASE: every movie scored
+            drop = [seen[i][seen[i] < n_items] for i in range(lo, hi)]
+            rows = np.repeat(np.arange(hi - lo), [d.size for d in drop])
+            if rows.size:
+                dense[rows, np.concatenate(drop)] = -np.inf
+            if kk == 0:
+                out.extend([_EMPTY] * (hi - lo))
+                continue
+            top = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
+            values = np.take_along_axis(dense, top, axis=1)
+            order = np.lexsort((top, -values), axis=-1)
+            top = np.take_along_axis(top, order, axis=1)
+            values = np.take_along_axis(values, order, axis=1)
+            out.extend(r[v > 0].astype(np.int64) for r, v in zip(top, values, strict=True))
         return out
 
 
@@ -78,25 +94,28 @@ def item_knn(matrix: sp.csr_matrix, neighbours: int = 100, block: int = 512) -> 
     transposed = matrix.T.tocsr()
     norms = np.sqrt(np.asarray(columns.sum(axis=0)).ravel()).astype(np.float32)
     norms[norms == 0] = 1.0
-    keep = min(neighbours, max(n_items - 1, 1))
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
     for lo in range(0, n_items, block):
         hi = min(lo + block, n_items)
-        co = np.asarray((transposed @ columns[:, lo:hi]).toarray(), np.float32)  # items x block
-        co /= norms[:, None] * norms[None, lo:hi]
-        co[np.arange(lo, hi), np.arange(hi - lo)] = 0.0  # no movie is its own neighbour
-        if keep < n_items:
-            top = np.argpartition(-co, keep - 1, axis=0)[:keep]
-        else:
-            top = np.broadcast_to(np.arange(n_items)[:, None], co.shape)
-        values = np.take_along_axis(co, top, axis=0)
-        nonzero = values > 0
-        # S[i, j]: the weight movie i (liked) gives movie j; column j keeps its top neighbours i
-        rows.append(top[nonzero])
-        cols.append(np.broadcast_to(np.arange(lo, hi)[None, :], top.shape)[nonzero])
-        vals.append(values[nonzero])
+        co = (transposed @ columns[:, lo:hi]).tocsc()  # co-watch counts: items x block, sparse
+        co.sort_indices()
+        col_of = np.repeat(np.arange(lo, hi), np.diff(co.indptr))
+        data = co.data.astype(np.float32) / (norms[co.indices] * norms[col_of])
+        data[co.indices == col_of] = 0.0  # no movie is its own neighbour
+        # row lo + j of S: movie lo + j's most similar movies (cosine is symmetric, so column j
+        # of the co-watch block is row lo + j); a user's candidates are their movies' neighbours
+        for j in range(hi - lo):
+            a, b = co.indptr[j], co.indptr[j + 1]
+            values, items = data[a:b], co.indices[a:b]
+            if b - a > neighbours:
+                best = np.argpartition(-values, neighbours - 1)[:neighbours]
+                values, items = values[best], items[best]
+            positive = values > 0
+            rows.append(np.full(int(positive.sum()), lo + j, np.int64))
+            cols.append(items[positive])
+            vals.append(values[positive])
     weights = sp.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(n_items, n_items),
