@@ -7,8 +7,9 @@
 2. search (:func:`search_params`): a seeded Optuna TPE study over confidence mode (log /
    binary), alpha, rank and regularisation (ranges in ``batch.als.search``), the
    ``batch.als.grid`` points tried first. Each trial fits ALS on the data before the validation
-   window of a deterministic sample of at most ``search_max_users`` users (users with history and
-   new liked movies in the validation window) and scores NDCG@k on their validation movies. No
+   window of at most ``search_max_users`` users (hash-ordered: first those with history and new
+   liked movies in the validation window, then other users with history) and scores NDCG@k on
+   the former's validation movies. No
    trial starts after ``search.budget_seconds``; a trial whose fit fails is recorded and skipped;
 3. chooses the best trial whose eval + final fits, projected from its search fit, fit in
    ``als.fit_budget_seconds``; fits the *eval* model with it on everything before the test window
@@ -44,7 +45,8 @@ Manifest "train" (stable; read by evaluate, register and publish)::
      "artifact_path": ".../runs/2026-11-22/model",
      "factors": {"final": {"users": path, "items": path}, "eval": {"users": path, "items": path}},
      "fit_failures": [{"trial", "model", "error"}, ...],
-     "counts": {"search_users", "search_train_interactions", "validation_relevant",
+     "counts": {"search_users", "search_train_users", "search_train_interactions",
+                "validation_relevant",
                 "eval_train_interactions", "final_train_interactions", "eval_users",
                 "eval_items", "final_users", "final_items", "final_window_users",
                 "final_window_items"},
@@ -289,13 +291,21 @@ def search_params(
     batch = settings.batch
     als_cfg = batch.als
     cfg = als_cfg.search
-    eligible = user_window_summary(pairs, "validation", "search").where(
-        (F.col("n_movies") > 0) & (F.col("n_relevant") > 0)
-    )
+    summary_df = user_window_summary(pairs, "validation", "search").persist()
+    eligible = summary_df.where((F.col("n_movies") > 0) & (F.col("n_relevant") > 0))
     sample = deterministic_sample(eligible, batch.search_max_users, als_cfg.seed).persist()
+    n_scored = int(sample.count())
+    # the fits learn from the scored users and, up to search_max_users in all, other users with
+    # history: on a small history the search model sees (almost) everyone, like the real fits
+    others = deterministic_sample(
+        summary_df.where(F.col("n_movies") > 0).join(sample, "user_id", "left_anti"),
+        max(0, batch.search_max_users - n_scored),
+        als_cfg.seed,
+    )
+    fit_users = sample.unionByName(others).persist()
     train_sample = (
         window_interactions(pairs, "search")
-        .join(F.broadcast(sample), "user_id", "left_semi")
+        .join(F.broadcast(fit_users), "user_id", "left_semi")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     seen, relevant_by_user = collect_seen_and_relevant(
@@ -304,7 +314,8 @@ def search_params(
     users = np.array(sorted(relevant_by_user), dtype=np.int64)
     counts = {
         "search_users": int(users.size),
-        "search_train_interactions": int(sum(v.size for v in seen.values())),
+        "search_train_users": int(fit_users.count()),
+        "search_train_interactions": int(train_sample.count()),
         "validation_relevant": int(sum(v.size for v in relevant_by_user.values())),
     }
     summary: dict[str, Any] = {
@@ -367,7 +378,9 @@ def search_params(
             trials.append(row)
         project_fit_seconds(trials, scale, fits)
     train_sample.unpersist()
+    fit_users.unpersist()
     sample.unpersist()
+    summary_df.unpersist()
     summary["trials_run"] = len(trials)
     summary["failed"] = sum(1 for t in trials if t["status"] == "failed")
     return trials, summary, counts

@@ -43,7 +43,13 @@ def pipeline(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PipelineRun]:
     home = tmp_path_factory.mktemp("pipeline")
-    settings = load_settings("test", home=home)
+    # These tests follow a published model (provenance, batch view, reruns). With the test
+    # config's tiny search (ranks 2-8, 5 iterations) EASE can beat ALS on this 400-user world,
+    # so only the popularity lift is required here; the best-baseline gate is tested on the
+    # trends history below and in tests/unit/batch/test_publish.py.
+    settings = load_settings(
+        "test", home=home, overrides={"batch": {"publish": {"min_lift_over_baseline": 0.0}}}
+    )
     lake = Lake(settings.lake_root)
     data = home / "data"
     generated = generate_history(data, n_users=400, n_movies=120, days=16, seed=3, bad_rate=0.01)
@@ -191,7 +197,7 @@ def test_trends_pipeline_trains_evaluates_every_baseline_and_gates_on_the_best(
         assert model["status"] == "published"
     else:
         assert trends_pipeline.gate_error is not None
-        assert f"baseline {best} is better on this window" in trends_pipeline.gate_error
+        assert f"does not beat {best} {best_ndcg:.4f}" in trends_pipeline.gate_error
         assert model["status"] == "rejected"
     report = Path(summaries["register"]["report"]).read_text()
     assert "itemknn" in report and "ease" in report
