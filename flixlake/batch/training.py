@@ -557,6 +557,12 @@ def run_train(
         "minutes_cap": batch.confidence.minutes_cap,
         "rating_weight": batch.confidence.rating_weight,
         "refit_on_full_history": batch.refit_on_full_history,
+        # the windows shape the eval model: another config, another version
+        "window_days": {
+            "history": batch.history_days,
+            "validation": batch.validation_days,
+            "eval": batch.eval_days,
+        },
     }
     summary: dict[str, Any] = {
         "model_version": model_version_for(run_date, versions, params),

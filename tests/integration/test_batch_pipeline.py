@@ -150,7 +150,9 @@ def trends_pipeline(
 ) -> Iterator[TrendsRun]:
     """A small trends-regime history (one-off users, 1-2 star raters, bursts) through every step."""
     home = tmp_path_factory.mktemp("trends")
-    settings = load_settings("test", home=home)
+    settings = load_settings(  # the gate as base.yaml has it: ALS must beat the best baseline
+        "test", home=home, overrides={"batch": {"publish": {"min_lift_over_baseline": 1.0}}}
+    )
     lake = Lake(settings.lake_root)
     generated = generate_history(
         home / "data", n_users=600, n_movies=150, days=20, seed=5, bad_rate=0.01, regime="trends"

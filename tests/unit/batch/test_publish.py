@@ -205,7 +205,11 @@ def tiny(lake: Lake, settings: Settings, tmp_path: Path) -> Settings:
         {"model_version": VERSION, "factors": {"final": {"users": users, "items": items}}},
     )
     upsert_model(lake, _model(VERSION, 0.3))
-    return load_settings("test", home=settings.home, overrides={"batch": {"top_n": 2}})
+    return load_settings(
+        "test",
+        home=settings.home,
+        overrides={"batch": {"top_n": 2, "publish": {"min_lift_over_baseline": 1.0}}},
+    )
 
 
 def _view(lake: Lake) -> list[tuple[Any, ...]]:
