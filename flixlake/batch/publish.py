@@ -207,8 +207,10 @@ def incumbent_on_this_window(
     if incumbent is None:
         return None, "no published model"
     scored = metrics.get("incumbent") or {}
-    if scored.get("model_version") == incumbent["model_version"] and scored.get("scored"):
-        return _ndcg(scored), f"{incumbent['model_version']} re-scored by evaluate"
+    if scored.get("model_version") == incumbent["model_version"]:
+        if scored.get("scored"):
+            return _ndcg(scored), f"{incumbent['model_version']} re-scored by evaluate"
+        return None, f"{incumbent['model_version']} not re-scored: {scored.get('why')}"
     windows = TimeWindows.from_dict(train["windows"])
     eval_set = build_evaluation_set(spark, lake, settings, train)
     lists, note = rescore_incumbent(spark, settings, eval_set, windows, incumbent)
