@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -88,15 +88,45 @@ class IngestConfig(_Frozen):
 
 
 class AlsParams(_Frozen):
+    """One point of the ALS search space."""
+
     rank: int = Field(gt=0)
-    reg_param: float = Field(ge=0)
-    alpha: float = Field(gt=0)
+    # > 0: Spark's implicit ALS adds reg_param x (positive pairs) to each normal equation, the
+    # term that keeps it positive definite when the other side's factors are rank-deficient
+    reg_param: float = Field(gt=0)
+    alpha: float = Field(gt=0)  # confidence = 1 + alpha * |value|
+    # value per pair: "log" = ln(1 + minutes) + star bonus (flixlake.batch.features); "binary" =
+    # its sign (+1 liked, -1 disliked), so alpha alone sets how much a pair counts
+    confidence: Literal["log", "binary"] = "log"
+
+
+class SearchConfig(_Frozen):
+    """The hyperparameter search on the validation window (Optuna TPE, seeded)."""
+
+    trials: int = Field(12, ge=1)  # ALS fits on the sampled users, the grid's included
+    budget_seconds: float = Field(240.0, gt=0)  # no new trial starts after this
+    rank: tuple[int, int] = (8, 64)
+    reg_param: tuple[float, float] = (0.01, 1.0)
+    alpha: tuple[float, float] = (1.0, 40.0)
+    confidence: tuple[Literal["log", "binary"], ...] = Field(("log", "binary"), min_length=1)
+
+    @field_validator("rank", "reg_param", "alpha")
+    @classmethod
+    def _a_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < bounds[0] <= bounds[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(bounds)}")
+        return bounds
 
 
 class AlsConfig(_Frozen):
     max_iter: int = Field(10, gt=0)
     seed: int = 42
+    # tried first, in order; the first is also the fallback when no user can validate a search
     grid: tuple[AlsParams, ...] = Field(min_length=1)
+    search: SearchConfig = SearchConfig()
+    # the eval and final fits of the chosen point must fit in this (projected from its search
+    # fit); candidates projected beyond it are recorded but not chosen
+    fit_budget_seconds: float = Field(300.0, gt=0)
 
 
 class ConfidenceConfig(_Frozen):
@@ -106,7 +136,17 @@ class ConfidenceConfig(_Frozen):
 
 class PublishConfig(_Frozen):
     min_lift_over_popularity: float = Field(1.0, ge=0)
+    # ALS NDCG@k must exceed the best baseline's (popularity, item-kNN, EASE) times this
+    min_lift_over_baseline: float = Field(1.0, ge=0)
     max_regression: float = Field(0.05, ge=0, le=1)
+
+
+class BaselinesConfig(_Frozen):
+    """The strong baselines every evaluation runs beside popularity (flixlake.batch.baselines)."""
+
+    knn_neighbours: int = Field(100, gt=0)  # item-kNN: most similar movies kept per movie
+    ease_max_items: int = Field(6000, ge=0)  # EASE's dense movies x movies fits up to this
+    ease_l2: float = Field(250.0, gt=0)  # EASE's ridge lambda
 
 
 class QualityConfig(_Frozen):
@@ -131,6 +171,7 @@ class BatchConfig(_Frozen):
     confidence: ConfidenceConfig = ConfidenceConfig()
     als: AlsConfig
     publish: PublishConfig = PublishConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     quality: QualityConfig = QualityConfig()
 
 

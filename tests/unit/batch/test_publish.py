@@ -28,33 +28,53 @@ CFG = PublishConfig(min_lift_over_popularity=1.0, max_regression=0.25)
 
 
 # -- the gate as a pure function -----------------------------------------------------------------
+def pop(value: float | None) -> dict[str, float | None]:
+    return {"popularity": value}
+
+
 def test_gate_passes_when_als_beats_popularity_and_nothing_is_published() -> None:
-    ok, reason = publish_decision(0.12, 0.10, None, CFG)
+    ok, reason = publish_decision(0.12, pop(0.10), None, CFG)
     assert ok is True
     assert "no published model" in reason
 
 
 def test_gate_needs_strictly_more_than_popularity_times_the_lift() -> None:
-    assert publish_decision(0.10, 0.10, None, CFG)[0] is False  # equal is not a lift
-    ok, reason = publish_decision(0.14, 0.10, None, PublishConfig(min_lift_over_popularity=1.5))
+    assert publish_decision(0.10, pop(0.10), None, CFG)[0] is False  # equal is not a lift
+    lifted = PublishConfig(min_lift_over_popularity=1.5)
+    ok, reason = publish_decision(0.14, pop(0.10), None, lifted)
     assert ok is False  # needs > 0.15
     assert "does not beat popularity 0.1000 x 1.5 = 0.1500" in reason
-    assert publish_decision(0.16, 0.10, None, PublishConfig(min_lift_over_popularity=1.5))[0]
+    assert publish_decision(0.16, pop(0.10), None, lifted)[0]
+
+
+def test_gate_compares_against_the_best_baseline() -> None:
+    baselines = {"popularity": 0.05, "itemknn": 0.11, "ease": 0.13}
+    ok, reason = publish_decision(0.12, baselines, None, CFG)
+    assert ok is False
+    assert reason.startswith("baseline ease is better on this window")
+    assert "does not beat ease 0.1300 x 1 = 0.1300" in reason
+    ok, reason = publish_decision(0.14, baselines, None, CFG)
+    assert ok is True
+    assert "> best baseline ease 0.1300" in reason
+    # a baseline that could not be measured does not count, the others still do
+    assert publish_decision(0.12, {**baselines, "ease": None}, None, CFG)[0] is True
 
 
 def test_gate_allows_a_bounded_regression_against_the_current_model() -> None:
     # current 0.5, max_regression 0.25 -> floor 0.375 (exact in binary floating point)
-    assert publish_decision(0.375, 0.1, 0.5, CFG)[0] is True
-    ok, reason = publish_decision(0.37, 0.1, 0.5, CFG)
+    assert publish_decision(0.375, pop(0.1), 0.5, CFG)[0] is True
+    ok, reason = publish_decision(0.37, pop(0.1), 0.5, CFG)
     assert ok is False
-    assert "regresses more than 25%" in reason
-    assert publish_decision(0.6, 0.1, 0.5, CFG)[0] is True
+    assert "regresses more than 25%" in reason and "on the same window" in reason
+    assert publish_decision(0.6, pop(0.1), 0.5, CFG)[0] is True
 
 
 def test_gate_refuses_missing_measurements() -> None:
-    assert publish_decision(math.nan, 0.1, None, CFG)[0] is False
-    assert publish_decision(None, 0.1, None, CFG)[0] is False
-    assert publish_decision(0.2, None, None, CFG)[0] is False
+    assert publish_decision(math.nan, pop(0.1), None, CFG)[0] is False
+    assert publish_decision(None, pop(0.1), None, CFG)[0] is False
+    assert publish_decision(0.2, pop(None), None, CFG)[0] is False
+    ok, reason = publish_decision(0.0, pop(0.0), None, CFG, n_users=0)
+    assert ok is False and "nothing was measured" in reason
 
 
 # -- transformations -----------------------------------------------------------------------------
@@ -108,14 +128,24 @@ def _factors(path: Path, rows: list[tuple[int, list[float]]]) -> str:
 
 
 def _model(
-    version: str, als: float, status: str = "registered", published_at: dt.datetime | None = None
+    version: str,
+    als: float,
+    status: str = "registered",
+    published_at: dt.datetime | None = None,
+    incumbent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "model_version": version,
         "run_date": RUN,
         "algorithm": "als",
         "params": {"rank": 2},
-        "metrics": {"k": 20, "als": {"ndcg": als}, "popularity": {"ndcg": 0.2}},
+        "metrics": {
+            "k": 20,
+            "als": {"ndcg": als, "n_users": 10},
+            "popularity": {"ndcg": 0.2},
+            "baselines": {"popularity": {"ndcg": 0.2}, "itemknn": {"ndcg": 0.25}},
+            "incumbent": incumbent or {},
+        },
         "input_versions": {"watch_sessions": 1, "ratings": 1, "movies": 1},
         "git_commit": "abc",
         "library_versions": {},
@@ -175,7 +205,11 @@ def tiny(lake: Lake, settings: Settings, tmp_path: Path) -> Settings:
         {"model_version": VERSION, "factors": {"final": {"users": users, "items": items}}},
     )
     upsert_model(lake, _model(VERSION, 0.3))
-    return load_settings("test", home=settings.home, overrides={"batch": {"top_n": 2}})
+    return load_settings(
+        "test",
+        home=settings.home,
+        overrides={"batch": {"top_n": 2, "publish": {"min_lift_over_baseline": 1.0}}},
+    )
 
 
 def _view(lake: Lake) -> list[tuple[Any, ...]]:
@@ -220,6 +254,29 @@ def test_publish_writes_the_batch_view_and_makes_the_model_current(
     assert current is not None and current["model_version"] == "als-newer"
 
 
+def test_the_gate_uses_the_incumbent_rescored_on_this_window(
+    spark: SparkSession, lake: Lake, tiny: Settings
+) -> None:
+    """Its own window flattered the live model (0.9); on this window it scores 0.25 < 0.3."""
+    upsert_model(lake, _model("als-live", 0.9, "published", T))
+    rescored = {"model_version": "als-live", "scored": True, "ndcg": 0.25}
+    upsert_model(lake, _model(VERSION, 0.3, incumbent=rescored))
+    summary = run_publish(spark, lake, tiny, RUN)
+    assert summary["published"] is True and summary["replaces"] == "als-live"
+    assert "current model's 0.2500 on the same window" in summary["reason"]
+    assert "als-live re-scored by evaluate" in summary["reason"]
+
+
+def test_a_better_baseline_rejects_the_model(
+    spark: SparkSession, lake: Lake, tiny: Settings
+) -> None:
+    upsert_model(lake, _model(VERSION, 0.24))  # > popularity 0.2, < item-kNN 0.25
+    with pytest.raises(GateFailedError, match="baseline itemknn is better on this window"):
+        run_publish(spark, lake, tiny, RUN)
+    assert get_model(lake, VERSION)["status"] == "rejected"
+    assert not lake.exists("batch_recommendations")
+
+
 def test_failed_quality_gate_rejects_and_writes_nothing(
     spark: SparkSession, lake: Lake, tiny: Settings
 ) -> None:
@@ -234,12 +291,14 @@ def test_failed_quality_gate_rejects_and_writes_nothing(
 def test_regression_against_the_current_model_rejects(
     spark: SparkSession, lake: Lake, tiny: Settings
 ) -> None:
-    upsert_model(lake, _model("als-live", 0.5, "published", T))  # 0.3 < 0.5 x 0.95
+    upsert_model(lake, _model("als-live", 0.2, "published", T))  # its own, older window: 0.2
+    rescored = {"model_version": "als-live", "scored": True, "ndcg": 0.5}
+    upsert_model(lake, _model(VERSION, 0.3, incumbent=rescored))  # 0.3 < 0.5 x 0.95 here
     with pytest.raises(GateFailedError, match="regresses"):
         run_publish(spark, lake, tiny, RUN)
     rejected = get_model(lake, VERSION)
     assert rejected["status"] == "rejected"
-    assert "current model's 0.5000" in rejected["status_reason"]
+    assert "current model's 0.5000 on the same window" in rejected["status_reason"]
     assert not lake.exists("batch_recommendations")
     current = current_published_model(lake)
     assert current is not None and current["model_version"] == "als-live"
