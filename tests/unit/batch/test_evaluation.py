@@ -231,8 +231,15 @@ def test_manifest_and_table_rows(evaluated: dict[str, Any]) -> None:
     assert summary["input_versions"]["users"] == lake.version("users")
     rows = lake.read("model_evaluations").to_pylist()
     mine = [r for r in rows if r["model_version"] == MODEL]
-    assert len(mine) == 14 * 2 * 5  # segments x recommenders x metrics
-    assert {r["metric"] for r in mine} == {"ndcg", "precision", "recall", "map", "coverage"}
+    assert len(mine) == 14 * 2 * 6  # segments x recommenders x metrics
+    assert {r["metric"] for r in mine} == {
+        "ndcg",
+        "precision",
+        "recall",
+        "map",
+        "hit_rate",
+        "coverage",
+    }
     ndcg_all = {
         r["recommender"]: r["value"]
         for r in mine
