@@ -4,9 +4,12 @@
 popularity baseline by ``batch.publish.min_lift_over_popularity`` and it is not worse than the
 model it replaces by more than ``batch.publish.max_regression`` (relative). Then it writes the
 top-N movies of every user (final factors, movies the user already watched or rated excluded)
-into its own ``batch_recommendations`` partition and marks the model published, which makes it
-the one the service loads. A refusal marks the model rejected with the reason, writes nothing
-and raises :class:`~flixlake.batch.errors.GateFailedError` (exit code 3 in the job).
+into its own ``batch_recommendations`` partition, checks the fairness requirements on it
+(:func:`~flixlake.batch.fairness.publish_requirements`: long-tail exposure of the view, hit rate
+per user segment; enforced unless ``audit.requirements.enforce_in_publish`` is false) and marks
+the model published, which makes it the one the service loads. A refusal marks the model
+rejected with the reason and raises :class:`~flixlake.batch.errors.GateFailedError` (exit code
+3 in the job); a view refused for the requirements stays in its partition for the audit, unserved.
 
 spark-submit jobs/publish_batch_view.py --run-date 2026-11-22
 """
@@ -22,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flixlake.batch.errors import GateFailedError
+from flixlake.batch.fairness import publish_requirements
 from flixlake.batch.topn import top_n_per_user
 from flixlake.config import PublishConfig, Settings
 from flixlake.lake.registry import (
@@ -199,6 +203,10 @@ def run_publish(
     )
     if rows == 0:
         _refuse(lake, settings, run_date, model_version, "the batch view came out empty")
+    requirements = publish_requirements(spark, lake, settings, model)
+    unmet = [check.describe() for check in requirements if not check.passed]
+    if unmet and settings.audit.requirements.enforce_in_publish:
+        _refuse(lake, settings, run_date, model_version, "; ".join(unmet))
     published_at = model["published_at"] if already else dt.datetime.now(dt.UTC)
     set_model_status(lake, model_version, PUBLISHED, reason, published_at=published_at)
     summary = {
@@ -207,6 +215,7 @@ def run_publish(
         "reason": reason,
         "replaces": baseline["model_version"] if baseline else None,
         "rows": rows,
+        "requirements": [check.describe() for check in requirements],
         "top_n": settings.batch.top_n,
         "batch_view_version": lake.version(BATCH_VIEW),
         "published_at": published_at,
