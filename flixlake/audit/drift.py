@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -347,41 +346,3 @@ def _volume_ratio(events: int, reference_events: int, windows: DriftWindows) -> 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def drift_summary(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per input: the largest drift distance over the day's judged windows, the volume ratio
-    farthest from 1, and the windows that drifted."""
-    summary: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = summary.setdefault(
-            row["input"],
-            {
-                "distance": None,
-                "max_distance": row["max_distance"],
-                "volume_ratio": None,
-                "windows": 0,
-                "judged": 0,
-                "drifted": 0,
-                "largest_shift": "",
-            },
-        )
-        entry["windows"] += 1
-        entry["drifted"] += int(row["drifted"])
-        if row["judged"]:
-            entry["judged"] += 1
-            if row["distance"] is not None and (
-                entry["distance"] is None or row["distance"] > entry["distance"]
-            ):
-                entry["distance"] = row["distance"]
-                entry["largest_shift"] = row["largest_shift"]
-        ratio = row["volume_ratio"]
-        if ratio is not None and (
-            entry["volume_ratio"] is None or _off(ratio) > _off(entry["volume_ratio"])
-        ):
-            entry["volume_ratio"] = ratio
-    return summary
-
-
-def _off(ratio: float) -> float:
-    return abs(math.log(ratio)) if ratio > 0 else math.inf

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from flixlake.audit.drift import DriftWindows, drift_rows, drift_summary, input_counts
-from flixlake.audit.export import audit_registry, write_metrics
+from flixlake.audit.drift import DriftWindows, drift_rows, input_counts
+from flixlake.audit.export import audit_registry, drift_summary, write_metrics
 from flixlake.audit.models import (
     audit_day,
     audit_model,
@@ -92,7 +92,7 @@ def run_audit(
 
     per_input = drift_summary(drift)
     metrics = write_metrics(
-        audit_registry(run_date, per_input, audits, time.time()), metrics_path(settings)
+        audit_registry(run_date, drift, fairness, checks, time.time()), metrics_path(settings)
     )
     report = write_audit_report(
         settings, run_date, drift, audits, notes, audit_dir(settings, run_date)

@@ -9,8 +9,10 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from prometheus_client import generate_latest
 from pyspark.sql import SparkSession
 
+from flixlake.audit.export import registry_from_lake
 from flixlake.audit.job import run_audit
 from flixlake.config import Settings, load_settings
 from flixlake.lake.registry import upsert_model
@@ -279,7 +281,13 @@ def test_the_audit_writes_every_measure_check_gauge_and_plot(
     assert f"flixlake_audit_requirement_met{{{labels}}} 0.0" in metrics
     labels = f'metric="long_tail_share",model_version="{MODEL}",scope="batch_view"'
     assert f"flixlake_audit_exposure{{{labels}}} 1.0" in metrics
-    assert 'flixlake_audit_drift_threshold{input="ratings"} 0.1' in metrics
+    assert 'flixlake_audit_drift_threshold{input="ratings"} 0.15' in metrics  # base.yaml
+    from_lake = registry_from_lake(lake)  # what an exporter or a push builds after the run
+    assert from_lake is not None
+    rebuilt = generate_latest(from_lake).decode().splitlines()
+    assert sorted(line for line in rebuilt if "last_success" not in line) == sorted(
+        line for line in metrics.splitlines() if "last_success" not in line
+    )
 
     report = Path(summary["report"])
     html = report.read_text()

@@ -17,12 +17,12 @@ from flixlake.audit.drift import (
     by_window,
     count_bin,
     drift_rows,
-    drift_summary,
     event_mix,
     input_counts,
     per_user_bins,
     with_event_kind,
 )
+from flixlake.audit.export import drift_summary
 from flixlake.config import DriftConfig, DriftLimit
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import BRONZE_EVENTS
