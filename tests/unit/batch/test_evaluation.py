@@ -253,7 +253,7 @@ def test_rerun_replaces_this_models_rows(spark: SparkSession, evaluated: dict[st
     lake: Lake = evaluated["lake"]
     again = run_evaluate(spark, lake, evaluated["settings"], RUN_DATE)
     rows = lake.read("model_evaluations").to_pylist()
-    assert len(rows) == 14 * 2 * 5 + 1
+    assert len(rows) == 14 * 2 * 6 + 1  # segments x recommenders x metrics, + als-other
     assert again["als"] == evaluated["summary"]["als"]
 
 
