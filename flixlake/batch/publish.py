@@ -8,9 +8,12 @@ re-scored on the candidate's users and test window, never its own older figure. 
 is better, the model is rejected with that reason and the current model keeps serving (baselines
 are measured, not served: the service only serves ALS factors' batch views). Then it writes the
 top-N movies of every user (final factors, movies the user already watched or rated excluded)
-into its own ``batch_recommendations`` partition and marks the model published, which makes it
-the one the service loads. A refusal marks the model rejected with the reason, writes nothing
-and raises :class:`~flixlake.batch.errors.GateFailedError` (exit code 3 in the job).
+into its own ``batch_recommendations`` partition, checks the fairness requirements on it
+(:func:`~flixlake.batch.fairness.publish_requirements`: long-tail exposure of the view, hit rate
+per user segment; enforced unless ``audit.requirements.enforce_in_publish`` is false) and marks
+the model published, which makes it the one the service loads. A refusal marks the model
+rejected with the reason and raises :class:`~flixlake.batch.errors.GateFailedError` (exit code
+3 in the job); a view refused for the requirements stays in its partition for the audit, unserved.
 
 spark-submit jobs/publish_batch_view.py --run-date 2026-11-22
 """
@@ -32,6 +35,7 @@ from flixlake.batch.evaluation import (
     rescore_incumbent,
     score_lists,
 )
+from flixlake.batch.fairness import publish_requirements
 from flixlake.batch.features import TimeWindows
 from flixlake.batch.topn import top_n_per_user
 from flixlake.config import PublishConfig, Settings
@@ -276,6 +280,10 @@ def run_publish(
     )
     if rows == 0:
         _refuse(lake, settings, run_date, model_version, "the batch view came out empty")
+    requirements = publish_requirements(spark, lake, settings, model)
+    unmet = [check.describe() for check in requirements if not check.passed]
+    if unmet and settings.audit.requirements.enforce_in_publish:
+        _refuse(lake, settings, run_date, model_version, "; ".join(unmet))
     published_at = model["published_at"] if already else dt.datetime.now(dt.UTC)
     set_model_status(lake, model_version, PUBLISHED, reason, published_at=published_at)
     summary = {
@@ -284,6 +292,7 @@ def run_publish(
         "reason": reason,
         "replaces": baseline["model_version"] if baseline else None,
         "rows": rows,
+        "requirements": [check.describe() for check in requirements],
         "top_n": settings.batch.top_n,
         "batch_view_version": lake.version(BATCH_VIEW),
         "published_at": published_at,

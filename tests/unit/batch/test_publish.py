@@ -19,7 +19,7 @@ from flixlake.config import PublishConfig, Settings, load_settings
 from flixlake.lake.registry import current_published_model, get_model, upsert_model
 from flixlake.lake.runs import read_manifest, run_dir, write_manifest
 from flixlake.lake.store import Lake
-from flixlake.lake.tables import MOVIES, RATINGS, WATCH_SESSIONS
+from flixlake.lake.tables import MODEL_EVALUATIONS, MOVIES, RATINGS, WATCH_SESSIONS
 
 RUN = dt.date(2026, 11, 22)
 VERSION = "als-20261122-cccc3333"
@@ -127,6 +127,25 @@ def _factors(path: Path, rows: list[tuple[int, list[float]]]) -> str:
     return str(path)
 
 
+def _hit_rates(version: str, segments: dict[str, tuple[int, float]]) -> pa.Table:
+    """``model_evaluations`` rows of ALS's hit rate per segment: {segment: (users, rate)}."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "model_version": version,
+                "run_date": RUN,
+                "recommender": "als",
+                "segment": segment,
+                "metric": "hit_rate",
+                "value": rate,
+                "n_users": n,
+            }
+            for segment, (n, rate) in segments.items()
+        ],
+        schema=MODEL_EVALUATIONS.schema,
+    )
+
+
 def _model(
     version: str,
     als: float,
@@ -205,6 +224,7 @@ def tiny(lake: Lake, settings: Settings, tmp_path: Path) -> Settings:
         {"model_version": VERSION, "factors": {"final": {"users": users, "items": items}}},
     )
     upsert_model(lake, _model(VERSION, 0.3))
+    lake.append("model_evaluations", _hit_rates(VERSION, {"all": (40, 0.5), "gender=F": (20, 0.5)}))
     return load_settings(
         "test",
         home=settings.home,
@@ -302,3 +322,46 @@ def test_regression_against_the_current_model_rejects(
     assert not lake.exists("batch_recommendations")
     current = current_published_model(lake)
     assert current is not None and current["model_version"] == "als-live"
+
+
+# -- the fairness requirements in the gate (flixlake.batch.fairness) -----------------------------
+def _with(tiny: Settings, **audit: Any) -> Settings:
+    return load_settings("test", home=tiny.home, overrides={"batch": {"top_n": 2}, "audit": audit})
+
+
+def test_a_segment_served_far_worse_than_overall_is_refused(
+    spark: SparkSession, lake: Lake, tiny: Settings
+) -> None:
+    # 100 women, 5 hit: Wilson 95% upper bound 0.111 < 0.8 x overall 0.5
+    lake.append("model_evaluations", _hit_rates(VERSION, {"gender=F": (100, 0.05)}))
+    lake.delete("model_evaluations", "segment = 'gender=F' AND value = 0.5")
+    with pytest.raises(GateFailedError, match="model requirement NOT met"):
+        run_publish(spark, lake, tiny, RUN)
+    rejected = get_model(lake, VERSION)
+    assert rejected["status"] == "rejected"
+    assert "worst gender=F: hit rate 0.050" in rejected["status_reason"]
+    assert current_published_model(lake) is None
+    # the view stays in its partition for the audit; the service never loads a rejected model
+    assert _view(lake) == EXPECTED
+
+    relaxed = _with(tiny, requirements={"enforce_in_publish": False})
+    summary = run_publish(spark, lake, relaxed, RUN)
+    assert summary["published"] is True
+    assert any("model requirement NOT met" in text for text in summary["requirements"])
+
+
+def test_a_view_of_head_movies_only_fails_the_system_requirement(
+    spark: SparkSession, lake: Lake, tiny: Settings
+) -> None:
+    # head = 3 of 4 movies: m0 (the one watched), then m1, m2 (ties in id order); the view shows
+    # m2 and m3 twice each, so the long tail (m3) gets 2 of 4 slots
+    strict = _with(tiny, head_share=0.75, requirements={"system": {"min_long_tail_share": 0.6}})
+    with pytest.raises(GateFailedError, match="system requirement NOT met"):
+        run_publish(spark, lake, strict, RUN)
+    assert "long-tail share 0.500 < 0.6 of 4 slots" in get_model(lake, VERSION)["status_reason"]
+
+    summary = run_publish(spark, lake, _with(tiny, head_share=0.75), RUN)
+    assert summary["published"] is True
+    assert summary["requirements"][0].startswith(
+        "system requirement met (batch_view): long-tail share 0.500 >= 0.2"
+    )
