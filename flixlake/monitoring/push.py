@@ -2,7 +2,8 @@
 
 A spark-submit job lives for minutes and is gone before Prometheus would scrape it, so the job
 plumbing (:func:`flixlake.ops.jobs.run_job`) and the DAGs' run callbacks push one group each
-(``job=flixlake_job, task=<step>`` and ``job=flixlake_dag, dag_id=<id>``). A push never fails or
+(``job=flixlake_job, task=<step>`` and ``job=flixlake_dag, dag_id=<id>``); the audit job pushes
+its day's gauges as ``job=flixlake_audit`` (:func:`push_audit_gauges`). A push never fails or
 slows a job beyond ``monitoring.push_timeout_seconds``: an unreachable gateway is logged.
 
 Pushes use POST (``pushadd``): a failed run replaces the duration and outcome of its group but
@@ -15,9 +16,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway
 
+from flixlake.audit.export import registry_from_lake
 from flixlake.config import MonitoringConfig
+from flixlake.lake.store import Lake
 
 log = logging.getLogger(__name__)
 MAX_SUMMARY_VALUES = 60  # numeric summary values pushed per job
@@ -122,12 +125,16 @@ def push(
     job: str,
     grouping: dict[str, str],
     registry: CollectorRegistry,
+    *,
+    replace: bool = False,
 ) -> bool:
-    """POST ``registry`` to the Pushgateway (when configured); False if not pushed."""
+    """POST ``registry`` to the Pushgateway (when configured), or PUT it with ``replace`` (the
+    group's other metrics are dropped); False if not pushed."""
     if not config.pushgateway_url:
         return False
+    send = push_to_gateway if replace else pushadd_to_gateway
     try:
-        pushadd_to_gateway(
+        send(
             config.pushgateway_url,
             job=job,
             grouping_key=grouping,
@@ -138,3 +145,12 @@ def push(
         log.warning("metrics not pushed to %s: %s", config.pushgateway_url, exc)
         return False
     return True
+
+
+def push_audit_gauges(config: MonitoringConfig, lake: Lake) -> bool:
+    """Push the latest audited day's gauges (:mod:`flixlake.audit.export`) as the group
+    ``job=flixlake_audit``, replacing the whole group (PUT) like the textfile is replaced, so a
+    model version no longer audited leaves no stale series; False when not configured, nothing
+    audited yet, or not pushed."""
+    registry = registry_from_lake(lake)
+    return registry is not None and push(config, "flixlake_audit", {}, registry, replace=True)

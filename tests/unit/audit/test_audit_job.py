@@ -4,17 +4,21 @@ values worked out by hand, and a rerun that replaces instead of adding."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pyspark.sql import SparkSession
 
 from flixlake.audit.export import registry_from_lake
 from flixlake.audit.job import run_audit
 from flixlake.config import Settings, load_settings
+from flixlake.contract.kafka import free_port
 from flixlake.lake.registry import upsert_model
 from flixlake.lake.store import Lake, MissingTableError
 from flixlake.lake.tables import (
@@ -27,6 +31,8 @@ from flixlake.lake.tables import (
     USERS,
     WATCH_SESSIONS,
 )
+from flixlake.monitoring.push import push, push_audit_gauges
+from flixlake.ops.http import http_request
 
 UTC = dt.UTC
 DAY = dt.date(2026, 11, 22)
@@ -218,8 +224,35 @@ def _fairness(lake: Lake) -> dict[tuple[str, str, str], dict[str, Any]]:
     }
 
 
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    """A real Pushgateway on a free port (Debian's prometheus-pushgateway; .ci/run installs it)."""
+    port = free_port()
+    command = [
+        "prometheus-pushgateway",
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--persistence.file={tmp_path / 'pushgateway.data'}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http_request("GET", f"{url}/-/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "no Pushgateway"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def test_the_audit_writes_every_measure_check_gauge_and_plot(
-    spark: SparkSession, lake: Lake, small_lake: Settings
+    spark: SparkSession, lake: Lake, small_lake: Settings, pushgateway: str
 ) -> None:
     summary = run_audit(spark, lake, small_lake, DAY)
 
@@ -288,6 +321,19 @@ def test_the_audit_writes_every_measure_check_gauge_and_plot(
     assert sorted(line for line in rebuilt if "last_success" not in line) == sorted(
         line for line in metrics.splitlines() if "last_success" not in line
     )
+
+    # the same gauges reach the Pushgateway as one group that replaces the last day's
+    url = pushgateway
+    config = small_lake.monitoring.model_copy(update={"pushgateway_url": url})
+    stale = CollectorRegistry()
+    Gauge("flixlake_audit_drifted", "", ["input"], registry=stale).labels("retired").set(1)
+    assert push(config, "flixlake_audit", {}, stale)
+    assert push_audit_gauges(config, lake)
+    _, body, _ = http_request("GET", f"{url}/metrics")
+    pushed = [line for line in body.decode().splitlines() if 'job="flixlake_audit"' in line]
+    labels = f'evidence="served",instance="",job="flixlake_audit",model_version="{MODEL}",requirement="system"'
+    assert f"flixlake_audit_requirement_met{{{labels}}} 0" in pushed
+    assert not any('input="retired"' in line for line in pushed)
 
     report = Path(summary["report"])
     html = report.read_text()
