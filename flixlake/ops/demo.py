@@ -53,6 +53,7 @@ from flixlake.ops.airflow_client import (
     airflow_healthy,
     run_batch_dag,
 )
+from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import get_json
 from flixlake.ops.spark import build_spark_session
 from flixlake.ops.supervise import Child, ChildFailedError, Stopped, Supervisor, port_free
@@ -293,10 +294,9 @@ class LiveDemo:
         stream = self.supervisor.start(
             "speed-layer",
             [
-                self._bin("spark-submit"),
-                "--driver-memory",
-                self.settings.spark.driver_memory,
-                str(PROJECT_ROOT / "streaming" / "speed_layer.py"),
+                *spark_submit_argv(
+                    PROJECT_ROOT / "streaming" / "speed_layer.py", self.settings.spark.driver_memory
+                ),
                 f"--bootstrap-servers={self.bootstrap}",
                 f"--query-name={self.query}",
             ],
