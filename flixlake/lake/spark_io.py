@@ -168,6 +168,40 @@ def write_table(
     return int(after[1].get("numOutputRows", "0"))
 
 
+def append_once(
+    df: DataFrame, lake: Lake, name: str, app_id: str, txn_version: int
+) -> None:
+    """Append with the app transaction ``(app_id, txn_version)``: a replay commits nothing.
+
+    The streaming hot path: no bookkeeping reads around the write (see :func:`write_table`).
+    A concurrent writer with the same app id fails its commit instead of doubling rows.
+    """
+    spec = table_spec(name)
+    writer = with_schema(df, spark_schema(spec)).write.format("delta").mode("append")
+    if spec.partition_by:
+        writer = writer.partitionBy(*spec.partition_by)
+    writer.option("txnAppId", app_id).option("txnVersion", int(txn_version)).save(
+        table_location(lake, name)
+    )
+
+
+def compact_table(
+    spark: SparkSession, lake: Lake, name: str, partitions: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Bin-pack small files (e.g. one per micro-batch), of one partition when given: OPTIMIZE."""
+    optimizer = DeltaTable.forPath(spark, table_location(lake, name)).optimize()
+    if partitions:
+        optimizer = optimizer.where(partition_predicate(partitions))
+    row = optimizer.executeCompaction().select("metrics.numFilesAdded", "metrics.numFilesRemoved")
+    first = row.first()
+    return {} if first is None else {"files_added": first[0], "files_removed": first[1]}
+
+
+def vacuum_table(spark: SparkSession, lake: Lake, name: str, retention_hours: float) -> None:
+    """Delete files no snapshot younger than ``retention_hours`` still references: VACUUM."""
+    DeltaTable.forPath(spark, table_location(lake, name)).vacuum(retention_hours)
+
+
 def merge_table(
     df: DataFrame,
     lake: Lake,

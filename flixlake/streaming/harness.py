@@ -1,14 +1,18 @@
 """The query harness shared by both queries of the speed-layer job: start, report, stop.
 
-A query reads one Kafka topic and hands each micro-batch, as Arrow, to a :class:`BatchProcessor`
-(the events processor or the served-records landing), which commits it exactly once with a Delta
-app transaction. The harness owns the checkpoint, the stop protocol and the per-batch report.
+A query reads one Kafka topic with Spark's own Kafka source (``format("kafka")``: offsets in the
+query's checkpoint, ``failOnDataLoss`` on unless configured otherwise, ``maxOffsetsPerTrigger``
+from ``streaming.max_events_per_trigger``) and hands each micro-batch, as a DataFrame, to a
+:class:`BatchProcessor` (the events processor or the served-records landing), which commits it
+exactly once with Delta app transactions. The harness owns the checkpoint, the stop protocol, the
+per-batch report, and turns Kafka's data-loss failure into a message naming the lost range.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,7 +25,6 @@ import pyarrow.compute as pc
 
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
-from flixlake.streaming.kafka_source import SOURCE_NAME, register_kafka_source
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -53,7 +56,7 @@ class BatchReport:
     @classmethod
     def committed_now(
         cls,
-        records: pa.Table,
+        kafka_timestamps_ms: pa.Array,
         batch_id: int,
         started: float,
         events: int,
@@ -61,14 +64,15 @@ class BatchReport:
         written: bool,
         rebuilt: bool = False,
     ) -> BatchReport:
-        """The report of a batch of Kafka ``records`` whose commits just finished.
+        """The report of a batch whose commits just finished.
 
-        ``started`` is the ``time.monotonic()`` when processing began; lag is measured from the
-        oldest Kafka timestamp in the batch.
+        ``kafka_timestamps_ms``: the Kafka timestamps of the records the report measures lag and
+        freshness by; ``started`` is the ``time.monotonic()`` when processing began.
         """
-        stamps_ms = pc.divide(records["timestamp"].cast(pa.int64()), 1000).combine_chunks()
+        stamps_ms = kafka_timestamps_ms.cast(pa.int64())
         committed = time.time()
-        lag = committed - pc.min(stamps_ms).as_py() / 1000 if len(stamps_ms) else None
+        oldest = pc.min(stamps_ms).as_py() if len(stamps_ms) else None
+        lag = None if oldest is None else committed - oldest / 1000
         return cls(
             batch_id=batch_id,
             events=events,
@@ -92,15 +96,18 @@ class BatchReport:
         )
 
 
-def compact_days(lake: Lake, table: str, column: str, days: Iterable[dt.date]) -> set[dt.date]:
+def compact_days(
+    compact: Callable[[str, str, dt.date], None], table: str, column: str, days: Iterable[dt.date]
+) -> set[dt.date]:
     """Compact the small files of each day partition; returns the days to retry next time.
 
+    ``compact(table, column, day)`` does one partition (with the engine that owns the table).
     Compaction is an optimisation: a failure is reported and kept for later, never raised.
     """
     failed = set()
     for day in sorted(days):
         try:
-            lake.compact(table, [(column, "=", day.isoformat())])
+            compact(table, column, day)
         except Exception as exc:
             log.warning(
                 "compacting %s %s=%s failed (will retry later): %s", table, column, day, exc
@@ -116,18 +123,56 @@ def kafka_stream(
     bootstrap_servers: str | None = None,
     topic: str | None = None,
 ) -> DataFrame:
-    """A topic (default ``kafka.topic``) as a streaming DataFrame via the ``flixlake_kafka`` source."""
-    register_kafka_source(spark)
+    """A topic (default ``kafka.topic``) as a streaming DataFrame from Spark's Kafka source.
+
+    Columns ``key, value, topic, partition, offset, timestamp, timestampType``. No consumer group
+    commits anything: the offsets of each batch are in the query's checkpoint.
+    """
     conf = settings.streaming
-    return (
-        spark.readStream.format(SOURCE_NAME)
-        .option("bootstrapServers", bootstrap_servers or settings.kafka.bootstrap_servers)
-        .option("topic", topic or settings.kafka.topic)
-        .option("maxEventsPerTrigger", conf.max_events_per_trigger)
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap_servers or settings.kafka.bootstrap_servers)
+        .option("subscribe", topic or settings.kafka.topic)
         .option("startingOffsets", conf.starting_offsets)
-        .option("readTimeoutSeconds", conf.read_timeout_seconds)
-        .load()
+        .option("failOnDataLoss", "true" if conf.fail_on_data_loss else "false")
+        .option("maxOffsetsPerTrigger", str(conf.max_events_per_trigger))
     )
+    for key, value in conf.kafka_options.items():
+        reader = reader.option(key, value)
+    return reader.load()
+
+
+_LOST = re.compile(r"Some data may have been lost")
+_REASON = re.compile(r"Reason: (.+?)(?:\n|$)", re.MULTILINE)
+_OFFSETS = re.compile(r"Current (Committed|Available) Offsets: (.+)")
+
+
+def data_loss_message(error: BaseException | str, topic: str | None = None) -> str | None:
+    """A clear account of Kafka's ``failOnDataLoss`` failure, or None for any other error.
+
+    Spark's message says offsets the checkpoint expects are gone (topic deleted and recreated,
+    or retention removed them before they were read); this names the range and what to do.
+    """
+    text = str(error)
+    if not _LOST.search(text):
+        return None
+    reason = _REASON.search(text)
+    offsets = {kind.lower(): value.strip() for kind, value in _OFFSETS.findall(text)}
+    lines = [
+        f"data loss on Kafka topic {topic or '?'}: records the query had not read yet are no "
+        "longer in Kafka, so the query stopped instead of skipping them (failOnDataLoss).",
+        f"  lost range: {reason.group(1).strip() if reason else 'see the Spark error below'}",
+    ]
+    if offsets:
+        lines.append(f"  checkpointed offsets: {offsets.get('committed', '?')}")
+        lines.append(f"  offsets Kafka has now: {offsets.get('available', '?')}")
+    lines.append(
+        "  cause: the topic was deleted and recreated, or retention removed records before the "
+        "speed layer read them. Restore the topic's data and restart, or give the query a new "
+        "streaming.query_name to start over from streaming.starting_offsets (the lost records "
+        "stay lost); setting streaming.fail_on_data_loss: false skips such ranges silently."
+    )
+    return "\n".join(lines)
 
 
 def checkpoint_dir(settings: Settings, query_name: str | None = None) -> Path:
@@ -159,6 +204,7 @@ class BatchProcessor(Protocol):
 
     lake: Lake
     query_name: str
+    topic: str
     tables: tuple[str, ...]  # tables it appends to with app transactions
 
     @property
@@ -166,7 +212,7 @@ class BatchProcessor(Protocol):
 
     def start(self) -> None: ...
 
-    def process(self, records: pa.Table, batch_id: int) -> BatchReport: ...
+    def process(self, records: DataFrame, batch_id: int) -> BatchReport: ...
 
 
 class SpeedLayerRun:
@@ -239,7 +285,7 @@ def start_query(
             if holder and holder[0].stopping:
                 # do not let Spark mark this batch done: it is replayed on the next start
                 raise SpeedLayerError(f"{processor.query_name} stopping; batch left for next run")
-            report = processor.process(batch_df.toArrow(), batch_id)
+            report = processor.process(batch_df, batch_id)
         if holder:
             holder[0].reports.append(report)
         if not quiet and report.events:

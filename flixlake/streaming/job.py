@@ -14,6 +14,7 @@ from flixlake.streaming.harness import (
     BatchReport,
     SpeedLayerError,
     SpeedLayerRun,
+    data_loss_message,
     start_query,
     summarize,
 )
@@ -80,7 +81,8 @@ def run_speed_layer(
     for name, run in runs.items():
         error = run.failure()
         if error is not None:
-            raise SpeedLayerError(f"speed layer {name} query failed: {error}") from error
+            lost = data_loss_message(error, run.processor.topic)
+            raise SpeedLayerError(lost or f"speed layer {name} query failed: {error}") from error
     if stop_errors:
         raise SpeedLayerError("; ".join(stop_errors))
     summary = summarize(runs["events"].reports)

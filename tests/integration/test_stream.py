@@ -1,4 +1,4 @@
-"""The speed layer with the real parts: tansu broker, Spark Structured Streaming, Delta tables.
+"""The speed layer with the real parts: Apache Kafka, Spark Structured Streaming, Delta tables.
 
 Expected values come from how the lines were produced: line ``i`` goes to partition ``i % 3``
 at offset ``i // 3`` of a fresh topic, and the structured events behind the valid lines give the
@@ -22,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
 from flixlake.config import Settings, load_settings
 from flixlake.contract.kafka import BrokerError, create_topic, free_port, produce_lines
@@ -30,12 +29,6 @@ from flixlake.lake.store import Lake
 from flixlake.ops.broker import BrokerProcess, running_broker
 from flixlake.streaming.harness import SpeedLayerRun
 from flixlake.streaming.job import start_speed_layer
-from flixlake.streaming.kafka_source import (
-    KafkaRange,
-    KafkaSourceOptions,
-    KafkaStreamReader,
-    read_range,
-)
 from flixlake.testing import record_published_model
 
 from .conftest import TcpProxy
@@ -136,7 +129,6 @@ def stream_settings(home: Path, bootstrap: str, topic: str, **streaming: Any) ->
             "streaming": {
                 "trigger_seconds": 0.2,
                 "max_events_per_trigger": 300,
-                "read_timeout_seconds": 60,
                 **streaming,
             },
         },
@@ -206,30 +198,6 @@ def publish_model(lake: Lake, version: str, run_date: dt.date, users: set[int]) 
         for u in sorted(users)
     ]
     lake.append("batch_recommendations", pa.Table.from_pylist(recos))
-
-
-# -- the source alone against tansu ----------------------------------------------------------------
-def test_source_plans_by_fetching_and_reads_exactly_the_range(
-    broker: BrokerProcess, topic: str
-) -> None:
-    lines = [f"line-{i}" for i in range(3000)]
-    produce_lines(broker.bootstrap, topic, lines, partitions=PARTITIONS)
-    options = KafkaSourceOptions.parse({"bootstrapServers": broker.bootstrap, "topic": topic})
-    reader = KafkaStreamReader(options)
-    try:
-        assert reader.latestOffset({}, ReadAllAvailable()) == {"0": 1000, "1": 1000, "2": 1000}
-        limited = reader.latestOffset({"0": 10}, ReadMaxRows(900))
-        assert limited == {"0": 310, "1": 300, "2": 300}
-    finally:
-        reader.stop()
-    rows = [
-        row
-        for batch in read_range(options, KafkaRange(topic, 1, 250, 700))
-        for row in batch.to_pylist()
-    ]
-    assert [r["offset"] for r in rows] == list(range(250, 700))
-    assert [r["value"] for r in rows] == [lines[3 * o + 1].encode() for o in range(250, 700)]
-    assert {r["partition"] for r in rows} == {1} and {r["topic"] for r in rows} == {topic}
 
 
 # -- the whole speed layer -------------------------------------------------------------------------
@@ -410,7 +378,7 @@ def test_a_stream_started_before_the_broker_waits_and_then_reads_everything(
         time.sleep(4.0)  # several triggers with nobody listening
         assert run.query.isActive and run.query.exception() is None
         assert bronze_count(lake) == 0
-        with running_broker(port, "movielog", PARTITIONS, log_path=tmp_path / "tansu.log") as b:
+        with running_broker(port, "movielog", PARTITIONS, log_dir=tmp_path / "kafka") as b:
             produce_lines(b.bootstrap, "movielog", produced.lines, partitions=PARTITIONS)
             n = len(produced.lines)
             wait_for(lambda: bronze_count(lake) >= n, 120, f"{n} lines", run)
@@ -473,7 +441,7 @@ def test_serve_broker_runs_until_stopped_and_creates_the_topic(tmp_path: Path) -
             "topic": "movielog",
             "partitions": 2,
             "stop": stop_event,
-            "log_path": tmp_path / "tansu.log",
+            "log_dir": tmp_path / "kafka",
         },
         daemon=True,
     )
