@@ -109,7 +109,6 @@ class SpeedLayer:
         self.batches_since_maintenance = 0
         self.days_since_maintenance: set[dt.date] = set()
         self.started = False
-        self.first_batch = True
 
     @property
     def app_id(self) -> str:
@@ -181,16 +180,17 @@ class SpeedLayer:
                 F.collect_set("event_date").alias("days"),
             ).first()
             lines, rejected = int(totals["lines"]), int(totals["rejected"])
-            # A replay can only be the first batch of a run (Spark re-runs the one it had not
-            # marked done); later ones are new. Only for the report: Delta skips the commits.
-            replay = self.first_batch and self.lake.applied(BRONZE, self.app_id, batch_id)
-            self.first_batch = False
+            # only for the report: Delta itself skips the commits of a replayed batch
+            replay = self.lake.applied(BRONZE, self.app_id, batch_id)
             # quarantine first: if we die in between, the replay still writes bronze exactly once.
             # (No rejects, no commit: the replay parses the same lines and finds none either.)
+            # one file per day and batch (maintenance compacts them later)
             if rejected:
-                append_once(quarantine_rows(parsed), self.lake, QUARANTINE, self.app_id, batch_id)
+                rows = quarantine_rows(parsed).coalesce(1)
+                append_once(rows, self.lake, QUARANTINE, self.app_id, batch_id)
             if lines:
-                append_once(parsed.drop(KAFKA_MS), self.lake, BRONZE, self.app_id, batch_id)
+                rows = parsed.drop(KAFKA_MS).repartition("event_date")
+                append_once(rows, self.lake, BRONZE, self.app_id, batch_id)
             events = (
                 parsed.where(F.col("parse_status") == "ok")
                 .select(*EVENT_COLUMNS, KAFKA_MS)

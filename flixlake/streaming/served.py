@@ -111,7 +111,6 @@ class ServedLanding:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.batches_since_maintenance = 0
         self.days: set[dt.date] = set()
-        self.first_batch = True
 
     tables: tuple[str, ...] = (
         SERVED,
@@ -144,8 +143,7 @@ class ServedLanding:
             ingest_batch=f"{self.app_id}:{batch_id}",
             ingested_at=self.clock(),
         )
-        replay = self.first_batch and self.lake.applied(SERVED, self.app_id, batch_id)
-        self.first_batch = False
+        replay = self.lake.applied(SERVED, self.app_id, batch_id)  # for the report
         # quarantine first, as in the events query: a replay finds the same rejects
         if landed.quarantine.num_rows:
             append_once(
