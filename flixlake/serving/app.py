@@ -289,7 +289,8 @@ class RecommendationService:
                 "enabled": True,
                 "bootstrap_servers": self.telemetry.bootstrap_servers,
                 "topics": [self.telemetry.log_topic, self.telemetry.served_topic],
-                "shipper_pid": self.telemetry.shipper_pid,
+                "buffered": self.telemetry.buffered(),
+                "last_error": self.telemetry.last_error,
             }
         else:
             health["telemetry"] = {"enabled": False}

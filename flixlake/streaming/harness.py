@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flixlake.config import Settings
+from flixlake.contract.kafka import BrokerError, create_topic
 from flixlake.lake.store import Lake
 
 if TYPE_CHECKING:
@@ -226,6 +227,7 @@ class SpeedLayerRun:
         self.reports: list[BatchReport] = []
         self._lock = lock
         self._stopping = threading.Event()
+        self._ended_on_its_own = False  # the query had terminated when a stop was requested
 
     @property
     def stopping(self) -> bool:
@@ -244,6 +246,8 @@ class SpeedLayerRun:
 
     def request_stop(self) -> None:
         """From now on no batch starts writing (it fails and is replayed on the next start)."""
+        if not self._stopping.is_set():
+            self._ended_on_its_own = not self.query.isActive
         self._stopping.set()
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
@@ -256,7 +260,7 @@ class SpeedLayerRun:
     def failure(self) -> BaseException | None:
         """The exception that ended the query, unless it was our own stop."""
         error = self.query.exception()
-        if error is None or (self.stopping and not self.query.isActive):
+        if error is None or (self.stopping and not self._ended_on_its_own):
             return None
         return error
 
@@ -276,6 +280,11 @@ def start_query(
     """
     checkpoint = checkpoint_dir(settings, processor.query_name)
     check_checkpoint(processor.lake, checkpoint, processor.app_id, processor.tables)
+    bootstrap = bootstrap_servers or settings.kafka.bootstrap_servers
+    try:  # Spark's source fails on a topic that does not exist; the broker may not be up yet
+        create_topic(bootstrap, topic, settings.kafka.partitions, timeout=10)
+    except BrokerError as exc:
+        log.warning("could not make sure topic %s exists at %s: %s", topic, bootstrap, exc)
     processor.start()
     lock = threading.Lock()
     holder: list[SpeedLayerRun] = []

@@ -26,7 +26,7 @@ import pytest
 from flixlake.config import Settings, load_settings
 from flixlake.contract.kafka import BrokerError, create_topic, free_port, produce_lines
 from flixlake.lake.store import Lake
-from flixlake.ops.broker import BrokerProcess, running_broker
+from flixlake.ops.broker import BrokerProcess, running_broker, start_broker, stop_broker
 from flixlake.streaming.harness import SpeedLayerRun
 from flixlake.streaming.job import start_speed_layer
 from flixlake.testing import record_published_model
@@ -319,51 +319,131 @@ def test_hard_stop_mid_stream_and_restart_loses_and_doubles_nothing(
     assert_bronze_is(lake, expected_positions(first, later))
 
 
-def test_a_killed_streaming_job_restarts_from_its_checkpoint(
-    spark: Any, broker: BrokerProcess, topic: str, tmp_path: Path
-) -> None:
-    produced = make_lines(n_valid=1500, seed=7, bad_each=1, copies=0)
-    produce_lines(broker.bootstrap, topic, produced.lines, partitions=PARTITIONS)
-    home = tmp_path / "home"
+def start_job(home: Path, bootstrap: str, topic: str, log: Path) -> subprocess.Popen[bytes]:
+    """The speed layer as its own process, the way a user starts it (its own Spark)."""
     command = [
         sys.executable,
         str(REPO / "streaming" / "speed_layer.py"),
         "--env=test",
         f"--home={home}",
-        f"--bootstrap-servers={broker.bootstrap}",
+        f"--bootstrap-servers={bootstrap}",
         f"--topic={topic}",
         "--max-events-per-trigger=150",
         "--trigger-seconds=0.2",
     ]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    lake = Lake(load_settings("test", home=home).lake_root)
-    with (tmp_path / "job.log").open("wb") as log:
-        job = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    try:
-        wait_for(
-            lambda: bronze_count(lake) >= 150 or job.poll() is not None, 150, "the job's batches"
-        )
-        assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # the job and the JVM and workers it started
-        job.wait(timeout=30)
-    assert 150 <= bronze_count(lake) < len(produced.lines)  # killed mid-stream
 
-    # same checkpoint and lake; bigger micro-batches now (the replayed one keeps its offsets)
-    settings = stream_settings(home, broker.bootstrap, topic, max_events_per_trigger=1000)
-    run = start_speed_layer(spark, settings, lake, quiet=True)
+
+def kill_job(job: subprocess.Popen[bytes]) -> None:
+    os.killpg(job.pid, signal.SIGKILL)  # the job and the JVM and Python workers it started
+    job.wait(timeout=30)
+
+
+def test_broker_and_job_killed_mid_stream_lose_and_double_nothing(tmp_path: Path) -> None:
+    """kill -9 of the broker (restarted on its log) and twice of the streaming job: bronze
+    holds every produced line exactly once at its position, quarantine exactly the rejects."""
+    produced = make_lines(n_valid=2100, seed=7, bad_each=2, copies=0)
+    chunks = [produced.lines[:900], produced.lines[900:1500], produced.lines[1500:]]
+    port, kafka_dir, home = free_port(), tmp_path / "kafka", tmp_path / "home"
+    lake = Lake(load_settings("test", home=home).lake_root)
+    log = tmp_path / "job.log"
+    broker = start_broker(port, log_dir=kafka_dir)
+    job: subprocess.Popen[bytes] | None = None
     try:
+        create_topic(broker.bootstrap, "movielog", PARTITIONS)
+        produce_lines(broker.bootstrap, "movielog", chunks[0], partitions=PARTITIONS)
+        job = start_job(home, broker.bootstrap, "movielog", log)
+        wait_for(lambda: bronze_count(lake) >= 300 or job.poll() is not None, 240, "batches")
+        assert job.poll() is None, log.read_text()[-3000:]
+
+        os.kill(broker.pid, signal.SIGKILL)  # the broker dies under the running query
+        broker.process.wait(timeout=30)
+        broker = start_broker(port, log_dir=kafka_dir)  # same log: every record is still there
+        produce_lines(broker.bootstrap, "movielog", chunks[1], partitions=PARTITIONS)
+        done = bronze_count(lake)
+        wait_for(lambda: bronze_count(lake) > done or job.poll() is not None, 240, "more batches")
+        assert job.poll() is None, log.read_text()[-3000:]
+
+        kill_job(job)  # first kill -9 of the job, mid-stream
+        assert bronze_count(lake) < len(chunks[0]) + len(chunks[1])
+        job = start_job(home, broker.bootstrap, "movielog", log)
+        done = bronze_count(lake)
+        wait_for(lambda: bronze_count(lake) > done or job.poll() is not None, 240, "a restart")
+        kill_job(job)  # second kill -9
+        produce_lines(broker.bootstrap, "movielog", chunks[2], partitions=PARTITIONS)
+
+        job = start_job(home, broker.bootstrap, "movielog", log)
         n = len(produced.lines)
-        wait_for(lambda: bronze_count(lake) >= n, 120, f"{n} lines after the kill", run)
-        time.sleep(1.0)
+        wait_for(lambda: bronze_count(lake) >= n or job.poll() is not None, 300, f"{n} lines")
+        time.sleep(2.0)  # a few more triggers: nothing else may arrive
+        assert job.poll() is None, log.read_text()[-3000:]
     finally:
-        stop(run)
-    assert_bronze_is(lake, expected_positions(produced.lines))
+        if job is not None and job.poll() is None:
+            kill_job(job)
+        stop_broker(broker)
+    assert_bronze_is(lake, expected_positions(*chunks))
     quarantine = lake.read("quarantine_events")
     assert quarantine.num_rows == len(produced.bad)
     assert sorted(quarantine["reason"].to_pylist()) == sorted(produced.bad.values())
+
+
+def recreate_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Delete ``topic`` and create it again at once (its offsets restart at 0)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1)])
+                return
+            except TopicAlreadyExistsError:  # still being deleted
+                assert time.monotonic() < deadline, "the topic was never deleted"
+                time.sleep(0.05)
+    finally:
+        admin.close()
+
+
+def test_a_topic_recreated_under_a_running_query_stops_it_naming_the_lost_range(
+    spark: Any, broker: BrokerProcess, topic: str, tmp_path: Path
+) -> None:
+    import threading
+
+    from flixlake.streaming.harness import SpeedLayerError
+    from flixlake.streaming.job import run_speed_layer
+
+    lines = [f"{stamp(DAY)},{i + 1},GET /data/m/m{i}/1.mpg" for i in range(300)]
+    produce_lines(broker.bootstrap, topic, lines, partitions=PARTITIONS)
+    settings = stream_settings(tmp_path, broker.bootstrap, topic, land_served=False)
+    lake = Lake(settings.lake_root)
+    failures: list[BaseException] = []
+
+    def recreate_when_read() -> None:
+        try:
+            wait_for(lambda: bronze_count(lake) >= len(lines), 240, "the first lines")
+            recreate_topic(broker.bootstrap, topic, PARTITIONS)
+            produce_lines(broker.bootstrap, topic, lines[:30], partitions=PARTITIONS)
+        except BaseException as exc:
+            failures.append(exc)
+
+    helper = threading.Thread(target=recreate_when_read, daemon=True)
+    helper.start()
+    with pytest.raises(SpeedLayerError) as stopped:
+        run_speed_layer(spark, settings, lake, timeout=400)
+    helper.join(timeout=60)
+    assert not failures, failures
+    message = str(stopped.value)
+    assert f"data loss on Kafka topic {topic}" in message
+    assert "offset was changed from 100 to 10" in message  # the lost range, per partition
+    assert bronze_count(lake) == len(lines)  # nothing of the new topic was taken silently
 
 
 def test_a_stream_started_before_the_broker_waits_and_then_reads_everything(
@@ -465,7 +545,7 @@ def test_a_query_that_cannot_start_stops_the_one_already_running(
 ) -> None:
     """The served query refuses a fresh checkpoint for batches the lake already holds; the
     events query, started first, must not be left running."""
-    from flixlake.serving.telemetry import messages
+    from flixlake.serving.telemetry import encode_answer
     from flixlake.streaming.harness import SpeedLayerError
     from flixlake.streaming.job import run_speed_layer
     from flixlake.streaming.served import land_records, served_query_name
@@ -474,7 +554,7 @@ def test_a_query_that_cannot_start_stops_the_one_already_running(
         tmp_path / "home", f"127.0.0.1:{free_port()}", "movielog-none", query_name="stuck"
     )
     lake = Lake(settings.lake_root)
-    record = messages(b"1800000000.0\t1\t200\t1.0\tr-1\tcontrol\tm1\ta,b", "s", "default")[2]
+    record = encode_answer(1800000000.0, 1, 200, 1.0, "r-1", "control", "m1", b"a,b", "s", "default")[2]
     landed = land_records([record], "served", [0], [0], "b", dt.datetime.now(UTC))
     lake.append("served_recommendations", landed.served, f"served:{served_query_name(settings)}", 0)
 

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
-from flixlake.serving.telemetry import messages
+from flixlake.serving.telemetry import encode_answer
 from flixlake.streaming.served import ServedLanding, land_records
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -19,8 +19,9 @@ WHEN = dt.datetime(2026, 11, 23, 11, 59, 58, 250_000, tzinfo=dt.UTC).timestamp()
 
 def shipped(request_id: str, user: int = 7, body: bytes = b"m1,m2,m3") -> bytes:
     """A served record exactly as the service's telemetry shipper encodes it."""
-    line = f"{WHEN}\t{user}\t200\t1.234\t{request_id}\tcanary\tals-1\t".encode() + body
-    return messages(line, "reco-1:8082", "exp-a")[2]
+    return encode_answer(
+        WHEN, user, 200, 1.234, request_id, "canary", "als-1", body, "reco-1:8082", "exp-a"
+    )[2]
 
 
 def land(values: list[bytes | None]) -> tuple[pa.Table, pa.Table]:
