@@ -168,9 +168,7 @@ def write_table(
     return int(after[1].get("numOutputRows", "0"))
 
 
-def append_once(
-    df: DataFrame, lake: Lake, name: str, app_id: str, txn_version: int
-) -> None:
+def append_once(df: DataFrame, lake: Lake, name: str, app_id: str, txn_version: int) -> None:
     """Append with the app transaction ``(app_id, txn_version)``: a replay commits nothing.
 
     The streaming hot path: no bookkeeping reads around the write (see :func:`write_table`).

@@ -237,9 +237,7 @@ def start_broker(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    broker = BrokerProcess(
-        process, host, port, advertised_port, controller_port, log_dir, log_path
-    )
+    broker = BrokerProcess(process, host, port, advertised_port, controller_port, log_dir, log_path)
     try:
         wait_until_ready(f"{host}:{port}", timeout=ready_timeout, broker=broker)
     except BaseException:

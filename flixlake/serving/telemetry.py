@@ -39,6 +39,9 @@ from flixlake.serving.monitoring import ServingMetrics
 
 log = logging.getLogger(__name__)
 
+# when, user_id, status, latency_ms, request_id, variant, model_version, body
+Answer = tuple[float, int, int, float, str, str, str, bytes]
+
 _ENCODE_BATCH = 2_000  # answers handed to librdkafka per round before serving its callbacks
 
 
@@ -116,8 +119,10 @@ class TelemetryShipper:
         self.metrics = metrics
         self.capacity = capacity
         self.flush_interval = flush_interval
-        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._held: list[tuple[str, bytes, bytes]] = []  # encoded messages librdkafka had no room for
+        self._queue: collections.deque[Answer] = collections.deque()
+        self._held: list[
+            tuple[str, bytes, bytes]
+        ] = []  # encoded messages librdkafka had no room for
         self._stop = threading.Event()
         self._stop_timeout = 5.0
         self._thread: threading.Thread | None = None

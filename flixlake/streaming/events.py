@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import functions as F
 
 from flixlake.config import StreamingConfig
@@ -179,6 +178,7 @@ class SpeedLayer:
                 F.count_if(F.col("parse_status") == "rejected").alias("rejected"),
                 F.collect_set("event_date").alias("days"),
             ).first()
+            assert totals is not None  # a global aggregate has one row
             lines, rejected = int(totals["lines"]), int(totals["rejected"])
             # only for the report: Delta itself skips the commits of a replayed batch
             replay = self.lake.applied(BRONZE, self.app_id, batch_id)

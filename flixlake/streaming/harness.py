@@ -98,7 +98,10 @@ class BatchReport:
 
 
 def compact_days(
-    compact: Callable[[str, str, dt.date], None], table: str, column: str, days: Iterable[dt.date]
+    compact: Callable[[str, str, dt.date], object],
+    table: str,
+    column: str,
+    days: Iterable[dt.date],
 ) -> set[dt.date]:
     """Compact the small files of each day partition; returns the days to retry next time.
 

@@ -147,7 +147,11 @@ class ServedLanding:
         # quarantine first, as in the events query: a replay finds the same rejects
         if landed.quarantine.num_rows:
             append_once(
-                spark.createDataFrame(landed.quarantine), self.lake, QUARANTINE, self.app_id, batch_id
+                spark.createDataFrame(landed.quarantine),
+                self.lake,
+                QUARANTINE,
+                self.app_id,
+                batch_id,
             )
         if kafka.num_rows:
             served = spark.createDataFrame(landed.served) if landed.served.num_rows else None

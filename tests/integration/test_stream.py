@@ -554,7 +554,9 @@ def test_a_query_that_cannot_start_stops_the_one_already_running(
         tmp_path / "home", f"127.0.0.1:{free_port()}", "movielog-none", query_name="stuck"
     )
     lake = Lake(settings.lake_root)
-    record = encode_answer(1800000000.0, 1, 200, 1.0, "r-1", "control", "m1", b"a,b", "s", "default")[2]
+    record = encode_answer(
+        1800000000.0, 1, 200, 1.0, "r-1", "control", "m1", b"a,b", "s", "default"
+    )[2]
     landed = land_records([record], "served", [0], [0], "b", dt.datetime.now(UTC))
     lake.append("served_recommendations", landed.served, f"served:{served_query_name(settings)}", 0)
 

@@ -169,6 +169,11 @@ def test_executor_write_commits_and_replaces_one_partition(spark: SparkSession, 
     )
     assert "watch_sessions" in register_views(spark, lake)
     assert spark.sql("SELECT count(*) AS n FROM watch_sessions").first()["n"] == 2
+    # by name, with time travel: version 1 was delta-rs's append, before the replacement
+    first = spark.sql("SELECT user_id FROM watch_sessions VERSION AS OF 1 ORDER BY user_id")
+    assert [r.user_id for r in first.collect()] == [1, 2]
+    history = spark.sql("DESCRIBE HISTORY watch_sessions").orderBy("version").collect()
+    assert [h.operation for h in history][-1] == "WRITE"  # delta-spark's replaceWhere
 
 
 def test_empty_table_reads_as_empty_dataframe(spark: SparkSession, lake: Lake) -> None:

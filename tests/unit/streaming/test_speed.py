@@ -166,14 +166,18 @@ def view_rows(lake: Lake, name: str) -> list[dict]:
     return sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
 
 
-def test_a_replayed_batch_changes_nothing(spark: SparkSession, lake: Lake, settings: Settings) -> None:
+def test_a_replayed_batch_changes_nothing(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
     speed = layer(lake, settings)
     first = speed.process(records(spark, GOOD + BAD), batch_id=0)
     assert (first.events, first.rejected, first.written) == (7, 3, True)
     snapshot = {n: view_rows(lake, n) for n in ("speed_user_activity", "speed_trending")}
     versions = lake.versions(["bronze_events", "quarantine_events"])
 
-    replay = layer(lake, settings).process(records(spark, GOOD + BAD), batch_id=0)  # after a restart
+    replay = layer(lake, settings).process(
+        records(spark, GOOD + BAD), batch_id=0
+    )  # after a restart
 
     assert replay.written is False
     assert lake.versions(["bronze_events", "quarantine_events"]) == versions
@@ -187,7 +191,9 @@ def test_views_accumulate_across_batches_and_survive_a_restart(
 ) -> None:
     layer(lake, settings).process(records(spark, GOOD), batch_id=0)
     later = ["2026-11-22T09:30:00,1,GET /rate/c=5", "2026-11-22T09:40:00,4,GET /data/m/a/3.mpg"]
-    layer(lake, settings).process(records(spark, later, first_offset=4), batch_id=1)  # a new process
+    layer(lake, settings).process(
+        records(spark, later, first_offset=4), batch_id=1
+    )  # a new process
 
     activity = by_user(lake.read("speed_user_activity"))
     assert activity[1] == {
@@ -249,7 +255,9 @@ def test_maintenance_compacts_the_streams_small_bronze_files(
     speed = SpeedLayer(lake, config, "movielog", "q", clock=lambda: NOW)
     lines = [f"2026-11-22T08:00:{i:02d},{i + 1},GET /data/m/a/{i}.mpg" for i in range(6)]
     for batch in range(3):
-        speed.process(records(spark, lines[2 * batch : 2 * batch + 2], first_offset=2 * batch), batch)
+        speed.process(
+            records(spark, lines[2 * batch : 2 * batch + 2], first_offset=2 * batch), batch
+        )
         if batch < 2:
             assert len(lake.file_uris("bronze_events")) == batch + 1  # one file per batch
 
