@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         f"partitions, spark {settings.spark.master}"
     )
     try:
-        with running_broker(port, log_path=home / "tansu.log"):
+        with running_broker(port, log_dir=home / "kafka"):
             loop = baseline_loop(
                 bootstrap,
                 "bench-loop",

@@ -11,8 +11,9 @@
 then one status line every few seconds until Ctrl-C (or ``run_seconds``), which stops them all,
 the last started first (:mod:`flixlake.ops.supervise`). Each child logs to
 ``$FLIXLAKE_HOME/demo/logs/<name>.log``; all get the same ``FLIXLAKE_HOME``, ``FLIXLAKE_ENV`` and
-bootstrap servers. The broker keeps its topics in memory, so each demo gives the speed layer a
-query name (and checkpoint) of its own: offsets of an earlier broker mean nothing to this one.
+bootstrap servers. The broker (Apache Kafka) keeps its log under ``$FLIXLAKE_HOME/kafka`` and the
+speed layer its checkpoint under ``$FLIXLAKE_HOME/checkpoints``, so a second demo resumes where the
+first stopped: nothing is read twice or skipped.
 
 Airflow runs with ``[scheduler] use_job_schedule = False``: only the run the demo triggers
 executes (unpausing would otherwise also start the schedule's latest run, for today).
@@ -222,9 +223,8 @@ class LiveDemo:
         self.env = _child_env(settings, self.bin_dir)
         self.bootstrap = settings.kafka.bootstrap_servers  # the same for every child
         self.topics = [settings.kafka.topic, settings.serving.telemetry.served_topic]
-        # the broker forgets its topics when it stops: offsets of an earlier broker mean nothing
-        stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
-        self.query = f"{settings.streaming.query_name}_{stamp}"
+        # the broker's log and the query's checkpoint both live under the home: a rerun resumes
+        self.query = settings.streaming.query_name
         self.airflow_home = settings.home / "airflow"
         self.password_file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
         self.airflow_url = f"http://localhost:{options.airflow_port}"

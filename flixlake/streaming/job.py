@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pyspark.errors import StreamingQueryException
+
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
 from flixlake.streaming.events import SpeedLayer
@@ -66,7 +68,10 @@ def run_speed_layer(
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            runs["events"].query.awaitTermination(1)
+            try:
+                runs["events"].query.awaitTermination(1)
+            except StreamingQueryException:
+                break  # reported below, with the other query stopped first
     except KeyboardInterrupt:
         pass
     finally:  # also when the second query failed to start: never leave the first running
