@@ -7,15 +7,15 @@ recommendation request <server>, status <code>, result: <ids>, <n> ms``, rendere
 experiment) on the served-recommendations topic.
 
 The producer is librdkafka (``confluent-kafka``): an idempotent producer (``acks=all``, retries
-without duplicates or reordering) whose own background threads batch, compress and send. The
-request path only appends a tuple to a bounded buffer; one thread of the service encodes the
-buffered answers and hands them to librdkafka, and counts the delivery reports.
+without duplicates or reordering) whose own background threads batch and send. The request path
+encodes the two messages (:class:`AnswerEncoder`, a few microseconds) and hands them to
+librdkafka's queue, which never blocks; one thread of the service serves librdkafka's error
+reports and keeps the counters.
 
 Bounds while Kafka is slow or down (nothing blocks a request): at most
-``serving.telemetry.buffer_records`` answers wait, in the service's buffer and librdkafka's queue
-together (``queue.buffering.max.messages`` = 2 per answer; the gauge
-``flixlake_serving_telemetry_buffered``). librdkafka retries each message for
-``message.timeout.ms`` (5 min); one it gives up on is counted
+``serving.telemetry.buffer_records`` answers wait, in librdkafka's queue
+(``queue.buffering.max.messages`` = 2 per answer; the gauge ``flixlake_serving_telemetry_buffered``).
+librdkafka retries each message for ``message.timeout.ms`` (5 min); one it gives up on is counted
 ``flixlake_serving_telemetry_records_total{outcome="failed"}``. Past the bound, an answer's
 telemetry is dropped and counted ``flixlake_serving_telemetry_dropped_total{reason="buffer_full"}``;
 at shutdown, what is still unsent after ``stop(timeout)`` is counted ``{reason="shutdown"}``.
@@ -24,7 +24,6 @@ Delivered messages are counted ``{outcome="sent"}``.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import logging
@@ -40,11 +39,6 @@ from flixlake.contract.logformat import format_reco
 from flixlake.serving.monitoring import ServingMetrics
 
 log = logging.getLogger(__name__)
-
-# when, user_id, status, latency_ms, request_id, variant, model_version, body
-Answer = tuple[float, int, int, float, str, str, str, bytes]
-
-_ENCODE_BATCH = 500  # answers encoded per round (the GIL is shared with the request path)
 
 
 def _iso(when: float) -> str:
@@ -188,7 +182,7 @@ def producer_config(bootstrap_servers: str, capacity: int) -> dict[str, Any]:
 
 
 class TelemetryShipper:
-    """A bounded buffer on the request path, one encoding thread, librdkafka behind it."""
+    """librdkafka's bounded queue on the request path, one thread for its reports and counters."""
 
     def __init__(
         self,
@@ -199,7 +193,7 @@ class TelemetryShipper:
         metrics: ServingMetrics,
         experiment: str = "default",
         capacity: int = 100_000,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.5,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.log_topic = log_topic
@@ -209,15 +203,11 @@ class TelemetryShipper:
         self.metrics = metrics
         self.capacity = capacity
         self.flush_interval = flush_interval
-        self._queue: collections.deque[Answer] = collections.deque()
-        self._held: list[
-            tuple[str, bytes, bytes]
-        ] = []  # encoded messages librdkafka had no room for
+        self._encoder = AnswerEncoder(server, experiment)
+        self._max_messages = 2 * capacity
         self._stop = threading.Event()
-        self._stop_timeout = 5.0
         self._thread: threading.Thread | None = None
         self._producer: Producer | None = None
-        self._encoder = AnswerEncoder(server, experiment)
         self._handed = 0  # messages handed to librdkafka
         self._failed = 0
         self._reported = (0, 0)
@@ -236,115 +226,84 @@ class TelemetryShipper:
         model_version: str,
         body: bytes,
     ) -> None:
-        """Buffer one answer (constant time; drops and counts when the bound is reached)."""
-        if self.buffered() >= self.capacity:
+        """Hand one answer's two messages to librdkafka (never blocks; full: dropped, counted)."""
+        producer = self._producer
+        if producer is None or len(producer) + 2 > self._max_messages:
             self.metrics.dropped_full.inc()
             return
-        self._queue.append(
-            (when, user_id, status, latency_ms, request_id, variant, model_version, body)
-        )
+        try:
+            key, line, record = self._encoder.encode(
+                when, user_id, status, latency_ms, request_id, variant, model_version, body
+            )
+            producer.produce(self.log_topic, line, key)
+            producer.produce(self.served_topic, record, key)
+        except BufferError:  # the byte bound (256 MB) rather than the message bound
+            self.metrics.dropped_full.inc()
+            return
+        except (KafkaException, ValueError, UnicodeDecodeError) as exc:
+            self._failed += 2
+            self._last_error = str(exc)
+            return
+        self._handed += 2
 
     def buffered(self) -> int:
-        """Answers not yet handed to librdkafka, plus messages librdkafka has not delivered."""
+        """Answers librdkafka has not delivered yet (two messages each)."""
         producer = self._producer
-        in_kafka = len(producer) // 2 if producer is not None else 0
-        return len(self._queue) + (len(self._held) + 1) // 2 + in_kafka
+        return (len(producer) + 1) // 2 if producer is not None else 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self._producer = Producer(
             producer_config(self.bootstrap_servers, self.capacity),
             error_cb=self._error,
+            on_delivery=self._delivered,  # only failures (delivery.report.only.error)
             logger=log,  # librdkafka's errors (e.g. broker down) into the service's log
         )
         self._thread = threading.Thread(target=self._run, name="flixlake-telemetry", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ship what is buffered (for up to ``timeout`` seconds), then close the producer."""
-        self._stop_timeout = timeout
+        """Deliver what is queued (for up to ``timeout`` seconds), then stop."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(2 * timeout + 5)
+            self._thread.join(self.flush_interval + 5)
             self._thread = None
-
-    @property
-    def shipper_pid(self) -> int | None:
-        """No child process any more: librdkafka's threads run inside the service."""
-        return None
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        unsent = producer.flush(timeout)
+        self._report(producer)
+        if unsent:
+            self.metrics.telemetry_dropped.labels("shutdown").inc((unsent + 1) // 2)
+            log.warning("telemetry: %d messages not delivered at shutdown (Kafka down?)", unsent)
 
     @property
     def last_error(self) -> str:
         """The last error librdkafka reported (e.g. all brokers down), for /health."""
         return self._last_error
 
-    # -- the shipping thread --------------------------------------------------------------------
+    # -- librdkafka's reports -------------------------------------------------------------------
     def _error(self, error: KafkaError) -> None:
         self._last_error = str(error)
         if error.fatal():
             log.error("telemetry producer: fatal error %s", error)
 
     def _delivered(self, error: KafkaError | None, _message: Any) -> None:
-        if error is not None:  # only failures are reported (delivery.report.only.error)
+        if error is not None:
             self._failed += 1
             self._last_error = str(error)
 
     def _run(self) -> None:
-        producer = self._producer
-        assert producer is not None
-        deadline: float | None = None
-        while True:
-            if self._stop.is_set() and deadline is None:
-                deadline = time.monotonic() + self._stop_timeout
-            handed = self._hand_over(producer)
-            producer.poll(0)  # delivery reports -> counters
-            self._report()
-            idle = not self._queue and not self._held
-            if deadline is not None and (idle or time.monotonic() > deadline):
+        while not self._stop.is_set():
+            producer = self._producer
+            if producer is None:
                 break
-            if not handed:
-                self._stop.wait(self.flush_interval) if deadline is None else time.sleep(0.01)
-        remaining = deadline - time.monotonic() if deadline is not None else 0.0
-        unsent = producer.flush(max(0.0, remaining))
-        self._report()
-        lost = len(self._queue) + (len(self._held) + unsent + 1) // 2
-        if lost:
-            self.metrics.telemetry_dropped.labels("shutdown").inc(lost)
-            log.warning("telemetry: %d answers not shipped at shutdown (Kafka down?)", lost)
+            producer.poll(self.flush_interval)  # waits without the GIL; serves the reports
+            self._report(producer)
 
-    def _hand_over(self, producer: Producer) -> int:
-        """Encode buffered answers into librdkafka until it is full; returns how many."""
-        handed = 0
-        queue, held = self._queue, self._held
-        while handed < _ENCODE_BATCH and (held or queue):
-            if not held:
-                fields = queue.popleft()
-                try:
-                    key, line, record = self._encoder.encode(*fields)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    log.error("telemetry: cannot encode an answer: %s", exc)
-                    self._failed += 2
-                    continue
-                held += [(self.log_topic, line, key), (self.served_topic, record, key)]
-            while held:
-                topic, value, key = held[0]
-                try:
-                    producer.produce(topic, value, key, on_delivery=self._delivered)
-                except BufferError:  # librdkafka is full (Kafka slow or down): next round
-                    return handed
-                except KafkaException as exc:  # e.g. a fatal producer error: count, go on
-                    self._failed += 1
-                    self._last_error = str(exc)
-                else:
-                    self._handed += 1
-                held.pop(0)
-            handed += 1
-        return handed
-
-    def _report(self) -> None:
-        in_queue = len(self._producer) if self._producer is not None else 0
+    def _report(self, producer: Producer) -> None:
         failed = self._failed
-        sent = max(self._reported[0], self._handed - in_queue - failed)
+        sent = max(self._reported[0], self._handed - len(producer) - failed)
         old_sent, old_failed = self._reported
         if sent > old_sent:
             self.metrics.telemetry_records.labels("sent").inc(sent - old_sent)
