@@ -91,17 +91,15 @@ def jvm_parse(records: DataFrame) -> DataFrame:
         user_text.alias("u"),
         request.alias("req"),
     ).withColumn("event_time", event_time)
-    user = F.expr("try_cast(u AS BIGINT)")
+    user = F.col("u").try_cast("bigint")
     results = F.transform(F.split(F.regexp_extract("req", reco, 3), ","), lambda x: F.trim(x))
     kind: Column = (
         F.when(F.col("req").rlike(watch), "watch")
         .when(F.col("req").rlike(rate), "rate")
         .when(F.col("req").rlike(reco), "reco")
     )
-    minute = F.expr(
-        "try_cast(regexp_extract(req, '" + watch.replace("\\", "\\\\") + "', 2) AS INT)"
-    )
-    rating = F.expr("try_cast(regexp_extract(req, '" + rate.replace("\\", "\\\\") + "', 2) AS INT)")
+    minute = F.regexp_extract("req", watch, 2).try_cast("int")
+    rating = F.regexp_extract("req", rate, 2).try_cast("int")
     reason = (
         F.when(~F.col("utf8"), "invalid_utf8")
         .when(F.trim("raw") == "", "empty")
