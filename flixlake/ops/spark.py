@@ -46,6 +46,8 @@ _DEFAULT_CONF = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
     # flixlake vacuums with its own retention (streaming.vacuum_retention_hours)
     "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+    # the per-commit checksum file recomputes the table's state (a job after every commit)
+    "spark.databricks.delta.writeChecksumFile.enabled": "false",
 }
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from pyspark.sql import functions as F
+import pyarrow.compute as pc
 
 from flixlake.config import StreamingConfig
 from flixlake.lake.spark_io import append_once, compact_table
@@ -173,13 +173,16 @@ class SpeedLayer:
         now = self.clock()
         parsed = parse_records(records, self.topic, f"{self.app_id}:{batch_id}", now).persist()
         try:
-            totals = parsed.agg(
-                F.count(F.lit(1)).alias("lines"),
-                F.count_if(F.col("parse_status") == "rejected").alias("rejected"),
-                F.collect_set("event_date").alias("days"),
-            ).first()
-            assert totals is not None  # a global aggregate has one row
-            lines, rejected = int(totals["lines"]), int(totals["rejected"])
+            # one job parses (and caches) the batch and brings back what the driver needs: the
+            # counts, the days, and the parsed events for the views (a few columns)
+            summary = parsed.select(
+                "parse_status", "event_date", *EVENT_COLUMNS, KAFKA_MS
+            ).toArrow()
+            status = summary["parse_status"]
+            lines = summary.num_rows
+            rejected = (
+                lines - pc.sum(pc.equal(status, "ok").cast(pa.int64())).as_py() if lines else 0
+            )
             # only for the report: Delta itself skips the commits of a replayed batch
             replay = self.lake.applied(BRONZE, self.app_id, batch_id)
             # quarantine first: if we die in between, the replay still writes bronze exactly once.
@@ -191,14 +194,10 @@ class SpeedLayer:
             if lines:
                 rows = parsed.drop(KAFKA_MS).repartition("event_date")
                 append_once(rows, self.lake, BRONZE, self.app_id, batch_id)
-            events = (
-                parsed.where(F.col("parse_status") == "ok")
-                .select(*EVENT_COLUMNS, KAFKA_MS)
-                .toArrow()
-            )
         finally:
             parsed.unpersist()
-        self.days_since_maintenance.update(totals["days"] or [])
+        events = summary.filter(pc.equal(summary["parse_status"], "ok"))
+        self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
         rebuilt = self.update_views(events.select(EVENT_COLUMNS).cast(event_schema()), batch_id)
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
