@@ -118,6 +118,26 @@ def partition_predicate(values: Mapping[str, Any]) -> str:
     return " AND ".join(f"`{k}` = {sql_literal(v)}" for k, v in values.items())
 
 
+def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
+    """Create the table empty with its registered schema (NOT NULL columns, partitioning).
+
+    A DataFrame writer creating it would make every column nullable; readers (the quality gate,
+    delta-rs) expect the registry's schema.
+    """
+    if table_exists(spark, lake, name):
+        return
+    spec = table_spec(name)
+    builder = (
+        DeltaTable.createIfNotExists(spark)
+        .location(table_location(lake, name))
+        .addColumns(spark_schema(spec))
+        .comment(spec.description)
+    )
+    if spec.partition_by:
+        builder = builder.partitionedBy(*spec.partition_by)
+    builder.execute()
+
+
 def _latest_commit(spark: SparkSession, location: str) -> tuple[int, dict[str, str]] | None:
     """The newest commit of a table: its version and operation metrics (None: no table)."""
     if not DeltaTable.isDeltaTable(spark, location):
@@ -150,6 +170,7 @@ def write_table(
     spec = table_spec(name)
     spark = df.sparkSession
     location = table_location(lake, name)
+    ensure_table(spark, lake, name)
     before = _latest_commit(spark, location)
     writer = with_schema(df, spark_schema(spec)).write.format("delta").mode(mode)
     if spec.partition_by:
@@ -175,6 +196,7 @@ def append_once(df: DataFrame, lake: Lake, name: str, app_id: str, txn_version: 
     A concurrent writer with the same app id fails its commit instead of doubling rows.
     """
     spec = table_spec(name)
+    ensure_table(df.sparkSession, lake, name)
     writer = with_schema(df, spark_schema(spec)).write.format("delta").mode("append")
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
@@ -220,8 +242,7 @@ def merge_table(
     spark = df.sparkSession
     location = table_location(lake, name)
     source = with_schema(df, spark_schema(spec))
-    if not table_exists(spark, lake, name):
-        write_table(source.limit(0), lake, name, mode="append")
+    ensure_table(spark, lake, name)
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key_list)
     merger = DeltaTable.forPath(spark, location).alias("t").merge(source.alias("s"), condition)
     if updates:

@@ -160,3 +160,16 @@ def test_app_transactions_are_shared_by_both_engines(spark: SparkSession, lake: 
     assert write_table(row, lake, "ratings", app_id="stream:q", txn_version=7) == 0
     assert lake.version("ratings") == version
     assert by_spark(spark, lake, "ratings") == {(1, "a", 3), (3, "c", 5)}
+
+
+def test_a_table_spark_creates_has_the_registry_schema(spark: SparkSession, lake: Lake) -> None:
+    """NOT NULL columns and partitioning as registered, whichever engine writes first."""
+    rows = spark.createDataFrame([(1, "a", 0, 1, 0, T, T, D1)], spark_schema(WATCH_SESSIONS))
+    write_table(rows, lake, "watch_sessions", mode="overwrite")
+    append_once(
+        spark.createDataFrame([(1, "a", 0, 3, T)], spark_schema(RATINGS)), lake, "ratings", "q", 0
+    )
+    for spec in (WATCH_SESSIONS, RATINGS):
+        table = lake.table(spec.name)
+        assert pa.schema(table.schema().to_arrow()) == spec.schema
+        assert table.metadata().partition_columns == list(spec.partition_by)
