@@ -328,7 +328,7 @@ def start_job(home: Path, bootstrap: str, topic: str, log: Path) -> subprocess.P
         f"--home={home}",
         f"--bootstrap-servers={bootstrap}",
         f"--topic={topic}",
-        "--max-events-per-trigger=150",
+        "--max-events-per-trigger=200",  # few batches: on a busy machine each takes seconds
         "--trigger-seconds=0.2",
     ]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
@@ -346,8 +346,8 @@ def kill_job(job: subprocess.Popen[bytes]) -> None:
 def test_broker_and_job_killed_mid_stream_lose_and_double_nothing(tmp_path: Path) -> None:
     """kill -9 of the broker (restarted on its log) and twice of the streaming job: bronze
     holds every produced line exactly once at its position, quarantine exactly the rejects."""
-    produced = make_lines(n_valid=2100, seed=7, bad_each=2, copies=0)
-    chunks = [produced.lines[:900], produced.lines[900:1500], produced.lines[1500:]]
+    produced = make_lines(n_valid=1200, seed=7, bad_each=2, copies=0)
+    chunks = [produced.lines[:500], produced.lines[500:850], produced.lines[850:]]
     port, kafka_dir, home = free_port(), tmp_path / "kafka", tmp_path / "home"
     lake = Lake(load_settings("test", home=home).lake_root)
     log = tmp_path / "job.log"
@@ -357,7 +357,7 @@ def test_broker_and_job_killed_mid_stream_lose_and_double_nothing(tmp_path: Path
         create_topic(broker.bootstrap, "movielog", PARTITIONS)
         produce_lines(broker.bootstrap, "movielog", chunks[0], partitions=PARTITIONS)
         job = start_job(home, broker.bootstrap, "movielog", log)
-        wait_for(lambda: bronze_count(lake) >= 300 or job.poll() is not None, 240, "batches")
+        wait_for(lambda: bronze_count(lake) >= 200 or job.poll() is not None, 600, "batches")
         assert job.poll() is None, log.read_text()[-3000:]
 
         os.kill(broker.pid, signal.SIGKILL)  # the broker dies under the running query
@@ -365,20 +365,20 @@ def test_broker_and_job_killed_mid_stream_lose_and_double_nothing(tmp_path: Path
         broker = start_broker(port, log_dir=kafka_dir)  # same log: every record is still there
         produce_lines(broker.bootstrap, "movielog", chunks[1], partitions=PARTITIONS)
         done = bronze_count(lake)
-        wait_for(lambda: bronze_count(lake) > done or job.poll() is not None, 240, "more batches")
+        wait_for(lambda: bronze_count(lake) > done or job.poll() is not None, 600, "more batches")
         assert job.poll() is None, log.read_text()[-3000:]
 
         kill_job(job)  # first kill -9 of the job, mid-stream
         assert bronze_count(lake) < len(chunks[0]) + len(chunks[1])
         job = start_job(home, broker.bootstrap, "movielog", log)
         done = bronze_count(lake)
-        wait_for(lambda: bronze_count(lake) > done or job.poll() is not None, 240, "a restart")
+        wait_for(lambda: bronze_count(lake) > done or job.poll() is not None, 600, "a restart")
         kill_job(job)  # second kill -9
         produce_lines(broker.bootstrap, "movielog", chunks[2], partitions=PARTITIONS)
 
         job = start_job(home, broker.bootstrap, "movielog", log)
         n = len(produced.lines)
-        wait_for(lambda: bronze_count(lake) >= n or job.poll() is not None, 300, f"{n} lines")
+        wait_for(lambda: bronze_count(lake) >= n or job.poll() is not None, 900, f"{n} lines")
         time.sleep(2.0)  # a few more triggers: nothing else may arrive
         assert job.poll() is None, log.read_text()[-3000:]
     finally:
