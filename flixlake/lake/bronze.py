@@ -3,6 +3,12 @@
 Every line becomes one bronze row (``parse_status`` ok or rejected); every rejected line also
 becomes one quarantine row with its reason. A line identical to an earlier line of the same
 batch is a duplicate and is rejected as such.
+
+A row's ``event_date`` (bronze's partition) is the day of its event, a duplicate's too. A line
+that did not parse has no event time: it takes the day of the nearest parsed line before it in
+its batch (after it, when none is before), and the ingest day only when no line of the batch
+parsed. Logs and topics are in time order, so a bad line is counted on the day it belongs to,
+also when a day's file is ingested the morning after (the quality gate judges days).
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ class ParsedBatch:
         return self.quarantine.num_rows
 
 
+def _event_dates(own: Sequence[dt.date | None], ingest_day: dt.date) -> list[dt.date]:
+    """Each line's own event day, or its nearest earlier (else later) dated line's in the batch."""
+    known = [d for d in own if d is not None]
+    last = known[0] if known else ingest_day
+    dates: list[dt.date] = []
+    for day in own:
+        last = day if day is not None else last
+        dates.append(last)
+    return dates
+
+
 def parse_batch(
     lines: Sequence[str | bytes],
     source: str,
@@ -45,15 +62,16 @@ def parse_batch(
     parts = [partitions] * len(lines) if isinstance(partitions, int) else list(partitions)
     seen: set[str] = set()
     events: list[ParsedEvent] = []
+    own_dates: list[dt.date | None] = []
     for line in lines:
         event = parse_line(line)
+        own_dates.append(event.event_time.date() if event.ok and event.event_time else None)
         if event.ok:
             if event.raw in seen:
                 event = ParsedEvent(raw=event.raw, reject_reason=RejectReason.DUPLICATE)
             else:
                 seen.add(event.raw)
         events.append(event)
-    ingest_day = ingested_at.date()
     ok = [e.ok for e in events]
     bronze = pa.table(
         {
@@ -87,10 +105,7 @@ def parse_batch(
             "ingested_at": pa.array(
                 [ingested_at] * len(events), BRONZE_EVENTS.schema.field("ingested_at").type
             ),
-            "event_date": pa.array(
-                [e.event_time.date() if e.ok and e.event_time else ingest_day for e in events],
-                pa.date32(),
-            ),
+            "event_date": pa.array(_event_dates(own_dates, ingested_at.date()), pa.date32()),
         },
         schema=BRONZE_EVENTS.schema,
     )

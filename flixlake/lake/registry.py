@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -38,6 +39,9 @@ PUBLISHED = "published"
 REJECTED = "rejected"
 ROLLED_BACK = "rolled_back"
 STATUSES = (REGISTERED, PUBLISHED, REJECTED, ROLLED_BACK)
+# how an experiment variant names its model: these two, or an explicit model_version
+CURRENT = "current"  # the published model with the latest published_at
+PREVIOUS = "previous"  # the published model that one replaced
 _JSON_COLUMNS = ("params", "metrics", "input_versions", "library_versions")
 
 
@@ -94,6 +98,27 @@ def current_published_model(
     if not candidates:
         return None
     return max(candidates, key=lambda r: (r["published_at"], r["model_version"]))
+
+
+def resolve_model_refs(lake: Lake, refs: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """Each model reference (``current``, ``previous`` or a model version) -> its ``models`` row,
+    None when there is none (no published model yet, nothing published before it, unknown)."""
+    wanted = set(refs)
+    current = None
+    if wanted & {CURRENT, PREVIOUS}:
+        current = current_published_model(lake)
+    resolved: dict[str, dict[str, Any] | None] = {}
+    for ref in wanted:
+        if ref == CURRENT:
+            resolved[ref] = current
+        elif ref == PREVIOUS:
+            resolved[ref] = current and current_published_model(
+                lake, exclude=current["model_version"], published_before=current["published_at"]
+            )
+        else:
+            rows = model_rows(lake, filters=[("model_version", "=", ref)])
+            resolved[ref] = rows[0] if rows else None
+    return resolved
 
 
 # -- writing the registry ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ class MissingStepError(RuntimeError):
 
 
 def parse_run_date(value: str | dt.date) -> dt.date:
-    """``YYYY-MM-DD`` (Airflow's ``{{ ds }}``) to a date, with a clear error."""
+    """``YYYY-MM-DD`` (``--run-date``) to a date, with a clear error."""
     if isinstance(value, dt.date):
         return value
     try:

@@ -122,11 +122,13 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     """Create the table empty with its registered schema (NOT NULL columns, partitioning).
 
     A DataFrame writer creating it would make every column nullable; readers (the quality gate,
-    delta-rs) expect the registry's schema.
+    delta-rs) expect the registry's schema. A table written before the registry gained a nullable
+    column gets that column added (old rows read it as null), as :meth:`Lake.ensure` does.
     """
-    if table_exists(spark, lake, name):
-        return
     spec = table_spec(name)
+    if table_exists(spark, lake, name):
+        _add_missing_columns(spark, table_location(lake, name), spec)
+        return
     builder = (
         DeltaTable.createIfNotExists(spark)
         .location(table_location(lake, name))
@@ -136,6 +138,14 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
     builder.execute()
+
+
+def _add_missing_columns(spark: SparkSession, location: str, spec: TableSpec) -> None:
+    present = set(spark.read.format("delta").load(location).schema.fieldNames())
+    added = [f for f in spark_schema(spec).fields if f.name not in present and f.nullable]
+    if added:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in added)
+        spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({columns})")
 
 
 def _latest_commit(spark: SparkSession, location: str) -> tuple[int, dict[str, str]] | None:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
@@ -104,9 +105,13 @@ class Lake:
         return {n: self.version(n) for n in (names or ALL_TABLES)}
 
     def ensure(self, name: str) -> DeltaTable:
-        """Create the table empty with its registered schema if it does not exist."""
+        """Create the table empty with its registered schema if it does not exist.
+
+        A table written before the registry gained a nullable column gets that column added
+        (old rows read it as null), so a lake survives the schema growing.
+        """
+        spec = table_spec(name)
         if not self.exists(name):
-            spec = table_spec(name)
             DeltaTable.create(
                 self.path(name),
                 spec.schema,
@@ -116,7 +121,13 @@ class Lake:
                 description=spec.description,
                 storage_options=self.storage_options,
             )
-        return self.table(name)
+        table = self.table(name)
+        present = set(table.schema().to_arrow().names)
+        added = [f for f in spec.schema if f.name not in present and f.nullable]
+        if added:
+            table.alter.add_columns([DeltaField.from_arrow(f) for f in added])
+            table = self.table(name)
+        return table
 
     # -- reading ------------------------------------------------------------------------------
     def read(
@@ -144,21 +155,30 @@ class Lake:
     # -- writing ------------------------------------------------------------------------------
     def applied(self, name: str, app_id: str, txn_version: int) -> bool:
         """Whether a write tagged ``(app_id, txn_version)`` (or a later one) is committed."""
-        if not self.exists(name):
-            return False
-        done = self.table(name).transaction_version(app_id)
+        done = self.txn_version(name, app_id)
         return done is not None and done >= txn_version
 
+    def txn_version(self, name: str, app_id: str) -> int | None:
+        """The latest committed version of app transaction ``app_id`` (None: none, or no table)."""
+        if not self.exists(name):
+            return None
+        return self.table(name).transaction_version(app_id)
+
     def _commit_properties(
-        self, app_id: str | None, txn_version: int | None, metadata: dict[str, Any] | None
+        self,
+        app_id: str | None,
+        txn_version: int | None,
+        metadata: dict[str, Any] | None,
+        also_record: Mapping[str, int] | None = None,
     ) -> CommitProperties:
-        txns = None
+        now_ms = int(time.time() * 1000)
+        txns = [Transaction(a, int(v), now_ms) for a, v in (also_record or {}).items()]
         if app_id is not None:
-            txns = [Transaction(app_id, int(txn_version or 0), int(time.time() * 1000))]
+            txns.insert(0, Transaction(app_id, int(txn_version or 0), now_ms))
         custom = {
             k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()
         }
-        return CommitProperties(custom_metadata=custom or None, app_transactions=txns)
+        return CommitProperties(custom_metadata=custom or None, app_transactions=txns or None)
 
     def append(
         self,
@@ -167,13 +187,17 @@ class Lake:
         app_id: str | None = None,
         txn_version: int | None = None,
         metadata: dict[str, Any] | None = None,
+        also_record: Mapping[str, int] | None = None,
     ) -> bool:
-        """Append rows; with ``app_id`` the append happens at most once. Returns whether it wrote."""
+        """Append rows; with ``app_id`` the append happens at most once. Returns whether it wrote.
+
+        ``also_record`` (app id -> version) commits further app transactions in the same commit
+        as the rows, e.g. what a file ingest verified, so the record and the rows are one step.
+        """
         if app_id is not None and self.applied(name, app_id, txn_version or 0):
             return False
-        self._write(
-            name, data, "append", commit=self._commit_properties(app_id, txn_version, metadata)
-        )
+        commit = self._commit_properties(app_id, txn_version, metadata, also_record)
+        self._write(name, data, "append", commit=commit)
         return True
 
     def _write(

@@ -22,6 +22,7 @@ from flixlake.ops.terminal import clock, print_batch_summary
 
 BATCH_DAG = "flixlake_batch"
 AIRFLOW_USER = "admin"  # the simple auth manager's default user (core.simple_auth_manager_users)
+GET_ATTEMPTS = 5  # Airflow's API server (one worker) can take > 10 s to answer on a busy machine
 
 
 class AirflowError(RuntimeError):
@@ -54,9 +55,19 @@ class AirflowApi:
                     f"Airflow refused a token for {self.username!r}: {answer[:300]!r}"
                 )
             self._token = json.loads(answer)["access_token"]
-        status, answer, _ = http_request(
-            method, f"{self.base_url}/api/v2/{path}", body, self._token
-        )
+        for attempt in range(GET_ATTEMPTS if method == "GET" else 1):
+            try:
+                status, answer, _ = http_request(
+                    method, f"{self.base_url}/api/v2/{path}", body, self._token
+                )
+                break
+            except OSError as exc:  # a busy machine: a GET is safe to repeat after a timeout
+                timed_out = isinstance(exc, TimeoutError) or isinstance(
+                    getattr(exc, "reason", None), TimeoutError
+                )
+                if not timed_out or attempt == GET_ATTEMPTS - 1 or method != "GET":
+                    raise
+                time.sleep(2.0 * (attempt + 1))
         if status >= 400:
             raise AirflowError(f"Airflow API {method} {path}: HTTP {status} {answer[:300]!r}")
         return json.loads(answer) if answer else None
@@ -87,8 +98,12 @@ def run_batch_dag(
     poll_seconds: float = 2.0,
 ) -> None:
     """Trigger ``flixlake_batch`` for ``run_date`` (resume a failed run, skip a succeeded one),
-    unpause it, print each task's state changes until the run ends; AirflowError if it failed."""
-    logical = f"{run_date.isoformat()}T00:00:00Z"
+    unpause it, print each task's state changes until the run ends; AirflowError if it failed.
+
+    A run processes the last day complete at its logical date (see ``dags/flixlake_batch.py``),
+    so the run for ``run_date`` has logical date ``run_date + 1 day`` at 00:00 UTC.
+    """
+    logical = f"{(run_date + dt.timedelta(days=1)).isoformat()}T00:00:00Z"
     quoted = urllib.parse.quote(logical)
     runs = api.call(
         "GET", f"dags/{BATCH_DAG}/dagRuns?logical_date_gte={quoted}&logical_date_lte={quoted}"

@@ -4,7 +4,7 @@ Each answer becomes two Kafka messages, both keyed by user id: the MLiP line (``
 recommendation request <server>, status <code>, result: <ids>, <n> ms``, rendered by
 :func:`flixlake.contract.logformat.format_reco`) on the log topic, and a JSON record
 (request_id, user_id, variant, model_version, items, latency_ms, time, status, server,
-experiment) on the served-recommendations topic.
+experiment, answer_source) on the served-recommendations topic.
 
 The producer is librdkafka (``confluent-kafka``): an idempotent producer (``acks=all``, retries
 without duplicates or reordering) whose own background threads batch and send. The request path
@@ -57,8 +57,12 @@ def encode_answer(
     body: bytes,
     server: str,
     experiment: str,
+    source: str = "",
 ) -> tuple[bytes, bytes, bytes]:
-    """One answer -> (key, MLiP log line, JSON record), as they go to Kafka."""
+    """One answer -> (key, MLiP log line, JSON record), as they go to Kafka.
+
+    ``answer_source`` is in the record only when ``source`` is given.
+    """
     items = body.decode().split(",") if body else []
     stamp = dt.datetime.fromtimestamp(when, dt.UTC)
     mlip = format_reco(stamp, user_id, server, status, items, round(latency_ms))
@@ -74,6 +78,8 @@ def encode_answer(
         "server": server,
         "experiment": experiment,
     }
+    if source:
+        record["answer_source"] = source
     return str(user_id).encode(), mlip.encode(), json.dumps(record, separators=(",", ":")).encode()
 
 
@@ -93,7 +99,7 @@ class AnswerEncoder:
         self.experiment = experiment
         self._server_mlip = server.encode()
         self._tail = (
-            f',"server":{json.dumps(server)},"experiment":{json.dumps(experiment)}}}'.encode()
+            f',"server":{json.dumps(server)},"experiment":{json.dumps(experiment)}'.encode()
         )
         self._second = -1
         self._stamp = b""
@@ -117,6 +123,7 @@ class AnswerEncoder:
         variant: str,
         model_version: str,
         body: bytes,
+        source: str = "",
     ) -> tuple[bytes, bytes, bytes]:
         """One answer -> (key, MLiP log line, JSON record)."""
         if not body or _NEEDS_ESCAPE.search(body) or _NEEDS_ESCAPE.search(request_id.encode()):
@@ -131,6 +138,7 @@ class AnswerEncoder:
                 body,
                 self.server,
                 self.experiment,
+                source,
             )
         fraction, whole = math.modf(when)  # as datetime.fromtimestamp rounds: to the microsecond
         second, micro = int(whole), round(fraction * 1e6)
@@ -153,13 +161,14 @@ class AnswerEncoder:
             key,
             self._json(variant),
             self._json(model_version),
-        ) + b'"items":["%s"],"latency_ms":%s,"time":"%s.%03dZ","status":%d%s' % (
+        ) + b'"items":["%s"],"latency_ms":%s,"time":"%s.%03dZ","status":%d%s%s}' % (
             body.replace(b",", b'","'),
             repr(latency_ms).encode(),
             self._stamp,
             micro // 1000,
             status,
             self._tail,
+            b',"answer_source":' + self._json(source) if source else b"",
         )
         return key, mlip, record
 
@@ -225,15 +234,19 @@ class TelemetryShipper:
         variant: str,
         model_version: str,
         body: bytes,
+        source: str = "",
     ) -> None:
-        """Hand one answer's two messages to librdkafka (never blocks; full: dropped, counted)."""
+        """Hand one answer's two messages to librdkafka (never blocks; full: dropped, counted).
+
+        ``source`` is where its movies came from (batch, batch_filtered, batch_filled, fallback).
+        """
         producer = self._producer
         if producer is None or len(producer) + 2 > self._max_messages:
             self.metrics.dropped_full.inc()
             return
         try:
             key, line, record = self._encoder.encode(
-                when, user_id, status, latency_ms, request_id, variant, model_version, body
+                when, user_id, status, latency_ms, request_id, variant, model_version, body, source
             )
             producer.produce(self.log_topic, line, key)
             producer.produce(self.served_topic, record, key)

@@ -17,11 +17,17 @@ started in the first minute fill the rate for many minutes and hardly any user a
 meanwhile; at 10 s a minute about six times as many visits start.
 
 Pacing is a token bucket; lines go out in batches through one KafkaProducer, keyed by user id.
+When the world's users cannot fill the rate (every user is mid-visit and no line is due), the
+loop sleeps until the next line is due instead of polling, so its CPU use follows the lines it
+sends (``wakeups`` in the summary counts loop iterations).
 
 With ``serve_url`` a visit that asks for recommendations calls ``GET {serve_url}/recommend/<id>``
 (800 ms timeout; failures are counted, never fatal) and watches the best-liked recommended movie
-with a probability growing with its affinity, so the system's recommendations feed back. The
-service writes its own telemetry line then, so the simulator writes none for that request.
+with a probability growing with its affinity, so the system's recommendations feed back. Like
+the course's infrastructure, the simulator then logs that request's ``recommendation request``
+line itself: the status and the response time it measured, the list it got, or for a failed
+call status 0 and the error (``java.net.ConnectException: Connection refused``, ``...Read timed
+out``) — the lines availability monitoring reads. (The service logs to a topic of its own.)
 
 Faults (:func:`parse_faults`, e.g. ``bad=0.01,out_of_order=0.01,burst=0.05,unknown=0.01,
 poison=0.001``): ``bad`` adds one of generate's :data:`~flixlake.sim.generate.BAD_KINDS` after a good
@@ -36,9 +42,11 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
+import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +73,7 @@ RECO_TIMEOUT_S = 0.8
 MAX_BATCH = 5_000  # lines generated and handed to the producer per loop iteration
 BUCKET_SECONDS = 0.2  # token-bucket capacity, in seconds of rate
 PROGRESS_EVERY_S = 1.0
+WAKE_SLACK_S = 0.02  # a user-limited loop sleeps until the next line is due, plus this
 UNKNOWN_USER_SPAN = 1_000_000  # unknown users: ids in (n_users, n_users + span]
 POISON_ID_OFFSET = 2_000_000  # poisoning accounts: ids above n_users + offset
 _BAD_KINDS = tuple(BAD_KINDS)
@@ -122,6 +131,17 @@ class _Visit:
     rated: bool
     reco: list[str] | None  # served list to log as telemetry (None: no line)
     step: int = 0  # -1 reco line, 0..minutes-1 watch lines, minutes: rating
+    asked: ServedReco | None = None  # the service's answer (with serve_url), logged as it was
+
+
+@dataclass(frozen=True)
+class ServedReco:
+    """What one call to the service gave, as the course's infrastructure logs it."""
+
+    status: int  # HTTP status; 0 when there was no HTTP answer (refused, timed out, reset)
+    ms: int  # measured response time
+    result: list[str]  # the movie ids, or the error text as one item
+    server: str  # host:port asked
 
 
 @dataclass
@@ -144,6 +164,31 @@ def fetch_recommendations(
     with urllib.request.urlopen(url, timeout=timeout) as response:
         body = response.read().decode("utf-8", errors="replace")
     return [m.strip() for m in body.strip().split(",") if m.strip()]
+
+
+def ask_service(serve_url: str, user_id: int, timeout: float = RECO_TIMEOUT_S) -> ServedReco:
+    """One call as the course's infrastructure makes it; never raises (a failure is logged)."""
+    server = urllib.parse.urlsplit(serve_url).netloc or serve_url
+    started = time.perf_counter()
+    status, result = 200, []
+    try:
+        result = fetch_recommendations(serve_url, user_id, timeout)
+    except urllib.error.HTTPError as exc:
+        status, result = exc.code, [f"HTTP {exc.code} {exc.reason}"]
+    except Exception as exc:  # refused, timed out, reset: what the course logs as status 0
+        status, result = 0, [_java_style(exc)]
+    ms = round((time.perf_counter() - started) * 1000)
+    return ServedReco(status, ms, result, server)
+
+
+def _java_style(exc: BaseException) -> str:
+    """The error text the course's (Java) infrastructure logs for a failed call."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ConnectionRefusedError):
+        return "java.net.ConnectException: Connection refused"
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return "java.net.SocketTimeoutException: Read timed out"
+    return f"java.io.IOException: {type(reason).__name__}".replace(",", ";")
 
 
 class Simulator:
@@ -175,6 +220,7 @@ class Simulator:
         self.user_cdf = np.cumsum(weights / weights.sum())
         self.user_cdf[-1] = 1.0
         self.active = np.zeros(world.n_users, dtype=bool)
+        self.n_active = 0  # users in a visit (kept with ``active``: no O(users) count per call)
         self.queue: list[tuple[float, int, _Visit]] = []
         self.seq = itertools.count()
         self.pending: list[_Line] = []
@@ -198,6 +244,9 @@ class Simulator:
     # ---- visits -------------------------------------------------------------------------
 
     def _pick_users(self, k: int) -> np.ndarray:
+        idle_users = self.world.n_users - self.n_active
+        if idle_users <= k:  # every idle user is needed (or none is left): no weighted draw
+            return self.rng.permutation(np.flatnonzero(~self.active))[:k].astype(np.int64)
         chosen: list[int] = []
         taken: set[int] = set()
         for _ in range(4):
@@ -215,18 +264,18 @@ class Simulator:
             chosen.extend(extra.tolist())
         return np.array(chosen, dtype=np.int64)
 
-    def _served(self, users: np.ndarray) -> list[list[str] | None]:
-        """Ask the service for each user's list (in parallel); None where it failed."""
+    def _served(self, users: np.ndarray) -> list[ServedReco]:
+        """Ask the service for each user's list (in parallel); failures are answers too."""
         assert self._pool is not None and self.serve_url is not None
         url = self.serve_url
-        futures = [self._pool.submit(fetch_recommendations, url, int(u) + 1) for u in users]
-        out: list[list[str] | None] = []
+        futures = [self._pool.submit(ask_service, url, int(u) + 1) for u in users]
+        out: list[ServedReco] = []
         for fut in futures:
-            try:
-                out.append(fut.result(timeout=RECO_TIMEOUT_S + 1.0))
+            asked = fut.result()  # ask_service never raises and times out by itself
+            out.append(asked)
+            if asked.status == 200:
                 self.reco_ok += 1
-            except Exception:  # any failure of the service is only counted
-                out.append(None)
+            else:
                 self.reco_failed += 1
         return out
 
@@ -242,11 +291,14 @@ class Simulator:
         movies = self.chooser.sample(users, self.rng, self.seen)
         has_reco = self.rng.random(n) < VISIT_RECO_PROB
         recos: list[list[str] | None] = [None] * n
+        asked: list[ServedReco | None] = [None] * n
         if self.serve_url is not None:
             asking = np.flatnonzero(has_reco)
             served = self._served(users[asking]) if asking.size else []
-            for i, ids in zip(asking.tolist(), served, strict=True):
-                known = [self.movie_index[m] for m in (ids or []) if m in self.movie_index]
+            for i, answer in zip(asking.tolist(), served, strict=True):
+                asked[i], recos[i] = answer, answer.result
+                ids = answer.result if answer.status == 200 else []
+                known = [self.movie_index[m] for m in ids if m in self.movie_index]
                 if not known:
                     continue
                 cand = np.array(known, dtype=np.int64)
@@ -265,6 +317,7 @@ class Simulator:
         minutes, rating, rated = world.watch_outcome(users, movies, self.rng)
         self.seen.add(users, movies)
         self.active[users] = True
+        self.n_active += n
         for i in range(n):
             visit = _Visit(
                 user=int(users[i]),
@@ -274,6 +327,7 @@ class Simulator:
                 rated=bool(rated[i]),
                 reco=recos[i],
                 step=-1 if recos[i] is not None else 0,
+                asked=asked[i],
             )
             heapq.heappush(self.queue, (now, next(self.seq), visit))
         self.visits += n
@@ -289,9 +343,13 @@ class Simulator:
         scale = self.minute_seconds / 60.0
         if visit.step < 0:
             assert visit.reco is not None
-            ms = int(np.clip(np.rint(self.rng.lognormal(np.log(120.0), 0.6)), 3, 3000))
-            server = RECO_SERVERS[int(self.rng.integers(0, len(RECO_SERVERS)))]
-            kind, line = "reco", format_reco(when, uid, server, 200, visit.reco, ms)
+            if visit.asked is not None:  # the call this visit made, as it went
+                a = visit.asked
+                kind, line = "reco", format_reco(when, uid, a.server, a.status, a.result, a.ms)
+            else:
+                ms = int(np.clip(np.rint(self.rng.lognormal(np.log(120.0), 0.6)), 3, 3000))
+                server = RECO_SERVERS[int(self.rng.integers(0, len(RECO_SERVERS)))]
+                kind, line = "reco", format_reco(when, uid, server, 200, visit.reco, ms)
             nxt = due + max(1.0, float(self.rng.integers(3, 90)) * scale)
         elif visit.step < visit.minutes:
             kind, line = "watch", format_watch(when, uid, movie_id, visit.step)
@@ -306,6 +364,7 @@ class Simulator:
         visit.step += 1
         if nxt is None:
             self.active[visit.user] = False
+            self.n_active -= 1
         else:
             heapq.heappush(self.queue, (nxt, next(self.seq), visit))
         return kind, line
@@ -343,6 +402,14 @@ class Simulator:
         self.fault_counts[fault] += 1
         self.pending.append(_Line(str(uid).encode(), value, fault, fault))
 
+    def next_due(self) -> float | None:
+        """Clock time the next visit line is due (None before the first visit).
+
+        When :meth:`next_lines` returned fewer lines than asked, every user is in a visit and
+        nothing more is due before this time: the caller sleeps until then.
+        """
+        return self.queue[0][0] if self.queue else None
+
     def next_lines(self, budget: int, now: float) -> list[_Line]:
         """Up to ``budget`` lines due by ``now`` (pending fault lines first, then visits)."""
         out: list[_Line] = []
@@ -371,6 +438,18 @@ class Simulator:
             out.append(_Line(str(user + 1).encode(), line.encode("utf-8"), kind, fault))
             self._fault_lines(kind, line, due, user, movie)
         return out
+
+
+def _starved_pause(sim: Simulator) -> float:
+    """Seconds to sleep when the users cannot fill the rate: until the next line is due.
+
+    Lines carry their due time, so waking a little late (``WAKE_SLACK_S``) only lets a few lines
+    go out together; the cap keeps progress reports and ``stop`` responsive.
+    """
+    due = sim.next_due()
+    if due is None:
+        return PROGRESS_EVERY_S
+    return min(PROGRESS_EVERY_S, max(0.0, due - sim.clock()) + WAKE_SLACK_S)
 
 
 def simulate(
@@ -430,8 +509,10 @@ def simulate(
     second = -1
     factor = 1.0
     interrupted = False
+    wakeups = 0
     try:
         while not stop.is_set() and (events is None or sent < events):
+            wakeups += 1
             now = time.monotonic()
             sec = int(now - start)
             if sec != second:  # a burst lasts one whole second
@@ -445,8 +526,10 @@ def simulate(
             budget = min(int(tokens), MAX_BATCH)
             if events is not None:
                 budget = min(budget, events - sent)
+            starved = False
             if budget > 0:
-                lines = sim.next_lines(budget, time.time())
+                lines = sim.next_lines(budget, sim.clock())
+                starved = len(lines) < budget  # every user is mid-visit, nothing else is due
                 for ln in lines:
                     headers = [(FAULT_HEADER, ln.fault.encode())] if ln.fault else None
                     producer.send(topic, value=ln.value, key=ln.key, headers=headers).add_errback(
@@ -464,7 +547,9 @@ def simulate(
                     }
                 )
                 last_report, sent_at_report = now, sent
-            if tokens < 1.0:
+            if starved:
+                stop.wait(_starved_pause(sim))
+            elif tokens < 1.0:
                 stop.wait(min(0.05, (1.0 - tokens) / current))
     except KeyboardInterrupt:
         interrupted = True
@@ -490,4 +575,5 @@ def simulate(
         "reco_requests": {"ok": sim.reco_ok, "failed": sim.reco_failed, "taken": sim.reco_taken},
         "poison_target": sim.poison_target if sim.fault_counts["poison"] else None,
         "interrupted": interrupted,
+        "wakeups": wakeups,
     }

@@ -9,7 +9,9 @@ parsed events (a few columns, collected to the driver as Arrow; the views are sm
 service re-reads every second, written with delta-rs):
 
 * ``speed_user_activity`` — MERGE of the batch's per-user movies watched/rated and first/last
-  seen since the *cutoff* (the run date of the newest published model);
+  seen since the *cutoff*: the run date of the newest published model, or of an older one the
+  service's experiment still serves (``model_refs``, e.g. ``previous``), whichever is older
+  (:func:`flixlake.streaming.state.current_cutoff`);
 * ``speed_new_users`` — the same users minus those in that model's batch view;
 * ``speed_trending`` — distinct watchers per movie over each configured window ending at the
   stream time ``as_of`` (newest event time seen, never ahead of the wall clock), recomputed from
@@ -24,13 +26,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from flixlake.config import StreamingConfig
+from flixlake.lake.registry import CURRENT
 from flixlake.lake.spark_io import append_once, compact_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import (
@@ -92,6 +95,7 @@ class SpeedLayer:
         query_name: str | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         cutoff_check_seconds: float = 5.0,
+        model_refs: Sequence[str] = (CURRENT,),
     ) -> None:
         self.lake = lake
         self.config = config
@@ -99,6 +103,7 @@ class SpeedLayer:
         self.query_name = query_name or config.query_name
         self.clock = clock
         self.cutoff_check_seconds = cutoff_check_seconds
+        self.model_refs = tuple(model_refs)  # the models the service serves (the cutoff's)
         self._cutoff_checked = 0.0  # monotonic time of the last look at the models table
         self.windows = window_lengths(config)
         self.cutoff: Cutoff | None = None
@@ -118,7 +123,7 @@ class SpeedLayer:
         now = self.clock()
         self.as_of = stream_time_from_lake(self.lake, now)
         self.pairs = trending_state_from_bronze(self.lake, self.as_of, max(self.windows.values()))
-        cutoff = current_cutoff(self.lake)
+        cutoff = current_cutoff(self.lake, self.model_refs)
         if self._views_cutoff() != cutoff:
             self._reset_user_views(cutoff, batch_id=-1)
         else:
@@ -218,7 +223,9 @@ class SpeedLayer:
         rebuilt = False
         cutoff = self.cutoff or Cutoff()
         if time.monotonic() - self._cutoff_checked >= self.cutoff_check_seconds:
-            cutoff = current_cutoff(self.lake)  # a newer published model resets the window
+            cutoff = current_cutoff(
+                self.lake, self.model_refs
+            )  # a newer published model resets the window
             self._cutoff_checked = time.monotonic()
         if cutoff != self.cutoff:
             self._reset_user_views(cutoff, batch_id)  # bronze already holds this batch

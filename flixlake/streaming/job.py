@@ -35,7 +35,8 @@ def start_speed_layer(
     quiet: bool = False,
 ) -> SpeedLayerRun:
     """Start the events query (log topic -> bronze -> speed views); see :func:`run_speed_layer`."""
-    layer = SpeedLayer(lake, settings.streaming, settings.kafka.topic)
+    served_models = tuple(v.model for v in settings.serving.experiment.variants)
+    layer = SpeedLayer(lake, settings.streaming, settings.kafka.topic, model_refs=served_models)
     return start_query(
         spark, settings, layer, settings.kafka.topic, bootstrap_servers, on_batch, quiet
     )

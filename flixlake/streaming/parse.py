@@ -79,17 +79,20 @@ def parse_records(
     )
     naive = ingested_at.astimezone(dt.UTC).replace(tzinfo=None)
     parsed = kafka.mapInArrow(parse_arrow(topic, ingest_batch, naive), PARSED_SCHEMA)
-    return mark_duplicates(parsed, naive.date())
+    return mark_duplicates(parsed)
 
 
-def mark_duplicates(parsed: DataFrame, ingest_day: dt.date) -> DataFrame:
-    """Reject every parsed line identical to an earlier one (by partition, offset) of the batch."""
+def mark_duplicates(parsed: DataFrame) -> DataFrame:
+    """Reject every parsed line identical to an earlier one (by partition, offset) of the batch.
+
+    A duplicate keeps its ``event_date`` (the day of its event, as :mod:`flixlake.lake.bronze`
+    dates duplicates) and loses its parsed fields.
+    """
     first = Window.partitionBy("raw", "parse_status").orderBy("source_partition", "source_offset")
     duplicate = (F.col("parse_status") == "ok") & (F.row_number().over(first) > 1)
     columns: dict[str, Column] = {
         "parse_status": F.when(duplicate, F.lit("rejected")).otherwise(F.col("parse_status")),
         "reject_reason": F.when(duplicate, F.lit("duplicate")).otherwise(F.col("reject_reason")),
-        "event_date": F.when(duplicate, F.lit(ingest_day)).otherwise(F.col("event_date")),
     }
     for name in _PARSED_FIELDS:
         columns[name] = F.when(duplicate, F.lit(None)).otherwise(F.col(name))

@@ -7,11 +7,12 @@ cutoff (the user views are rebuilt from bronze since it).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flixlake.lake.registry import current_published_model
+from flixlake.lake.registry import CURRENT, resolve_model_refs
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import (
     SPEED_TRENDING,
@@ -31,16 +32,25 @@ from flixlake.streaming.views import (
 BRONZE = "bronze_events"
 
 
-def current_cutoff(lake: Lake) -> Cutoff:
-    """The run date (00:00 UTC) of the model the service serves; no cutoff without one."""
+def current_cutoff(lake: Lake, model_refs: Iterable[str] = (CURRENT,)) -> Cutoff:
+    """Where the user views start: the oldest run date (00:00 UTC) among the current model and
+    the models the service's experiment serves (``model_refs``: current, previous, versions).
+
+    A variant serving an older model (the previous one in an A/B test) must drop what its users
+    watched since *its* run date; the newer models' batch views already exclude the movies a user
+    watched before their own run dates (publish drops everything seen in silver), so one view
+    since the oldest cutoff serves every variant. ``model_version`` stays the current model (new
+    users are those its batch view lacks). No cutoff without a published model.
+    """
     if not lake.exists("models"):
         return Cutoff()
-    model = current_published_model(lake)
-    if model is None:
+    served = resolve_model_refs(lake, {CURRENT, *model_refs})
+    current = served[CURRENT]
+    if current is None:
         return Cutoff()
-    run_date: dt.date = model["run_date"]
-    since = dt.datetime.combine(run_date, dt.time(), tzinfo=dt.UTC)
-    return Cutoff(since=since, model_version=str(model["model_version"]))
+    oldest: dt.date = min(row["run_date"] for row in served.values() if row is not None)
+    since = dt.datetime.combine(oldest, dt.time(), tzinfo=dt.UTC)
+    return Cutoff(since=since, model_version=str(current["model_version"]))
 
 
 def model_users(lake: Lake, model_version: str | None) -> pa.Array:

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from flixlake.lake.runs import parse_run_date
+
 REPO = Path(__file__).resolve().parents[2]
 ORDER = [
     "compact_silver",
@@ -28,7 +30,10 @@ def test_dag_folder_has_no_import_errors(dagbag: Any) -> None:
 
 def test_schedule_and_run_policy_come_from_the_test_config(dagbag: Any) -> None:
     dag = dagbag.dags["flixlake_batch"]
-    assert dag.schedule == "0 3 * * *"  # conf/base.yaml
+    # conf/base.yaml, as a trigger timetable whatever create_cron_data_intervals says
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.expression == "0 3 * * *"
+    assert str(dag.timetable.timezone) == "UTC"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert "flixlake" in dag.tags
@@ -52,7 +57,7 @@ def test_each_task_spark_submits_its_job_for_the_logical_date(dagbag: Any, task_
     command = task.bash_command
     assert command.startswith("/opt/spark/bin/spark-submit ")  # FLIXLAKE_SPARK_SUBMIT wins
     assert "--driver-memory 2g" in command  # conf/test.yaml
-    assert f"{REPO}/jobs/{task_id}.py --run-date {{{{ ds }}}}" in command
+    assert f"{REPO}/jobs/{task_id}.py --run-date {{{{ " in command
     assert task.append_env is True
     assert task.env["FLIXLAKE_ENV"] == "test"
     assert task.env["FLIXLAKE_HOME"].endswith("flixlake")
@@ -62,3 +67,59 @@ def test_each_task_spark_submits_its_job_for_the_logical_date(dagbag: Any, task_
 @pytest.mark.parametrize("task_id", ORDER)
 def test_every_task_has_its_job_file(task_id: str) -> None:
     assert (REPO / "jobs" / f"{task_id}.py").is_file()
+
+
+@pytest.mark.parametrize("task_id", ORDER)
+def test_a_scheduled_run_processes_the_day_that_just_ended(
+    dagbag: Any, scheduled_run: Any, render_command: Any, task_id: str
+) -> None:
+    """The nightly run due 2026-11-23T03:00 (its logical date) processes all of 2026-11-22."""
+    dag = dagbag.dags["flixlake_batch"]
+    run = scheduled_run(dag, after=dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC))
+    assert run["run_after"] == dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.UTC)
+    assert run["logical_date"] == run["run_after"]  # Airflow 3's trigger timetable
+    command = render_command(dag.get_task(task_id), run)
+    assert command.endswith(f"{REPO}/jobs/{task_id}.py --run-date 2026-11-22")
+    assert parse_run_date(command.rsplit(" ", 1)[1]) == dt.date(2026, 11, 22)  # the job's parser
+
+
+def test_a_run_due_just_after_midnight_still_processes_the_day_before(
+    dagbag: Any, scheduled_run: Any, render_command: Any
+) -> None:
+    """Whatever the cron time: a year boundary, a run at 00:00 — never the day not yet over."""
+    dag = dagbag.dags["flixlake_batch"]
+    run = scheduled_run(dag, after=dt.datetime(2026, 12, 31, 3, 30, tzinfo=dt.UTC))
+    assert run["run_after"] == dt.datetime(2027, 1, 1, 3, 0, tzinfo=dt.UTC)
+    assert render_command(dag.get_task("compact_silver"), run).endswith("--run-date 2026-12-31")
+
+
+@pytest.mark.parametrize(
+    ("logical_date", "run_after", "run_date"),
+    [
+        # `airflow dags test flixlake_batch 2026-11-23`, or the demo's trigger for 2026-11-22
+        (
+            dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
+            dt.datetime(2026, 11, 28, 9, tzinfo=dt.UTC),
+            "2026-11-22",
+        ),
+        # a UI trigger at 10:30 with the logical date "now": yesterday, not the unfinished today
+        (
+            dt.datetime(2026, 11, 28, 10, 30, tzinfo=dt.UTC),
+            dt.datetime(2026, 11, 28, 10, 30, tzinfo=dt.UTC),
+            "2026-11-27",
+        ),
+        # a manual run without a logical date (Airflow 3 allows it): the day before the trigger
+        (None, dt.datetime(2026, 11, 28, 0, 5, tzinfo=dt.UTC), "2026-11-27"),
+    ],
+)
+def test_a_manual_run_processes_the_last_day_complete_at_its_logical_time(
+    dagbag: Any,
+    manual_run: Any,
+    render_command: Any,
+    logical_date: dt.datetime | None,
+    run_after: dt.datetime,
+    run_date: str,
+) -> None:
+    dag = dagbag.dags["flixlake_batch"]
+    command = render_command(dag.get_task("train_model"), manual_run(dag, run_after, logical_date))
+    assert command.endswith(f"--run-date {run_date}")

@@ -1,4 +1,5 @@
-"""A real Airflow DAG run: `airflow dags test flixlake_batch <date>` runs the six spark-submit jobs.
+"""A real Airflow DAG run: `airflow dags test flixlake_batch <day after>` runs the six spark-submit
+jobs for the day before its logical date.
 
 This is what the scheduler does every night, minus the scheduler: SQLite metadata DB in a temp
 AIRFLOW_HOME, every task a real spark-submit of jobs/<task>.py against a small ingested lake.
@@ -6,6 +7,7 @@ AIRFLOW_HOME, every task a real spark-submit of jobs/<task>.py against a small i
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -30,6 +32,8 @@ def test_airflow_dags_test_runs_the_whole_pipeline(tmp_path: Path) -> None:
     generated = generate_history(tmp_path / "data", n_users=300, n_movies=100, days=12, seed=5)
     ingest_paths(lake, [tmp_path / "data"])
     run_date = str(generated["last_date"])
+    # a run processes the last day complete at its logical date: the day before it
+    logical_date = (dt.date.fromisoformat(run_date) + dt.timedelta(days=1)).isoformat()
 
     bin_dir = Path(sys.executable).parent
     env = {
@@ -49,7 +53,7 @@ def test_airflow_dags_test_runs_the_whole_pipeline(tmp_path: Path) -> None:
         [airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
     )
     run = subprocess.run(
-        [airflow, "dags", "test", "flixlake_batch", run_date],
+        [airflow, "dags", "test", "flixlake_batch", logical_date],
         env=env,
         capture_output=True,
         text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import threading
 import time
 
 import pytest
@@ -97,7 +98,15 @@ def test_simulate_counts_unreachable_service(broker: BrokerProcess, topic: str) 
     assert summary["sent"] == 200
     assert summary["reco_requests"]["failed"] > 0
     assert summary["reco_requests"]["ok"] == 0
-    assert summary["lines"]["reco"] == 0  # the service logs its own telemetry
+    # like the course's infrastructure, each failed call is logged: status 0 and the error
+    recos = [
+        parse_line(r.value)
+        for r in _read_all(broker.bootstrap, topic, 200)
+        if b"recommendation request" in r.value
+    ]
+    assert len(recos) == summary["lines"]["reco"] > 0
+    assert all(e.ok and e.reco_status == 0 and e.reco_results is None for e in recos)
+    assert all(e.reco_error and "Connection refused" in e.reco_error for e in recos)
 
 
 @pytest.mark.parametrize(
@@ -154,3 +163,42 @@ def test_a_visits_minutes_are_minute_seconds_apart(minute_seconds: float) -> Non
 def test_minute_seconds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="minute_seconds"):
         Simulator(World.build(10, 10, 1), 1, parse_faults(""), minute_seconds=0)
+
+
+def test_a_user_limited_simulator_names_when_its_next_line_is_due() -> None:
+    """With every user mid-visit, ``next_lines`` comes up short and ``next_due`` is later."""
+    world = World.build(5, 40, 2)
+    sim = Simulator(world, 2, parse_faults(""), minute_seconds=10.0)
+    start = 1_800_000_000.0
+    first = sim.next_lines(100, start)
+    assert 0 < len(first) < 100 and sim.user_limited
+    assert sim.n_active == int(sim.active.sum()) <= 5
+    due = sim.next_due()
+    assert due is not None and due > start
+    assert sim.next_lines(100, due - 0.001) == []  # nothing before it
+    assert len(sim.next_lines(100, due)) >= 1  # and something at it
+
+
+def test_a_user_limited_run_sleeps_until_lines_are_due(broker: BrokerProcess, topic: str) -> None:
+    """30 users cannot give 3,000 lines/s: the loop wakes about once per line sent, not
+    thousands of times a second (a polling loop would spin here and burn a core)."""
+    stop = threading.Event()
+    timer = threading.Timer(4.0, stop.set)
+    timer.start()
+    try:
+        summary = simulate(
+            broker.bootstrap,
+            topic,
+            rate=3_000,
+            n_users=30,
+            n_movies=50,
+            seed=5,
+            stop=stop,
+            minute_seconds=1.0,
+        )
+    finally:
+        timer.cancel()
+    assert summary["user_limited"] is True
+    assert summary["sent"] > 30  # every user started a visit, and visits went on
+    # each wake sends a line, but for one per second of progress reporting and the first few
+    assert summary["wakeups"] <= summary["sent"] + summary["elapsed_s"] + 5

@@ -67,14 +67,15 @@ def experiment_report(
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Compare an experiment's variants: watch-through, intervals, z-tests; write an HTML report."""
+    """Compare an experiment's variants per user, with an always-valid sequential test; HTML too."""
     from flixlake.experiments.report import result_rows, write_experiment_report
     from flixlake.experiments.routing import NAME_PATTERN
-    from flixlake.experiments.stats import NoEvaluationsError, compare_variants, experiment_rows
+    from flixlake.experiments.stats import NoEvaluationsError, analyse_experiment, experiment_rows
     from flixlake.lake.store import Lake
     from flixlake.ops.jobs import parse_timestamp
 
     settings = settings_or_exit(env, home)
+    online = settings.online
     configured = settings.serving.experiment
     name = experiment or configured.name
     if not re.fullmatch(NAME_PATTERN, name):
@@ -86,22 +87,23 @@ def experiment_report(
     except (NoEvaluationsError, ValueError) as exc:
         raise fail(str(exc)) from None
     try:
-        results = compare_variants(
+        analysis = analyse_experiment(
             rows,
             control or configured.variants[0].name,
-            settings.online.confidence,
-            settings.online.min_served,
+            online.confidence,
+            online.min_users,
+            online.mixture_sd,
         )
     except LookupError as exc:
         raise fail(f"{exc}; pass --control") from None
     requested = f"{since or 'the first hour'} to {until or 'the last hour'}"
     table = Table(
-        title=f"experiment {name}: watch-through ({requested})",
+        title=f"experiment {name}: watch-through per user ({requested})",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         collapse_padding=True,
     )
-    rows_text = result_rows(results)
+    rows_text = result_rows(analysis.results)
     for column in rows_text[0]:
         table.add_column(column, overflow="fold")  # a narrow terminal splits numbers, never cuts
     for row in rows_text:
@@ -109,15 +111,23 @@ def experiment_report(
     console.print(table)
     console.print(
         f"An answer converts when its user watches one of its movies within "
-        f"{settings.online.watch_window}; variants (or a control) with fewer than "
-        f"{settings.online.min_served} answers are not tested."
+        f"{online.watch_window}. Users are the unit (intervals: delta method over users; deff: "
+        f"variance vs. counting answers). Each variant is tested against the control with an "
+        f"always-valid sequential test (mSPRT, mixture sd {online.mixture_sd:g}) at every one of "
+        f"the {len(analysis.hours)} served hours: the p-value holds however often this report "
+        f"is read. Arms with fewer than {online.min_users} users are not tested."
     )
+    if analysis.users_in_several_variants:
+        err.print(
+            f"[yellow]{analysis.users_in_several_variants:,} users were served by more than one "
+            "variant (was the split changed?); each variant counts their answers.[/yellow]"
+        )
     page = write_experiment_report(
         out or settings.artifacts_root / "experiments" / name,
         name,
-        results,
+        analysis,
         rows,
-        settings.online,
+        online,
         requested,
     )
     console.print(f"report: {page}", soft_wrap=True)

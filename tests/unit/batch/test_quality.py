@@ -26,8 +26,9 @@ D20 = dt.date(2026, 11, 20)
 T = dt.datetime(2026, 11, 20, 8, 0, tzinfo=dt.UTC)
 
 # schema x4 (3 silver + movies), null_keys x3, value_ranges x3, known_movies x2 (not reco),
-# duplicate_keys x2 (reco_requests has no key), duplicate + quarantine fraction, volume x4
-N_CHECKS = 4 + 3 + 3 + 2 + 2 + 1 + 1 + 4
+# duplicate_keys x2 (reco_requests has no key), duplicate + quarantine fraction, daily volume
+# (bronze), volume x3 (silver)
+N_CHECKS = 4 + 3 + 3 + 2 + 2 + 1 + 1 + 1 + 3
 
 
 RECO = (
@@ -54,18 +55,24 @@ BATCH_2 = [
     "2026-11-20T12:00:00,3,GET /data/m/up+2009/7.mpg",
     "2026-11-20T12:00:00,3,GET /rate/up+2009=9",  # quarantined: bad rating
 ]
-# Up to 11-20: 11 parsed lines + 3 rejects = 14 lines; 2 quarantined, 3 repeats (1 + 2 re-sent).
+# Dated 11-20 (the gate's run day): 9 parsed lines + 3 rejects (the garbage and the bad rating
+# take the day of the lines around them) = 12 lines; 2 quarantined, 3 repeats (1 + 2 re-sent).
 # Silver: 3 watch sessions, 1 rating, 1 reco request.
 
 
-def ingest(lake: Lake, lines: list[str], batch: str) -> None:
+def ingest(
+    lake: Lake,
+    lines: list[str],
+    batch: str,
+    ingested_at: dt.datetime = dt.datetime(2026, 11, 21, 3, 0),
+) -> None:
     """Append lines to bronze/quarantine the way file ingest does."""
     parsed = parse_batch(
         lines,
         source=f"/logs/{batch}.log",
         offsets=range(len(lines)),
         ingest_batch=batch,
-        ingested_at=dt.datetime(2026, 11, 21, 3, 0),
+        ingested_at=ingested_at,
     )
     lake.append("quarantine_events", parsed.quarantine)
     lake.append("bronze_events", parsed.bronze)
@@ -98,9 +105,13 @@ def test_gate_passes_on_good_data_and_records_every_check(
     assert len(rows) == len(summary["checks"]) == N_CHECKS
     assert all(r["passed"] for r in rows.values())
     quarantine = rows[("2026-11-20", "bronze_events", "quarantine_fraction")]
-    assert quarantine["observed"] == pytest.approx(2 / 14) and quarantine["threshold"] == 0.2
+    assert quarantine["observed"] == pytest.approx(2 / 12) and quarantine["threshold"] == 0.2
     duplicates = rows[("2026-11-20", "bronze_events", "duplicate_fraction")]
-    assert duplicates["observed"] == pytest.approx(3 / 14) and duplicates["threshold"] == 0.3
+    assert duplicates["observed"] == pytest.approx(3 / 12) and duplicates["threshold"] == 0.3
+    assert "3 of 12 lines dated 2026-11-20" in duplicates["details"]
+    daily = rows[("2026-11-20", "bronze_events", "daily_volume")]
+    # 12 lines on the 20th vs the 2 of the 19th, the only day with lines in the week before
+    assert (daily["observed"], daily["threshold"]) == (12.0, 1.0)
     volume = rows[("2026-11-20", "watch_sessions", "volume")]
     assert volume["observed"] == 3.0 and volume["threshold"] is None
     assert "first run" in volume["details"]
@@ -116,7 +127,8 @@ def test_too_many_quarantined_lines_fail_the_gate_after_writing_the_report(
     settings = _relaxed(settings)
     ingest(lake, BATCH_1, "b1")
     ingest(lake, BATCH_2, "b2")
-    ingest(lake, [f"garbage {i}" for i in range(10)], "b3")  # 12 of 24 lines quarantined
+    # a feed of garbage on the 20th, streamed in that day: 12 of 22 lines quarantined
+    ingest(lake, [f"garbage {i}" for i in range(10)], "b3", dt.datetime(2026, 11, 20, 23, 0))
     run_compact(spark, lake, settings, D20)
 
     with pytest.raises(GateFailedError, match=r"bronze_events\.quarantine_fraction"):
@@ -125,7 +137,7 @@ def test_too_many_quarantined_lines_fail_the_gate_after_writing_the_report(
     assert len(rows) == N_CHECKS
     failed = [key for key, r in rows.items() if not r["passed"]]
     assert failed == [("2026-11-20", "bronze_events", "quarantine_fraction")]
-    assert rows[failed[0]]["observed"] == pytest.approx(0.5)
+    assert rows[failed[0]]["observed"] == pytest.approx(12 / 22)
     manifest = read_manifest(settings, D20, "quality")
     assert manifest["passed"] is False
     assert manifest["failed"] == ["bronze_events.quarantine_fraction"]
@@ -176,6 +188,7 @@ def test_bad_silver_rows_fail_range_key_null_and_movie_checks(
     spark: SparkSession, lake: Lake, settings: Settings
 ) -> None:
     upsert_movies(lake, ["heat"])  # movie_idx 0
+    ingest(lake, BATCH_1[2:8], "b1")  # clean lines on the 20th: the bronze checks pass
     sessions = [
         (1, "heat", 0, 0, 0),  # 0 minutes watched
         (2, "heat", 0, 3, 5),
@@ -215,12 +228,16 @@ def test_bad_silver_rows_fail_range_key_null_and_movie_checks(
     lake.ensure("reco_requests")
     names = ("watch_sessions", "ratings", "reco_requests", "movies")
     lines = {"total": 10, "parsed": 10, "quarantined": 0, "duplicate_rejects": 0}
-    lines |= {"duplicates_dropped": 0, "on_run_date": 10, "quarantined_on_run_date": 0}
+    lines |= {"duplicates_dropped": 0}
     write_manifest(
         settings,
         D20,
         "compact",
-        {"bronze_version": 0, "output_versions": lake.versions(names), "lines": lines},
+        {
+            "bronze_version": lake.version("bronze_events"),
+            "output_versions": lake.versions(names),
+            "lines": lines,
+        },
     )
 
     with pytest.raises(GateFailedError):
@@ -240,3 +257,68 @@ def test_bad_silver_rows_fail_range_key_null_and_movie_checks(
     assert rows[("2026-11-20", "ratings", "null_keys")]["observed"] == pytest.approx(0.5)
     assert "movie_idx: 1" in rows[("2026-11-20", "ratings", "null_keys")]["details"]
     assert rows[("2026-11-20", "ratings", "known_movies")]["observed"] == 1.0
+
+
+def _day(day: int, n: int) -> list[str]:
+    """``n`` distinct watch lines on 2026-11-``day`` (users 1..n, one minute each)."""
+    return [
+        f"2026-11-{day}T10:{u % 60:02d}:00,{u},GET /data/m/heat+1995/{u}.mpg"
+        for u in range(1, n + 1)
+    ]
+
+
+def _gate(spark: SparkSession, lake: Lake, settings: Settings, day: int) -> dict[str, Any]:
+    """Compact and gate run date 2026-11-``day``; the failed checks' labels."""
+    run_date = dt.date(2026, 11, day)
+    run_compact(spark, lake, settings, run_date)
+    try:
+        return run_quality_gate(spark, lake, settings, run_date)
+    except GateFailedError:
+        return read_manifest(settings, run_date, "quality")
+
+
+def test_a_day_with_10_percent_repeats_fails_its_gate_and_no_later_one(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    """History clean, the 20th re-sends 4 of its 40 lines: its gate fails (over all of bronze
+    it would be 4 of 160, 2.5 %, under the 5 % limit); the clean 21st passes again."""
+    for day in (18, 19, 21):
+        ingest(lake, _day(day, 40), f"d{day}")
+    ingest(lake, _day(20, 36), "d20")
+    ingest(lake, _day(20, 36)[:4], "d20-replayed")
+
+    failed = _gate(spark, lake, settings, 20)
+    assert failed["passed"] is False
+    assert failed["failed"] == ["bronze_events.duplicate_fraction"]
+    duplicates = _reports(lake)[("2026-11-20", "bronze_events", "duplicate_fraction")]
+    assert duplicates["observed"] == pytest.approx(0.1) and duplicates["threshold"] == 0.05
+    assert "0 within an ingest batch, 4 across batches" in duplicates["details"]
+    later = _gate(spark, lake, settings, 21)
+    assert later["passed"] is True, later["failed"]
+    assert _reports(lake)[("2026-11-21", "bronze_events", "duplicate_fraction")]["observed"] == 0
+
+
+def test_the_run_days_since_the_last_gate_are_judged_and_a_day_without_lines_fails(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    """Gated on the 17th, next on the 20th: the 18th-20th are the run's days; the 19th has
+    no lines at all (a dead feed), against a median of 40 a day before."""
+    for day in (15, 16, 17, 18, 20):
+        ingest(lake, _day(day, 40), f"d{day}")
+    gated = {
+        "run_date": dt.date(2026, 11, 17),
+        "table_name": "bronze_events",
+        "check_name": "daily_volume",
+        "passed": True,
+        "observed": 40.0,
+        "threshold": 20.0,
+        "details": "",
+        "checked_at": T,
+    }
+    lake.append("quality_reports", pa.Table.from_pylist([gated], schema=QUALITY_REPORTS.schema))
+    failed = _gate(spark, lake, settings, 20)
+    assert failed["failed"] == ["bronze_events.daily_volume"]
+    volume = _reports(lake)[("2026-11-20", "bronze_events", "daily_volume")]
+    assert (volume["observed"], volume["threshold"]) == (0.0, 20.0)
+    assert "0 lines on 2026-11-19" in volume["details"]
+    assert "on 3 days of 2026-11-11..2026-11-17" in volume["details"]  # 7 days before the 18th

@@ -1,21 +1,20 @@
-"""Online evaluation: conversions on a hand-made example, idempotent hours, statistics, the CLI."""
+"""Online evaluation: per-user conversions on a hand-made example, idempotent hours, the CLI report."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from flixlake.config import Settings
 from flixlake.experiments.online import evaluation_hours, run_online_evaluation
-from flixlake.experiments.stats import compare_variants, two_proportion_test, wilson_interval
 from flixlake.lake.store import Lake, MissingTableError
 from flixlake.lake.tables import BRONZE_EVENTS, ONLINE_EVALUATIONS, SERVED_RECOMMENDATIONS
 from flixlake.ops.cli import app
@@ -99,6 +98,7 @@ ANSWERS = [
     _answer("r11", t(21, 23, 30), 9, "control", "m0", ["z"]),  # watched after midnight
     # served at 09:35:00.400, f watched at 09:35:00 (log times are whole seconds): the same second
     _answer("r12", t(22, 9, 35) + dt.timedelta(milliseconds=400), 6, "treatment", "m2", ["f"]),
+    _answer("r13", t(22, 9, 58), 1, "control", "m1", ["q"]),  # user 1's second answer of 9:00
 ]
 EVENTS = [
     _event(1, "b", t(22, 9, 40)),
@@ -116,13 +116,19 @@ EVENTS = [
     _event(7, "x", t(22, 11, 10)),
     _event(8, "z", t(21, 10, 40)),
     _event(9, "z", t(22, 0, 10)),
+    _event(1, "q", t(22, 10, 10)),
 ]
-# (served_hour, variant, model_version) -> (served, converted), worked out by hand from the above
+# (served_hour, variant, model_version, user) -> (served, converted), worked out by hand from the
+# above
 EXPECTED = {
-    (t(21, 23), "control", "m0"): (1, 1),
-    (t(22, 9), "control", "m1"): (2, 1),
-    (t(22, 9), "treatment", "m2"): (4, 2),
-    (t(22, 10), "control", "m1"): (1, 1),
+    (t(21, 23), "control", "m0", 9): (1, 1),
+    (t(22, 9), "control", "m1", 1): (2, 2),  # r1 and r13: one row per user and hour
+    (t(22, 9), "control", "m1", 2): (1, 0),
+    (t(22, 9), "treatment", "m2", 3): (1, 0),
+    (t(22, 9), "treatment", "m2", 4): (1, 0),
+    (t(22, 9), "treatment", "m2", 5): (1, 1),
+    (t(22, 9), "treatment", "m2", 6): (1, 1),
+    (t(22, 10), "control", "m1", 1): (1, 1),
 }
 
 
@@ -134,16 +140,22 @@ def _seed(lake: Lake) -> None:
     lake.append("bronze_events", pa.Table.from_pylist(EVENTS, schema=BRONZE_EVENTS.schema))
 
 
-def _evaluations(lake: Lake) -> dict[tuple[dt.datetime, str, str], tuple[int, int]]:
+Key = tuple[dt.datetime, str, str, int]
+
+
+def _evaluations(lake: Lake) -> dict[Key, tuple[int, int]]:
     rows = lake.read("online_evaluations").to_pylist()
-    keys = [(r["served_hour"], r["variant"], r["model_version"]) for r in rows]
+    keys = [(r["served_hour"], r["variant"], r["model_version"], r["user_id"]) for r in rows]
     assert len(keys) == len(set(keys)), f"duplicate rows: {keys}"
     for r in rows:
         assert r["experiment"] == "default"
         assert r["window_seconds"] == 3600
         assert r["served_date"] == r["served_hour"].date()
     return {
-        (r["served_hour"], r["variant"], r["model_version"]): (r["served"], r["converted"])
+        (r["served_hour"], r["variant"], r["model_version"], r["user_id"]): (
+            r["served"],
+            r["converted"],
+        )
         for r in rows
     }
 
@@ -168,7 +180,8 @@ def test_conversions_per_hour_and_variant(
     assert summary["hours"] == 24
     assert summary["first_hour"] == t(21, 11).isoformat()
     assert summary["last_hour"] == t(22, 10).isoformat()
-    assert (summary["rows"], summary["served"], summary["converted"]) == (4, 8, 5)
+    assert (summary["rows"], summary["served"], summary["converted"]) == (8, 9, 6)
+    assert summary["users"] == 7
 
 
 def test_rerun_replaces_the_evaluated_hours_only(
@@ -182,6 +195,7 @@ def test_rerun_replaces_the_evaluated_hours_only(
             "experiment": "default",
             "model_version": "m1",
             "variant": "control",
+            "user_id": 1,
             "served": served,
             "converted": 0,
             "window_seconds": 3600,
@@ -197,7 +211,7 @@ def test_rerun_replaces_the_evaluated_hours_only(
     run_online_evaluation(spark, lake, settings, UNTIL)
     first = _evaluations(lake)
     run_online_evaluation(spark, lake, settings, UNTIL)
-    assert _evaluations(lake) == first == {**EXPECTED, (t(20, 5), "control", "m1"): (40, 0)}
+    assert _evaluations(lake) == first == {**EXPECTED, (t(20, 5), "control", "m1", 1): (40, 0)}
 
 
 def test_an_hour_is_evaluated_once_its_watch_window_has_passed(
@@ -205,11 +219,11 @@ def test_an_hour_is_evaluated_once_its_watch_window_has_passed(
 ) -> None:
     _seed(lake)
     run_online_evaluation(spark, lake, settings, t(22, 12, 59))
-    assert (t(22, 11), "control", "m1") not in _evaluations(lake)
+    assert (t(22, 11), "control", "m1", 7) not in _evaluations(lake)
     run_online_evaluation(spark, lake, settings, t(22, 13))
     got = _evaluations(lake)
-    assert got[(t(22, 11), "control", "m1")] == (1, 1)
-    assert got[(t(22, 10), "control", "m1")] == (1, 1)  # recomputed, not duplicated
+    assert got[(t(22, 11), "control", "m1", 7)] == (1, 1)
+    assert got[(t(22, 10), "control", "m1", 1)] == (1, 1)  # recomputed, not duplicated
 
 
 def test_missing_served_table_is_a_clear_skip(
@@ -230,109 +244,112 @@ def test_missing_bronze_table_names_it(spark: SparkSession, lake: Lake, settings
         run_online_evaluation(spark, lake, settings, UNTIL)
 
 
-# -- statistics, checked against the textbook formulas ------------------------------------------
-Z95 = NormalDist().inv_cdf(0.975)
-
-
-def test_two_proportion_test_matches_the_textbook() -> None:
-    # 150/1000 (variant) vs 120/1000 (control)
-    pooled = 270 / 2000
-    z = (0.15 - 0.12) / math.sqrt(pooled * (1 - pooled) * (2 / 1000))
-    p = math.erfc(abs(z) / math.sqrt(2))  # two-sided
-    se = math.sqrt(0.15 * 0.85 / 1000 + 0.12 * 0.88 / 1000)
-    assert z == pytest.approx(1.9630, abs=1e-4)
-    assert p == pytest.approx(0.0496, abs=1e-4)
-
-    got = two_proportion_test(150, 1000, 120, 1000, 0.95)
-    assert got.z == pytest.approx(z, rel=1e-9)
-    assert got.p_value == pytest.approx(p, rel=1e-9)
-    assert got.diff == pytest.approx(0.03, rel=1e-12)
-    assert got.diff_low == pytest.approx(0.03 - Z95 * se, rel=1e-9)
-    assert got.diff_high == pytest.approx(0.03 + Z95 * se, rel=1e-9)
-    # the other way round: same p, opposite z
-    back = two_proportion_test(120, 1000, 150, 1000, 0.95)
-    assert (back.z, back.p_value) == (pytest.approx(-z), pytest.approx(p))
-
-
-def test_two_proportion_test_of_identical_extremes_is_not_significant() -> None:
-    got = two_proportion_test(0, 10, 0, 20, 0.95)
-    assert (got.diff, got.z, got.p_value) == (0.0, 0.0, 1.0)
-
-
-@pytest.mark.parametrize(("k", "n"), [(120, 1000), (3, 10), (0, 10), (10, 10)])
-def test_wilson_interval_matches_the_textbook(k: int, n: int) -> None:
-    p = k / n
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 / (1 + Z95**2 / n) * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))
-    low, high = wilson_interval(k, n, 0.95)
-    assert low == pytest.approx(max(0.0, centre - half), abs=1e-12)
-    assert high == pytest.approx(min(1.0, centre + half), abs=1e-12)
-
-
-def _row(variant: str, model: str, served: int, converted: int, hour: int = 9) -> dict[str, Any]:
-    return {
-        "served_hour": t(22, hour),
-        "experiment": "default",
-        "model_version": model,
-        "variant": variant,
-        "served": served,
-        "converted": converted,
-        "window_seconds": 3600,
-        "computed_at": UNTIL,
-        "served_date": t(22, hour).date(),
-    }
-
-
-# 120/1000 vs 150/1000 over two hours and, for the treatment, two model versions
-ROWS = [
-    _row("control", "m1", 600, 70, 9),
-    _row("control", "m1", 400, 50, 10),
-    _row("treatment", "m2", 500, 80, 9),
-    _row("treatment", "m3", 500, 70, 10),
-    _row("canary", "m3", 50, 10, 10),
-]
-
-
-def test_variants_are_summed_and_tested_against_the_control() -> None:
-    control, canary, treatment = compare_variants(ROWS, "control", 0.95, min_served=100)
-    assert (control.variant, control.served, control.converted) == ("control", 1000, 120)
-    assert (control.verdict, control.comparison) == ("control", None)
-    assert (treatment.served, treatment.converted) == (1000, 150)
-    assert treatment.model_versions == ("m2", "m3")
-    assert treatment.comparison is not None
-    assert treatment.comparison.p_value == pytest.approx(0.0496, abs=1e-4)
-    assert treatment.verdict == "significant at 95%"
-    assert (canary.served, canary.comparison, canary.verdict) == (50, None, "too few answers")
-    assert canary.rate == 0.2  # shown all the same, with its interval
-    assert canary.ci_low < 0.2 < canary.ci_high
-
-    strict = compare_variants(ROWS, "control", 0.99, min_served=100)
-    assert strict[2].verdict == "not significant"
-    with pytest.raises(LookupError, match="'nobody'"):
-        compare_variants(ROWS, "nobody", 0.95, min_served=100)
+def test_a_table_of_the_old_hourly_schema_is_named_with_the_fix(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    _seed(lake)
+    old = pa.schema([f for f in ONLINE_EVALUATIONS.schema if f.name != "user_id"])
+    write_deltalake(lake.path("online_evaluations"), pa.Table.from_pylist([], old))
+    with pytest.raises(MissingTableError, match=r"old hourly schema.*delete"):
+        run_online_evaluation(spark, lake, settings, UNTIL)
+    result = _report(settings.home)
+    assert result.exit_code == 2
+    assert "old hourly schema" in result.output
 
 
 # -- flixlake experiment report ------------------------------------------------------------------
+TAU = 0.03  # online.mixture_sd in conf/base.yaml
+
+
 def _report(home: Path, *args: str) -> Any:
     return CliRunner().invoke(
         app,
         ["experiment", "report", "--env", "test", "--home", str(home), *args],
-        env={"COLUMNS": "240"},
+        env={"COLUMNS": "260"},
     )
 
 
-def test_report_prints_the_comparison_and_writes_html(lake: Lake, settings: Settings) -> None:
+def _user_rows(
+    variant: str, first_user: int, users: int, converting: int, hours: dict[int, str]
+) -> list[dict[str, Any]]:
+    """Each user is served 2 answers at 9:00 and 1 at 10:00 (when listed in ``hours``, hour ->
+    model version); the first ``converting`` users convert all of theirs, the others none."""
+    rows = []
+    for hour, model in hours.items():
+        served = 2 if hour == 9 else 1
+        for u in range(first_user, first_user + users):
+            rows.append(
+                {
+                    "served_hour": t(22, hour),
+                    "experiment": "default",
+                    "model_version": model,
+                    "variant": variant,
+                    "user_id": u,
+                    "served": served,
+                    "converted": served if u < first_user + converting else 0,
+                    "window_seconds": 3600,
+                    "computed_at": UNTIL,
+                    "served_date": t(22, hour).date(),
+                }
+            )
+    return rows
+
+
+ROWS = [
+    *_user_rows("control", 1, 1000, 300, {9: "m1", 10: "m1"}),
+    *_user_rows("treatment", 2001, 1000, 400, {9: "m2", 10: "m3"}),
+    *_user_rows("same", 4001, 1000, 300, {9: "m4", 10: "m4"}),
+    *_user_rows("canary", 7001, 50, 10, {10: "m3"}),
+]
+
+
+def _by_hand(users: list[tuple[int, int]]) -> tuple[float, float]:
+    """Ratio and delta-method variance over users ``(served, converted)``, the textbook way."""
+    n = len(users)
+    rate = sum(y for _, y in users) / sum(s for s, _ in users)
+    residuals = sum((y - rate * s) ** 2 for s, y in users)
+    return rate, n / (n - 1) * residuals / sum(s for s, _ in users) ** 2
+
+
+def _msprt_p(diff: float, variance: float) -> float:
+    t2 = TAU * TAU
+    lam = math.sqrt(variance / (variance + t2)) * math.exp(
+        t2 * diff * diff / (2 * variance * (variance + t2))
+    )
+    return min(1.0, 1 / lam)
+
+
+def test_report_shows_the_per_user_analysis_and_the_sequential_verdict(
+    lake: Lake, settings: Settings
+) -> None:
     lake.append("online_evaluations", pa.Table.from_pylist(ROWS, ONLINE_EVALUATIONS.schema))
+    # control: 300 users (3, 3) and 700 users (3, 0); treatment 400 and 600. Both looks (9:00 and
+    # 10:00) give the same rates and variances, so the always-valid p is that of either look.
+    rate_c, var_c = _by_hand([(3, 3)] * 300 + [(3, 0)] * 700)
+    rate_t, var_t = _by_hand([(3, 3)] * 400 + [(3, 0)] * 600)
+    assert (rate_c, rate_t) == (pytest.approx(0.3), pytest.approx(0.4))
+    p_treatment = _msprt_p(rate_t - rate_c, var_t + var_c)
+    assert p_treatment < 0.05  # 1.1e-03
+    z = (rate_t - rate_c) / math.sqrt(var_t + var_c)
+    deff = var_c / (0.3 * 0.7 / 3000)  # every user converts all or nothing: 3x the binomial
+
     result = _report(settings.home)
     assert result.exit_code == 0, result.output
-    for text in ("control", "treatment", "canary", "0.0496", "1.963", "significant at 95%"):
-        assert text in result.output
-    assert "too few answers" in result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    assert lines["control"].split()[1:6] == ["m1", "1,000", "3,000", "900", "0.3000"]
+    assert f"{deff:.2f}" in lines["control"].split()
+    assert f"{p_treatment:.4f}" in lines["treatment"].split()
+    assert f"{z:.3f}" in lines["treatment"].split()
+    assert "higher: significant at 95%" in lines["treatment"]
+    assert "not significant yet" in lines["same"]
+    assert lines["same"].split()[-4] == "1.0000"  # identical rates: p = 1
+    assert "too few users" in lines["canary"]
+    assert "always-valid sequential test" in result.output
     page = settings.artifacts_root / "experiments" / "default" / "report.html"
     assert f"report: {page}" in result.output
     html = page.read_text()
     assert "<img src='watch_through.png'" in html
-    assert "0.0496" in html
+    assert f"{p_treatment:.4f}" in html and "mSPRT" in html
     assert (page.parent / "watch_through.png").read_bytes().startswith(PNG_MAGIC)
 
     # a range with only the 10:00 hour, and the treatment as control
@@ -350,15 +367,17 @@ def test_report_prints_the_comparison_and_writes_html(lake: Lake, settings: Sett
     )
     assert result.exit_code == 0, result.output
     cells = {
-        line.split()[0]: line.split()[1:4]
+        line.split()[0]: line.split()[1:5]
         for line in result.output.splitlines()
-        if line.split()[:1] in (["control"], ["treatment"], ["canary"])
+        if line.split()[:1] in (["control"], ["treatment"], ["canary"], ["same"])
     }
-    assert cells == {  # the 10:00 rows only: model version, served, converted
-        "treatment": ["m3", "500", "70"],
-        "canary": ["m3", "50", "10"],
-        "control": ["m1", "400", "50"],
+    assert cells == {  # the 10:00 rows only: model version, users, answers, converted
+        "treatment": ["m3", "1,000", "1,000", "400"],
+        "canary": ["m3", "50", "50", "10"],
+        "control": ["m1", "1,000", "1,000", "300"],
+        "same": ["m4", "1,000", "1,000", "300"],
     }
+    assert "lower: significant at 95%" in result.output  # control vs treatment
     assert (out / "report.html").is_file()
 
 

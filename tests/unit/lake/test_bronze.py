@@ -28,14 +28,24 @@ def test_every_line_in_bronze_and_only_rejects_in_quarantine() -> None:
     ]
     assert batch.quarantine["source_offset"].to_pylist() == [11, 12, 13]
     assert batch.quarantine["reason"].to_pylist() == ["field_count", "duplicate", "invalid_utf8"]
-    # parsed rows keep their event day; unparseable ones the ingest day
+    # parsed rows (the duplicate too) keep their event day; unparseable ones the day of the
+    # parsed line before them, not the ingest day (2026-11-23)
     assert batch.bronze["event_date"].to_pylist() == [
         dt.date(2026, 11, 22),
-        dt.date(2026, 11, 23),
-        dt.date(2026, 11, 23),
-        dt.date(2026, 11, 23),
+        dt.date(2026, 11, 22),
+        dt.date(2026, 11, 22),
+        dt.date(2026, 11, 22),
         dt.date(2026, 11, 21),
     ]
+
+
+def test_unparseable_lines_take_the_nearest_parsed_day_else_the_ingest_day() -> None:
+    leading = parse_batch(
+        ["garbage", "", GOOD, "more garbage"], "t", range(4), "b", ingested_at=NOW
+    )
+    assert leading.bronze["event_date"].to_pylist() == [dt.date(2026, 11, 22)] * 4
+    only_bad = parse_batch(["garbage", b"\xff"], "t", range(2), "b", ingested_at=NOW)
+    assert only_bad.bronze["event_date"].to_pylist() == [NOW.date()] * 2
 
 
 def test_kafka_partitions_are_kept_per_line() -> None:

@@ -20,6 +20,7 @@ from flixlake.lake.registry import (
     current_published_model,
     get_model,
     model_lineage,
+    resolve_model_refs,
     rollback_to,
     set_model_status,
     upsert_model,
@@ -142,7 +143,15 @@ def test_register_records_provenance(
     assert row["status"] == "registered"
     assert row["published_at"] is None
     assert row["git_commit"] == "0123abcd"
-    assert json.loads(row["params"]) == {"rank": 8, "reg_param": 0.1, "alpha": 10.0}
+    params = json.loads(row["params"])
+    assert {k: params[k] for k in ("rank", "reg_param", "alpha")} == {
+        "rank": 8,
+        "reg_param": 0.1,
+        "alpha": 10.0,
+    }
+    # the whole search that chose them lands in the models row too
+    assert [t["ndcg"] for t in params["search"]["trials"]] == [0.21, 0.17]
+    assert params["search"]["fit_failures"] == []
     assert json.loads(row["metrics"])["als"]["ndcg"] == 0.25
     assert json.loads(row["metrics"])["popularity"]["ndcg"] == 0.2
     # bronze from compact, silver as compacted, but the version training pinned wins (movies 1)
@@ -209,6 +218,18 @@ def test_current_model_is_the_latest_published(lake: Lake) -> None:
     assert excluded is not None and excluded["model_version"] == "a"
     before = current_published_model(lake, published_before=t1)
     assert before is None
+
+
+def test_model_refs_resolve_to_current_previous_and_named_versions(lake: Lake) -> None:
+    assert resolve_model_refs(lake, ["current", "previous"]) == {"current": None, "previous": None}
+    t1, t2, t3 = (T0 + dt.timedelta(days=d) for d in (1, 2, 3))
+    upsert_model(lake, _model_row("a", "published", t1))
+    assert resolve_model_refs(lake, ["previous"]) == {"previous": None}  # nothing before "a"
+    upsert_model(lake, _model_row("b", "published", t2))
+    upsert_model(lake, _model_row("c", "rejected", t3))
+    resolved = resolve_model_refs(lake, ["current", "previous", "c", "nope"])
+    versions = {ref: row["model_version"] if row else None for ref, row in resolved.items()}
+    assert versions == {"current": "b", "previous": "a", "c": "c", "nope": None}
 
 
 def test_set_status_rejects_unknown_models_and_statuses(lake: Lake) -> None:

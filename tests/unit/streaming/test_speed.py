@@ -235,6 +235,42 @@ def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
     assert lake.read("speed_user_activity")["since"].to_pylist() == [t(23, 0)]
 
 
+def test_views_start_at_the_oldest_cutoff_the_experiment_serves(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    """An A/B test of the previous model against the current one: the previous model's users
+    must not get back what they watched since its run date, so the views start there."""
+    record_published_model(lake, "m1", dt.date(2026, 11, 21), t(21, 3))
+    record_published_model(lake, "m2", dt.date(2026, 11, 22), t(22, 3))
+    current_only = layer(lake, settings)
+    current_only.process(records(spark, GOOD), batch_id=0)
+    assert set(by_user(lake.read("speed_user_activity"))) == {1, 2}  # not 3 (11-21 10:00)
+
+    speed = SpeedLayer(
+        lake,
+        settings.streaming,
+        "movielog",
+        "q",
+        clock=lambda: NOW,
+        cutoff_check_seconds=0,
+        model_refs=("previous", "current"),
+    )
+    speed.start()  # a restart with the experiment: the views are rebuilt from m1's run date
+    activity = by_user(lake.read("speed_user_activity"))
+    assert activity[3] == {"watched": {"b"}, "rated": set(), "first": t(21, 10), "last": t(21, 10)}
+    assert set(activity) == {1, 2, 3}
+    marks = lake.read("speed_user_activity", columns=["since", "model_version"]).to_pylist()
+    assert {(r["since"], r["model_version"]) for r in marks} == {(t(21, 0), "m2")}
+
+    record_published_model(lake, "m3", dt.date(2026, 11, 23), t(23, 3))  # m2 is now previous
+    report = speed.process(
+        records(spark, ["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
+    )
+    assert report.rebuilt
+    assert set(by_user(lake.read("speed_user_activity"))) == {1, 2, 5}
+    assert set(lake.read("speed_user_activity")["since"].to_pylist()) == {t(22, 0)}
+
+
 def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
     spark: SparkSession, lake: Lake, settings: Settings, tmp_path: Path
 ) -> None:
