@@ -11,8 +11,11 @@ per-batch report, and turns Kafka's data-loss failure into a message naming the 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -184,23 +187,73 @@ def checkpoint_dir(settings: Settings, query_name: str | None = None) -> Path:
     return settings.checkpoint_root / (query_name or settings.streaming.query_name)
 
 
-def check_checkpoint(lake: Lake, checkpoint: Path, app_id: str, tables: Iterable[str]) -> None:
-    """Refuse a fresh checkpoint for a query that already wrote batches (they would be skipped).
+def _batch_ids(folder: Path) -> list[int]:
+    """The micro-batch ids Spark logged in a checkpoint folder (``offsets/`` or ``commits/``)."""
+    if not folder.is_dir():
+        return []
+    return [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
 
-    ``tables``: those the query appends to with ``app_id`` transactions (its ``tables``).
+
+def check_checkpoint(lake: Lake, checkpoint: Path, app_id: str, tables: Iterable[str]) -> None:
+    """Refuse a checkpoint that is behind what the tables record for ``app_id``.
+
+    ``tables``: those the query appends to with ``app_id`` transactions (its ``tables``). A table
+    that recorded batch ``V`` while the checkpoint never planned batch ``V`` (an empty, older or
+    foreign checkpoint) would have the next batches, ids ``<= V`` with other offsets, skipped as
+    already written: data lost without a sign. So the job stops here with a message instead.
     """
-    offsets = checkpoint / "offsets"
-    if offsets.exists() and any(offsets.iterdir()):
-        return
+    planned = _batch_ids(checkpoint / "offsets")
+    last_planned = max(planned) if planned else None
     for table in tables:
-        if lake.applied(table, app_id, 0):
-            version = lake.table(table).transaction_version(app_id)
+        recorded = lake.txn_version(table, app_id)
+        if recorded is None or (last_planned is not None and recorded <= last_planned):
+            continue
+        where = (
+            "is empty"
+            if last_planned is None
+            else f"has planned only up to micro-batch {last_planned}"
+        )
+        raise SpeedLayerError(
+            f"{table} already holds micro-batches 0..{recorded} of {app_id!r}, but the "
+            f"checkpoint {checkpoint} {where}: the next batch ids would be skipped as already "
+            "written. Restore the checkpoint that wrote them, or give the query a new "
+            "streaming.query_name."
+        )
+
+
+class CheckpointLock:
+    """One writer per query: an exclusive lock on its checkpoint while the query runs.
+
+    Two speed layers with one query name would share a checkpoint and an app id; the second is
+    refused at start, before it reads or writes anything. ``flock`` is released by the kernel
+    when the holder dies (``kill -9`` included), so a crash never leaves a stale lock.
+    """
+
+    FILE = "writer.lock"
+
+    def __init__(self, checkpoint: Path, query_name: str) -> None:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        self.path = checkpoint / self.FILE
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
             raise SpeedLayerError(
-                f"{table} already holds micro-batches 0..{version} of {app_id!r}, but the "
-                f"checkpoint {checkpoint} is empty: batch ids would restart at 0 and be skipped "
-                "as already written. Restore the checkpoint, or give the query a new "
-                "streaming.query_name."
-            )
+                f"query {query_name!r} is already running ({holder}; lock {self.path}): a second "
+                "writer with the same query name and app id is refused. Stop the other one, or "
+                "give this one another streaming.query_name."
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Let the next writer start (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
 
 
 class BatchProcessor(Protocol):
@@ -223,10 +276,15 @@ class SpeedLayerRun:
     """A running query: stop it gracefully (between batches) or abruptly."""
 
     def __init__(
-        self, query: StreamingQuery, processor: BatchProcessor, lock: threading.Lock
+        self,
+        query: StreamingQuery,
+        processor: BatchProcessor,
+        lock: threading.Lock,
+        writer_lock: CheckpointLock | None = None,
     ) -> None:
         self.query = query
         self.processor = processor
+        self.writer_lock = writer_lock
         self.reports: list[BatchReport] = []
         self._lock = lock
         self._stopping = threading.Event()
@@ -244,6 +302,7 @@ class SpeedLayerRun:
         self.request_stop()
         idle = self.wait_idle(timeout) if graceful else True
         self.query.stop()
+        self.wait_idle(0)  # frees the checkpoint now unless a batch is still in flight
         if not idle:
             raise SpeedLayerError(f"a micro-batch did not finish within {timeout:.0f}s")
 
@@ -254,11 +313,20 @@ class SpeedLayerRun:
         self._stopping.set()
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
-        """Wait until no batch code runs in this process (after an abrupt stop)."""
-        if self._lock.acquire(timeout=timeout):
+        """Wait until no batch code runs in this process (after an abrupt stop).
+
+        Once idle and stopped, the checkpoint is free for the next writer.
+        """
+        if self._lock.acquire(timeout=timeout) if timeout > 0 else self._lock.acquire(False):
             self._lock.release()
+            self.release()
             return True
         return False
+
+    def release(self) -> None:
+        """Free the query's checkpoint for the next writer (once the query no longer runs)."""
+        if self.writer_lock is not None and not self.query.isActive:
+            self.writer_lock.release()
 
     def failure(self) -> BaseException | None:
         """The exception that ended the query, unless it was our own stop."""
@@ -279,10 +347,41 @@ def start_query(
 ) -> SpeedLayerRun:
     """Start a ``foreachBatch`` query of ``topic`` into ``processor`` (non-blocking).
 
-    Its checkpoint is ``$FLIXLAKE_HOME/checkpoints/<processor.query_name>``.
+    Its checkpoint is ``$FLIXLAKE_HOME/checkpoints/<processor.query_name>``, locked for this one
+    writer (:class:`CheckpointLock`) and checked against the progress the tables record
+    (:func:`check_checkpoint`); either refusal raises :class:`SpeedLayerError` before any read.
     """
     checkpoint = checkpoint_dir(settings, processor.query_name)
-    check_checkpoint(processor.lake, checkpoint, processor.app_id, processor.tables)
+    writer_lock = CheckpointLock(checkpoint, processor.query_name)
+    try:
+        check_checkpoint(processor.lake, checkpoint, processor.app_id, processor.tables)
+        return _start_foreach_batch(
+            spark,
+            settings,
+            processor,
+            topic,
+            checkpoint,
+            writer_lock,
+            bootstrap_servers,
+            on_batch,
+            quiet,
+        )
+    except BaseException:
+        writer_lock.release()
+        raise
+
+
+def _start_foreach_batch(
+    spark: SparkSession,
+    settings: Settings,
+    processor: BatchProcessor,
+    topic: str,
+    checkpoint: Path,
+    writer_lock: CheckpointLock,
+    bootstrap_servers: str | None,
+    on_batch: Callable[[BatchReport], None] | None,
+    quiet: bool,
+) -> SpeedLayerRun:
     bootstrap = bootstrap_servers or settings.kafka.bootstrap_servers
     try:  # Spark's source fails on a topic that does not exist; the broker may not be up yet
         create_topic(bootstrap, topic, settings.kafka.partitions, timeout=10)
@@ -313,7 +412,7 @@ def start_query(
         .foreachBatch(foreach_batch)
         .start()
     )
-    run = SpeedLayerRun(query, processor, lock)
+    run = SpeedLayerRun(query, processor, lock, writer_lock)
     holder.append(run)
     return run
 

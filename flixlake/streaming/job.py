@@ -84,6 +84,7 @@ def run_speed_layer(
                     run.stop(graceful=True)
                 except SpeedLayerError as exc:
                     stop_errors.append(f"{name}: {exc}")
+            run.wait_idle(0)  # a query that ended on its own frees its checkpoint too
     for name, run in runs.items():
         error = run.failure()
         if error is not None:

@@ -27,7 +27,7 @@ from flixlake.config import Settings, load_settings
 from flixlake.contract.kafka import BrokerError, create_topic, free_port, produce_lines
 from flixlake.lake.store import Lake
 from flixlake.ops.broker import BrokerProcess, running_broker, start_broker, stop_broker
-from flixlake.streaming.harness import SpeedLayerRun
+from flixlake.streaming.harness import SpeedLayerError, SpeedLayerRun
 from flixlake.streaming.job import start_speed_layer
 from flixlake.testing import record_published_model
 
@@ -213,7 +213,7 @@ def test_every_line_lands_once_and_views_match_the_produced_events(
     run = start_speed_layer(spark, settings, lake, quiet=True)
     try:
         n = len(produced.lines)
-        wait_for(lambda: sum(r.events for r in run.reports) >= n, 120, f"{n} lines", run)
+        wait_for(lambda: sum(r.events for r in run.reports) >= n, 600, f"{n} lines", run)
     finally:
         stop(run)
     assert len(run.reports) >= 3  # several micro-batches (250 events each at most)
@@ -302,7 +302,8 @@ def test_hard_stop_mid_stream_and_restart_loses_and_doubles_nothing(
 
     run = start_speed_layer(spark, settings, lake, quiet=True)
     try:
-        wait_for(lambda: bronze_count(lake) >= 400, 120, "two micro-batches", run)
+        # generous: at load 30 on 2 cores the first batch (JIT, first Delta commit) takes minutes
+        wait_for(lambda: bronze_count(lake) >= 400, 600, "two micro-batches", run)
     finally:
         run.stop(graceful=False)  # abrupt: no waiting for the batch in flight
     assert run.wait_idle(timeout=60)
@@ -312,11 +313,36 @@ def test_hard_stop_mid_stream_and_restart_loses_and_doubles_nothing(
     restarted = start_speed_layer(spark, settings, lake, quiet=True)
     try:
         n = len(first) + len(later)
-        wait_for(lambda: bronze_count(lake) >= n, 120, f"{n} lines after restart", restarted)
+        wait_for(lambda: bronze_count(lake) >= n, 600, f"{n} lines after restart", restarted)
         time.sleep(1.0)  # a few more triggers: nothing else may arrive
     finally:
         stop(restarted)
     assert_bronze_is(lake, expected_positions(first, later))
+
+
+def test_a_second_speed_layer_with_the_same_query_name_is_refused(
+    spark: Any, broker: BrokerProcess, topic: str, tmp_path: Path
+) -> None:
+    """Two writers with one query name share a checkpoint and an app id: the second refuses to
+    start; the first goes on, and bronze holds every line once."""
+    produced = make_lines(n_valid=300, seed=11, bad_each=0, copies=0)
+    settings = stream_settings(tmp_path, broker.bootstrap, topic, land_served=False)
+    lake = Lake(settings.lake_root)
+    produce_lines(broker.bootstrap, topic, produced.lines[:150], partitions=PARTITIONS)
+    run = start_speed_layer(spark, settings, lake, quiet=True)
+    try:
+        wait_for(lambda: bronze_count(lake) >= 1, 600, "the first batch", run)
+        with pytest.raises(SpeedLayerError, match="already running"):
+            start_speed_layer(spark, settings, lake, quiet=True)
+        produce_lines(broker.bootstrap, topic, produced.lines[150:], partitions=PARTITIONS)
+        n = len(produced.lines)
+        wait_for(lambda: bronze_count(lake) >= n, 600, f"{n} lines", run)
+        time.sleep(1.0)  # a few more triggers: nothing else may arrive
+    finally:
+        stop(run)
+    assert_bronze_is(lake, expected_positions(produced.lines[:150], produced.lines[150:]))
+    restarted = start_speed_layer(spark, settings, lake, quiet=True)  # stopped: free again
+    stop(restarted)
 
 
 def start_job(home: Path, bootstrap: str, topic: str, log: Path) -> subprocess.Popen[bytes]:
@@ -428,7 +454,7 @@ def test_a_topic_recreated_under_a_running_query_stops_it_naming_the_lost_range(
 
     def recreate_when_read() -> None:
         try:
-            wait_for(lambda: bronze_count(lake) >= len(lines), 240, "the first lines")
+            wait_for(lambda: bronze_count(lake) >= len(lines), 600, "the first lines")
             recreate_topic(broker.bootstrap, topic, PARTITIONS)
             produce_lines(broker.bootstrap, topic, lines[:30], partitions=PARTITIONS)
         except BaseException as exc:
@@ -437,7 +463,7 @@ def test_a_topic_recreated_under_a_running_query_stops_it_naming_the_lost_range(
     helper = threading.Thread(target=recreate_when_read, daemon=True)
     helper.start()
     with pytest.raises(SpeedLayerError) as stopped:
-        run_speed_layer(spark, settings, lake, timeout=400)
+        run_speed_layer(spark, settings, lake, timeout=900)
     helper.join(timeout=60)
     assert not failures, failures
     message = str(stopped.value)
@@ -461,7 +487,7 @@ def test_a_stream_started_before_the_broker_waits_and_then_reads_everything(
         with running_broker(port, "movielog", PARTITIONS, log_dir=tmp_path / "kafka") as b:
             produce_lines(b.bootstrap, "movielog", produced.lines, partitions=PARTITIONS)
             n = len(produced.lines)
-            wait_for(lambda: bronze_count(lake) >= n, 120, f"{n} lines", run)
+            wait_for(lambda: bronze_count(lake) >= n, 600, f"{n} lines", run)
             stop(run)
     finally:
         if run.query.isActive:
@@ -481,15 +507,15 @@ def test_a_briefly_unreachable_broker_neither_crashes_nor_loses_data(
     lake = Lake(settings.lake_root)
     run = start_speed_layer(spark, settings, lake, quiet=True)
     try:
-        wait_for(lambda: bronze_count(lake) >= 150, 120, "the first batch", run)
+        wait_for(lambda: bronze_count(lake) >= 150, 600, "the first batch", run)
         proxy.cut()
         time.sleep(4.0)
         assert run.query.isActive and run.query.exception() is None
         proxy.restore()
-        wait_for(lambda: bronze_count(lake) >= len(first), 120, "the backlog", run)
+        wait_for(lambda: bronze_count(lake) >= len(first), 600, "the backlog", run)
         produce_lines(broker.bootstrap, "movielog", later, partitions=PARTITIONS)
         n = len(first) + len(later)
-        wait_for(lambda: bronze_count(lake) >= n, 120, f"{n} lines", run)
+        wait_for(lambda: bronze_count(lake) >= n, 600, f"{n} lines", run)
         time.sleep(1.0)
     finally:
         stop(run)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +17,7 @@ from flixlake.config import Settings
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import TS
 from flixlake.streaming.events import SpeedLayer
-from flixlake.streaming.harness import SpeedLayerError, check_checkpoint
+from flixlake.streaming.harness import CheckpointLock, SpeedLayerError, check_checkpoint
 from flixlake.streaming.views import (
     merge_pairs,
     new_users,
@@ -282,6 +286,56 @@ def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
     (tmp_path / "cp" / "offsets").mkdir(parents=True)
     (tmp_path / "cp" / "offsets" / "0").write_text("{}")
     check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # the real checkpoint: fine
+
+
+def test_a_checkpoint_behind_the_tables_recorded_progress_is_refused(
+    spark: SparkSession, lake: Lake, settings: Settings, tmp_path: Path
+) -> None:
+    """The tables recorded batch 2 but the checkpoint planned only batch 0 (an older copy): the
+    next batch ids 1 and 2 would carry other offsets and be skipped as already written."""
+    speed = layer(lake, settings)
+    for batch in range(3):
+        speed.process(records(spark, GOOD[batch : batch + 1], first_offset=batch), batch)
+    offsets = tmp_path / "cp" / "offsets"
+    offsets.mkdir(parents=True)
+    (offsets / "0").write_text("{}")
+    with pytest.raises(SpeedLayerError, match="planned only up to micro-batch 0"):
+        check_checkpoint(lake, tmp_path / "cp", "stream:q", SpeedLayer.tables)
+    for batch in (1, 2):
+        (offsets / str(batch)).write_text("{}")
+    check_checkpoint(lake, tmp_path / "cp", "stream:q", SpeedLayer.tables)  # caught up: fine
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from flixlake.streaming.harness import CheckpointLock
+CheckpointLock(Path(sys.argv[1]), "q")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_writer_of_one_query_is_refused_until_the_first_dies(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "cp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(checkpoint)], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        with pytest.raises(SpeedLayerError, match=f"already running \\(pid {holder.pid} "):
+            CheckpointLock(checkpoint, "q")
+        os.kill(holder.pid, signal.SIGKILL)  # a crashed writer leaves no stale lock
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    lock = CheckpointLock(checkpoint, "q")
+    with pytest.raises(SpeedLayerError, match="already running"):  # also within one process
+        CheckpointLock(checkpoint, "q")
+    lock.release()
+    CheckpointLock(checkpoint, "q").release()
 
 
 def test_maintenance_compacts_the_streams_small_bronze_files(
