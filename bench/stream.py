@@ -165,8 +165,11 @@ def bench_speed_layer(
             "events_per_s_incl_startup": events / (backlog[-1].committed_at - started),
             "events_per_s_sustained": events / (backlog[-1].committed_at - first_start),
             "driver_seconds_per_batch": sum(r.seconds for r in backlog) / len(backlog),
-            # after the first batch: events per CPU-second of the process tree x cores
-            "events_per_s_cpu_bound": (events - first_events) / cpu_used * (os.cpu_count() or 1),
+            # after the first batch: events per CPU-second of the process tree x cores (None when
+            # the whole backlog came in one batch: nothing after the first to measure)
+            "events_per_s_cpu_bound": (
+                (events - first_events) / cpu_used * (os.cpu_count() or 1) if cpu_used > 0 else None
+            ),
         }
         producer = PacedProducer(bootstrap, topic, rate, seconds)
         producer.start()
@@ -376,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         ("freshness max, s", speed["freshness"]["max_s"], loop["freshness"]["max_s"], "{:>14.2f}"),
     ]
     for label, a, b, fmt in rows:
-        print(f"{label:38} {fmt.format(a)} {'' if b is None else fmt.format(b)}")
+        shown = [f"{'-':>14}" if v is None else fmt.format(v) for v in (a, b)]
+        print(f"{label:38} {shown[0]} {'' if b is None else shown[1]}")
     print()
     print(
         f"speed layer: {speed['ingest']['batches']} backlog batches, "
