@@ -4,15 +4,35 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# JVM artifacts (jvm/pom.xml), resolved by mvn at install time; one folder per side (see the pom)
+JARS := jvm/target/jars
+JARS_STAMP := $(JARS)/.resolved
+MVN := mvn -q -B -Dstyle.color=never -f jvm/pom.xml
 MOVIELENS := .cache/movielens/recbole-1.2.1-py3-none-any.whl
 export FLIXLAKE_HOME ?= $(CURDIR)/var
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv demo test unit lint format bench clean movielens
+.PHONY: venv jars jars-s3 demo test unit lint format bench clean movielens
 
-venv: $(STAMP) $(MOVIELENS)
+venv: $(STAMP) $(JARS_STAMP) $(MOVIELENS)
+
+jars: $(JARS_STAMP)
+
+# Re-resolved whenever the pom changes; the old folder goes first (copy-dependencies never deletes
+# a stale jar). The stamp is written last, so a failed resolve is retried by the next make.
+$(JARS_STAMP): jvm/pom.xml
+	@command -v mvn >/dev/null || { echo "Maven is required: apt-get install -y maven"; exit 1; }
+	rm -rf $(JARS)
+	$(MVN) -Pspark dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/spark
+	$(MVN) -Pbroker dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/broker
+	@touch $@
+
+# Only for a lake on s3:// (hadoop-aws + the AWS SDK bundle, ~690 MB): not part of `make venv`.
+jars-s3: $(JARS_STAMP)
+	rm -rf $(JARS)/spark-s3
+	$(MVN) -Pspark-s3 dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/spark-s3
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "Java 17 is required: apt-get install -y openjdk-17-jre-headless"; exit 1; }
@@ -53,4 +73,4 @@ bench: venv
 	$(BIN)/python bench/batch.py
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache
+	rm -rf var .pytest_cache .mypy_cache jvm/target

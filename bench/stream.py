@@ -3,17 +3,21 @@
     PYSPARK_PYTHON=.venv/bin/python .venv/bin/python bench/stream.py
     PYSPARK_PYTHON=.venv/bin/python .venv/bin/python bench/stream.py --events 200000 --seconds 30
 
-1. Sustained ingest: ``--events`` lines are produced to a fresh topic first; the speed layer
-   (Spark Structured Streaming, config ``local``: trigger and max events per trigger from
-   ``streaming.*``) drains the backlog into bronze/quarantine and the speed views. events/s =
-   lines / (last micro-batch committed - query started reading).
+1. Sustained ingest: ``--events`` lines are produced to a fresh topic of Apache Kafka first; the
+   speed layer (Spark Structured Streaming with Spark's Kafka source, config ``local``: trigger and
+   max events per trigger from ``streaming.*``) drains the backlog into bronze/quarantine and the
+   speed views. events/s = lines / (last micro-batch committed - first fetch), where the first
+   fetch is the start of the first micro-batch's processing (the executors read Kafka inside it),
+   not the query's start.
 2. Freshness at ``--rate`` events/s for ``--seconds``: a paced producer runs while the query
    does; freshness of a line = time its micro-batch had updated the speed views - its Kafka
    timestamp (both on this machine's clock). p50/p95 over the lines after a warm-up.
-3. Baseline, same two measurements: a plain kafka-python loop (assign, poll, the same
-   ``parse_batch``, the same two Delta appends with app transactions; no speed views).
+3. Baseline, same two measurements: a plain single-threaded Python loop (kafka-python: assign,
+   poll, the same ``parse_batch``, the same two Delta appends with app transactions via delta-rs;
+   no speed views).
 
-Targets (issue 3): sustained ingest >= 50,000 events/s; freshness p95 <= 5 s at 1,000 events/s.
+Targets (issue 10): sustained ingest >= 3x the plain loop in the same run (aiming at >= 100,000
+events/s on a quiet machine); freshness p95 <= 2 s at 1,000 events/s.
 """
 
 from __future__ import annotations
@@ -161,8 +165,11 @@ def bench_speed_layer(
             "events_per_s_incl_startup": events / (backlog[-1].committed_at - started),
             "events_per_s_sustained": events / (backlog[-1].committed_at - first_start),
             "driver_seconds_per_batch": sum(r.seconds for r in backlog) / len(backlog),
-            # after the first batch: events per CPU-second of the process tree x cores
-            "events_per_s_cpu_bound": (events - first_events) / cpu_used * (os.cpu_count() or 1),
+            # after the first batch: events per CPU-second of the process tree x cores (None when
+            # the whole backlog came in one batch: nothing after the first to measure)
+            "events_per_s_cpu_bound": (
+                (events - first_events) / cpu_used * (os.cpu_count() or 1) if cpu_used > 0 else None
+            ),
         }
         producer = PacedProducer(bootstrap, topic, rate, seconds)
         producer.start()
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         f"partitions, spark {settings.spark.master}"
     )
     try:
-        with running_broker(port, log_path=home / "tansu.log"):
+        with running_broker(port, log_dir=home / "kafka"):
             loop = baseline_loop(
                 bootstrap,
                 "bench-loop",
@@ -372,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         ("freshness max, s", speed["freshness"]["max_s"], loop["freshness"]["max_s"], "{:>14.2f}"),
     ]
     for label, a, b, fmt in rows:
-        print(f"{label:38} {fmt.format(a)} {'' if b is None else fmt.format(b)}")
+        shown = [f"{'-':>14}" if v is None else fmt.format(v) for v in (a, b)]
+        print(f"{label:38} {shown[0]} {'' if b is None else shown[1]}")
     print()
     print(
         f"speed layer: {speed['ingest']['batches']} backlog batches, "
@@ -380,11 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         f"freshness over {speed['freshness']['events']} events, "
         f"{speed['freshness']['batches']} batches"
     )
-    ok_ingest = speed["ingest"]["events_per_s_sustained"] >= 50_000
-    ok_fresh = speed["freshness"]["p95_s"] <= 5.0
+    ratio = speed["ingest"]["events_per_s_sustained"] / loop["ingest"]["events_per_s_sustained"]
+    ok_ingest = ratio >= 3.0
+    ok_fresh = speed["freshness"]["p95_s"] <= 2.0
     print(
-        f"targets: ingest >= 50,000/s {'met' if ok_ingest else 'NOT met'}; "
-        f"freshness p95 <= 5 s {'met' if ok_fresh else 'NOT met'}"
+        f"targets: ingest >= 3x the plain loop {'met' if ok_ingest else 'NOT met'} "
+        f"({ratio:.2f}x); freshness p95 <= 2 s {'met' if ok_fresh else 'NOT met'}"
     )
     return 0
 

@@ -69,8 +69,9 @@ class StreamingConfig(_Frozen):
     trigger_seconds: float = Field(1.0, gt=0)
     max_events_per_trigger: int = Field(100_000, gt=0)
     starting_offsets: str = Field("earliest", pattern="^(earliest|latest)$")
+    fail_on_data_loss: bool = True  # stop (with the lost range) rather than skip missing offsets
+    kafka_options: dict[str, str] = Field(default_factory=dict)  # more options for the source
     trending_windows: tuple[str, ...] = Field(("1h", "24h"), min_length=1)
-    read_timeout_seconds: float = Field(120.0, gt=0)
     maintenance_every_batches: int = Field(300, gt=0)
     vacuum_retention_hours: int = Field(1, ge=0)
     land_served: bool = True  # also land serving.telemetry.served_topic in served_recommendations

@@ -39,11 +39,14 @@ def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 3
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     deadline = time.monotonic() + timeout
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        bootstrap_timeout_ms=int(timeout * 1000),
-        request_timeout_ms=int(min(timeout, 30.0) * 1000),
-    )
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            bootstrap_timeout_ms=int(timeout * 1000),
+            request_timeout_ms=int(min(timeout, 30.0) * 1000),
+        )
+    except (KafkaError, OSError) as exc:
+        raise BrokerError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics([NewTopic(topic, partitions, 1)])

@@ -1,8 +1,12 @@
 """The table registry: every Delta table of the lake, its owner, schema and partitioning.
 
-Analysts query these by name (``flixlake sql``); jobs read and write them only through
-:mod:`flixlake.lake.store` (delta-rs) and :mod:`flixlake.lake.spark_io` (Spark). Importing this module
-never imports pyspark, so the service can use it.
+Analysts query these by name (``flixlake sql``, ``flixlake spark-sql``); jobs read and write them
+only through :mod:`flixlake.lake.store` (delta-rs) and :mod:`flixlake.lake.spark_io` (delta-spark).
+Each table names its ``owner``, the one process kind that writes it, and the ``engine`` that
+process writes it with. Both engines read every table; the only tables two engines write are
+bronze and quarantine, append-only with app transactions from each (the stream with delta-spark,
+file ingest with delta-rs), which ``tests/unit/lake/test_interop.py`` checks both ways. Importing
+this module never imports pyspark, so the service can use it.
 """
 
 from __future__ import annotations
@@ -14,14 +18,20 @@ import pyarrow as pa
 TS = pa.timestamp("us", tz="UTC")  # log times are UTC without a zone suffix
 
 
+SPARK = "delta-spark"  # executors write, Delta commits (flixlake.lake.spark_io)
+RS = "delta-rs"  # the process writes Arrow from one place (flixlake.lake.store)
+STREAM_AND_INGEST = "delta-spark (stream), delta-rs (file ingest)"
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    owner: str
+    owner: str  # the process kind that writes the table
     description: str
     schema: pa.Schema
     partition_by: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()  # natural key used by MERGE
+    engine: str = RS  # what the owner writes it with
 
     @property
     def columns(self) -> list[str]:
@@ -40,7 +50,8 @@ _SOURCE = [
 
 BRONZE_EVENTS = TableSpec(
     name="bronze_events",
-    owner="flixlake ingest / streaming.speed_layer",
+    owner="streaming.speed_layer (Kafka) and flixlake ingest (files)",
+    engine=STREAM_AND_INGEST,
     description="Every raw log line exactly once, with its source position and parse status.",
     schema=pa.schema(
         [
@@ -68,7 +79,8 @@ BRONZE_EVENTS = TableSpec(
 
 QUARANTINE_EVENTS = TableSpec(
     name="quarantine_events",
-    owner="flixlake ingest / streaming.speed_layer",
+    owner="streaming.speed_layer (Kafka) and flixlake ingest (files)",
+    engine=STREAM_AND_INGEST,
     description="Lines that failed parsing or were duplicates, with the reason.",
     schema=pa.schema(
         [
@@ -83,7 +95,8 @@ QUARANTINE_EVENTS = TableSpec(
 
 MOVIES = TableSpec(
     name="movies",
-    owner="jobs.compact_silver (+ metadata from flixlake generate)",
+    owner="jobs.compact_silver (+ movies.jsonl from flixlake ingest)",
+    engine=RS,
     description="Stable integer index for each movie-id slug, plus catalog metadata.",
     schema=pa.schema(
         [
@@ -100,7 +113,8 @@ MOVIES = TableSpec(
 
 USERS = TableSpec(
     name="users",
-    owner="flixlake ingest-metadata",
+    owner="flixlake ingest (users.jsonl)",
+    engine=RS,
     description="User attributes used for evaluation segments (age, gender, occupation).",
     schema=pa.schema(
         [
@@ -116,6 +130,7 @@ USERS = TableSpec(
 WATCH_SESSIONS = TableSpec(
     name="watch_sessions",
     owner="jobs.compact_silver",
+    engine=SPARK,
     description="One row per user, movie and day: distinct minutes watched, first/last time.",
     schema=pa.schema(
         [
@@ -136,6 +151,7 @@ WATCH_SESSIONS = TableSpec(
 RATINGS = TableSpec(
     name="ratings",
     owner="jobs.compact_silver",
+    engine=SPARK,
     description="Latest rating per user and movie.",
     schema=pa.schema(
         [
@@ -152,6 +168,7 @@ RATINGS = TableSpec(
 RECO_REQUESTS = TableSpec(
     name="reco_requests",
     owner="jobs.compact_silver",
+    engine=SPARK,
     description="Served-recommendation telemetry from the log (one row per answered request).",
     schema=pa.schema(
         [
@@ -171,6 +188,7 @@ RECO_REQUESTS = TableSpec(
 QUALITY_REPORTS = TableSpec(
     name="quality_reports",
     owner="jobs.quality_gate",
+    engine=RS,
     description="One row per quality check per run; a failed check stops the batch run.",
     schema=pa.schema(
         [
@@ -189,7 +207,8 @@ QUALITY_REPORTS = TableSpec(
 
 MODELS = TableSpec(
     name="models",
-    owner="jobs.register_model / jobs.publish_batch_view",
+    owner="jobs.register_model / jobs.publish_batch_view (+ flixlake rollback)",
+    engine=RS,
     description="Every trained model with provenance, metrics and publication status.",
     schema=pa.schema(
         [
@@ -214,6 +233,7 @@ MODELS = TableSpec(
 MODEL_EVALUATIONS = TableSpec(
     name="model_evaluations",
     owner="jobs.evaluate_model",
+    engine=RS,
     description="Offline ranking metrics @k per model, baseline and user segment.",
     schema=pa.schema(
         [
@@ -232,6 +252,7 @@ MODEL_EVALUATIONS = TableSpec(
 BATCH_RECOMMENDATIONS = TableSpec(
     name="batch_recommendations",
     owner="jobs.publish_batch_view",
+    engine=SPARK,
     description="Top-N movies per user for each published model version (the batch view).",
     schema=pa.schema(
         [
@@ -255,6 +276,7 @@ _SPEED_STAMP = [
 SPEED_USER_ACTIVITY = TableSpec(
     name="speed_user_activity",
     owner="streaming.speed_layer",
+    engine=RS,
     description=(
         "Per user since the cutoff (the oldest served model's run date): movies watched and "
         "rated, first/last seen."
@@ -275,6 +297,7 @@ SPEED_USER_ACTIVITY = TableSpec(
 SPEED_TRENDING = TableSpec(
     name="speed_trending",
     owner="streaming.speed_layer",
+    engine=RS,
     description="Per movie and window (1h, 24h, ...): distinct watchers up to stream time as_of.",
     schema=pa.schema(
         [
@@ -293,6 +316,7 @@ SPEED_TRENDING = TableSpec(
 SPEED_NEW_USERS = TableSpec(
     name="speed_new_users",
     owner="streaming.speed_layer",
+    engine=RS,
     description="Users active since the batch cutoff who are not in the published batch view.",
     schema=pa.schema(
         [
@@ -308,6 +332,7 @@ SPEED_NEW_USERS = TableSpec(
 SERVED_RECOMMENDATIONS = TableSpec(
     name="served_recommendations",
     owner="streaming.speed_layer (served-recommendations query)",
+    engine=SPARK,
     description="Every answer the service gave: request id, user, variant, model version, items.",
     schema=pa.schema(
         [
@@ -335,6 +360,7 @@ SERVED_RECOMMENDATIONS = TableSpec(
 ONLINE_EVALUATIONS = TableSpec(
     name="online_evaluations",
     owner="jobs.online_evaluation",
+    engine=RS,
     description=(
         "Watch-through per served hour, experiment, variant, model version and user: answers "
         "followed by a watch of a recommended movie within the configured window. Per user "

@@ -16,7 +16,8 @@ directly; it gets what is complete at that moment:
 Airflow calls these while it parses a DAG file, so they only read environment variables:
 ``FLIXLAKE_HOME`` (default ``<repo>/var``), ``FLIXLAKE_ENV`` (default ``local``),
 ``FLIXLAKE_SPARK_SUBMIT`` (default: ``spark-submit`` beside this Python, i.e. the venv's) and
-``PYSPARK_PYTHON`` (default: this Python). No Airflow import, no Spark, no lake access.
+``PYSPARK_PYTHON`` (default: this Python), and list the jar folder ``make`` resolved
+``jvm/pom.xml`` into (:mod:`flixlake.ops.jvm`). No Airflow import, no Spark, no lake access.
 
 :func:`push_dag_run` is both DAGs' run callback (success and failure): it pushes the run's
 outcome and duration to the Pushgateway (``monitoring.pushgateway_url``), group
@@ -44,6 +45,7 @@ from flixlake.config import (
     load_settings,
 )
 from flixlake.monitoring.push import dag_registry, push
+from flixlake.ops.jvm import spark_jars_option
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,31 @@ def task_env(repo: Path) -> dict[str, str]:
     }
 
 
-def spark_submit_command(job: Path, driver_memory: str, job_args: str) -> str:
-    """A job's shell command; driver memory must be given here (the JVM starts first).
+def spark_submit_argv(job: Path, driver_memory: str) -> list[str]:
+    """spark-submit with what must be known before its JVM starts: driver memory, the jars.
 
-    ``job_args`` is appended as is, so it may hold Airflow templates (``--run-date {{ ds }}``).
+    ``--jars`` (delta-spark, Spark's Kafka source) puts them on the driver's classpath; the
+    session's ``spark.jars`` would come too late under spark-submit.
     """
     spark_submit = os.environ.get(SPARK_SUBMIT_VAR) or str(
         Path(sys.executable).parent / "spark-submit"
     )
-    return (
-        f"{shlex.quote(spark_submit)} --driver-memory {shlex.quote(driver_memory)} "
-        f"{shlex.quote(str(job))} {job_args}"
-    )
+    return [
+        spark_submit,
+        "--driver-memory",
+        driver_memory,
+        "--jars",
+        spark_jars_option(),
+        str(job),
+    ]
+
+
+def spark_submit_command(job: Path, driver_memory: str, job_args: str) -> str:
+    """A job's shell command (:func:`spark_submit_argv`, quoted) followed by its arguments.
+
+    ``job_args`` is appended as is, so it may hold Airflow templates (``--run-date {{ ds }}``).
+    """
+    return f"{shlex.join(spark_submit_argv(job, driver_memory))} {job_args}"
 
 
 def default_args(airflow: AirflowConfig) -> dict[str, Any]:

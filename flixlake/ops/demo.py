@@ -18,8 +18,9 @@
 then one status line every few seconds until Ctrl-C (or ``run_seconds``), which stops them all,
 the last started first (:mod:`flixlake.ops.supervise`). Each child logs to
 ``$FLIXLAKE_HOME/demo/logs/<name>.log``; all get the same ``FLIXLAKE_HOME``, ``FLIXLAKE_ENV`` and
-bootstrap servers. The broker keeps its topics in memory, so each demo gives the speed layer a
-query name (and checkpoint) of its own: offsets of an earlier broker mean nothing to this one.
+bootstrap servers. The broker (Apache Kafka) keeps its log under ``$FLIXLAKE_HOME/kafka`` and the
+speed layer its checkpoint under ``$FLIXLAKE_HOME/checkpoints``, so a second demo resumes where the
+first stopped: nothing is read twice or skipped.
 
 Airflow runs with ``[scheduler] use_job_schedule = False``: only the run the demo triggers
 executes (unpausing would otherwise also start the schedule's latest run, for today).
@@ -60,6 +61,7 @@ from flixlake.ops.airflow_client import (
     airflow_healthy,
     run_batch_dag,
 )
+from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import get_json, http_request
 from flixlake.ops.monitoring_stack import (
     DEMO_INTERVALS,
@@ -238,9 +240,8 @@ class LiveDemo:
         self.topics = list(
             dict.fromkeys([settings.kafka.topic, telemetry.served_topic, telemetry.log_topic])
         )
-        # the broker forgets its topics when it stops: offsets of an earlier broker mean nothing
-        stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
-        self.query = f"{settings.streaming.query_name}_{stamp}"
+        # the broker's log and the query's checkpoint both live under the home: a rerun resumes
+        self.query = settings.streaming.query_name
         self.airflow_home = settings.home / "airflow"
         self.password_file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
         self.airflow_url = f"http://127.0.0.1:{options.airflow_port}"  # loopback only
@@ -335,10 +336,9 @@ class LiveDemo:
         stream = self.supervisor.start(
             "speed-layer",
             [
-                self._bin("spark-submit"),
-                "--driver-memory",
-                self.settings.spark.driver_memory,
-                str(PROJECT_ROOT / "streaming" / "speed_layer.py"),
+                *spark_submit_argv(
+                    PROJECT_ROOT / "streaming" / "speed_layer.py", self.settings.spark.driver_memory
+                ),
                 f"--bootstrap-servers={self.bootstrap}",
                 f"--query-name={self.query}",
             ],

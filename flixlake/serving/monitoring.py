@@ -117,19 +117,19 @@ class ServingMetrics:
         )
         self.telemetry_dropped = Counter(
             "flixlake_serving_telemetry_dropped",
-            "Telemetry records dropped (buffer_full: Kafka slow or down; shipper_lost).",
+            "Telemetry records dropped (buffer_full: Kafka slow or down; shutdown: unsent at stop).",
             ["reason"],
             registry=r,
         )
         self.telemetry_records = Counter(
             "flixlake_serving_telemetry_records",
-            "Telemetry records handed to Kafka by the shipper, by outcome (sent, failed).",
+            "Telemetry messages (two per answer) by outcome: sent (delivered), failed (given up).",
             ["outcome"],
             registry=r,
         )
         self.telemetry_buffered = Gauge(
             "flixlake_serving_telemetry_buffered",
-            "Telemetry records waiting in the service's buffer.",
+            "Answers whose telemetry librdkafka has not delivered yet.",
             registry=r,
         )
         self.ready = Gauge(

@@ -1,9 +1,12 @@
 """The events query's processor: log lines -> exactly-once bronze/quarantine -> fresh speed views.
 
-Per micro-batch the records are parsed by the shared parser (:func:`flixlake.lake.bronze.parse_batch`)
-and appended to ``quarantine_events`` then ``bronze_events`` with the Delta app transaction
-``(stream:<query>, batch id)``: Spark replays a batch with the same id and offsets after a crash,
-and a replay commits nothing twice. Then the speed views are brought up to date:
+Per micro-batch the records are parsed on the executors by the shared parser
+(:mod:`flixlake.streaming.parse`) and appended with delta-spark to ``quarantine_events`` then
+``bronze_events`` with the Delta app transaction ``(stream:<query>, batch id)`` (writer options
+``txnAppId``/``txnVersion``): Spark replays a batch with the same id and offsets after a crash,
+and a replay commits nothing twice. Then the speed views are brought up to date from the batch's
+parsed events (a few columns, collected to the driver as Arrow; the views are small tables the
+service re-reads every second, written with delta-rs):
 
 * ``speed_user_activity`` — MERGE of the batch's per-user movies watched/rated and first/last
   seen since the *cutoff*: the run date of the newest published model, or of an older one the
@@ -24,13 +27,14 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from flixlake.config import StreamingConfig
-from flixlake.lake.bronze import parse_batch
 from flixlake.lake.registry import CURRENT
+from flixlake.lake.spark_io import append_once, compact_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import (
     SPEED_NEW_USERS,
@@ -38,6 +42,7 @@ from flixlake.lake.tables import (
     SPEED_USER_ACTIVITY,
 )
 from flixlake.streaming.harness import BatchReport, compact_days
+from flixlake.streaming.parse import KAFKA_MS, parse_records, quarantine_rows
 from flixlake.streaming.state import (
     activity_from_bronze,
     current_cutoff,
@@ -47,12 +52,12 @@ from flixlake.streaming.state import (
 )
 from flixlake.streaming.views import (
     ACTIVITY_UPDATES,
+    EVENT_COLUMNS,
     NEW_USER_UPDATES,
     Cutoff,
     event_schema,
     merge_pairs,
     new_users,
-    ok_events,
     stamped,
     stream_time,
     trending_counts,
@@ -60,6 +65,9 @@ from flixlake.streaming.views import (
     watch_pairs,
     window_lengths,
 )
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 BRONZE = "bronze_events"
@@ -161,42 +169,51 @@ class SpeedLayer:
             flush=True,
         )
 
-    def process(self, records: pa.Table, batch_id: int) -> BatchReport:
-        """Write one micro-batch (columns partition, offset, timestamp, value) exactly once."""
+    def process(self, records: DataFrame, batch_id: int) -> BatchReport:
+        """Write one micro-batch of Kafka source rows exactly once; bring the views up to date."""
         if not self.started:
             self.start()
         started = time.monotonic()
-        records = records.sort_by([("partition", "ascending"), ("offset", "ascending")])
+        spark = records.sparkSession
         now = self.clock()
-        values = [b"" if v is None else v for v in records["value"].to_pylist()]  # tombstones
-        parsed = parse_batch(
-            values,
-            source=self.topic,
-            offsets=records["offset"].to_pylist(),
-            ingest_batch=f"{self.app_id}:{batch_id}",
-            ingested_at=now.replace(tzinfo=None),
-            partitions=records["partition"].to_pylist(),
-        )
-        # quarantine first: if we die in between, the replay still writes bronze exactly once.
-        # (No rejects, no commit: the replay parses the same lines and finds none either.)
-        wrote_q = parsed.n_rejected > 0 and self.lake.append(
-            QUARANTINE, parsed.quarantine, self.app_id, batch_id
-        )
-        wrote_b = self.lake.append(BRONZE, parsed.bronze, self.app_id, batch_id)
-        self.days_since_maintenance.update(
-            pc.unique(parsed.bronze["event_date"]).to_pylist() if parsed.n_lines else []
-        )
-        rebuilt = self.update_views(ok_events(parsed.bronze), batch_id)
+        parsed = parse_records(records, self.topic, f"{self.app_id}:{batch_id}", now).persist()
+        try:
+            # one job parses (and caches) the batch and brings back what the driver needs: the
+            # counts, the days, and the parsed events for the views (a few columns)
+            summary = parsed.select(
+                "parse_status", "event_date", *EVENT_COLUMNS, KAFKA_MS
+            ).toArrow()
+            status = summary["parse_status"]
+            lines = summary.num_rows
+            rejected = (
+                lines - pc.sum(pc.equal(status, "ok").cast(pa.int64())).as_py() if lines else 0
+            )
+            # only for the report: Delta itself skips the commits of a replayed batch
+            replay = self.lake.applied(BRONZE, self.app_id, batch_id)
+            # quarantine first: if we die in between, the replay still writes bronze exactly once.
+            # (No rejects, no commit: the replay parses the same lines and finds none either.)
+            # one file per day and batch (maintenance compacts them later)
+            if rejected:
+                rows = quarantine_rows(parsed).coalesce(1)
+                append_once(rows, self.lake, QUARANTINE, self.app_id, batch_id)
+            if lines:
+                rows = parsed.drop(KAFKA_MS).repartition("event_date")
+                append_once(rows, self.lake, BRONZE, self.app_id, batch_id)
+        finally:
+            parsed.unpersist()
+        events = summary.filter(pc.equal(summary["parse_status"], "ok"))
+        self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
+        rebuilt = self.update_views(events.select(EVENT_COLUMNS).cast(event_schema()), batch_id)
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
-            self.maintain()
+            self.maintain(spark)
         return BatchReport.committed_now(
-            records,
+            events[KAFKA_MS].combine_chunks() if events.num_rows else pa.array([], pa.int64()),
             batch_id,
             started,
-            events=parsed.n_lines,
-            rejected=parsed.n_rejected,
-            written=wrote_b or wrote_q,
+            events=lines,
+            rejected=rejected,
+            written=not replay,
             rebuilt=rebuilt,
         )
 
@@ -238,15 +255,18 @@ class SpeedLayer:
             self.lake.overwrite(SPEED_TRENDING.name, stamped(counts, batch_id, now, None))
         return rebuilt
 
-    def maintain(self) -> None:
-        """Compact the small bronze files the stream wrote; drop old speed-view files."""
+    def maintain(self, spark: SparkSession) -> None:
+        """Compact the small bronze files the stream wrote (OPTIMIZE); drop old view files."""
         self.batches_since_maintenance = 0
         self.days_since_maintenance = compact_days(
-            self.lake, BRONZE, "event_date", self.days_since_maintenance
+            lambda table, column, day: compact_table(spark, self.lake, table, {column: day}),
+            BRONZE,
+            "event_date",
+            self.days_since_maintenance,
         )
         try:
             if self.lake.exists(QUARANTINE):
-                self.lake.compact(QUARANTINE)
+                compact_table(spark, self.lake, QUARANTINE)
             for name in SPEED_TABLES:
                 if self.lake.exists(name):
                     self.lake.vacuum(name, self.config.vacuum_retention_hours)

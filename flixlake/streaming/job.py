@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pyspark.errors import StreamingQueryException
+
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
 from flixlake.streaming.events import SpeedLayer
@@ -14,6 +16,7 @@ from flixlake.streaming.harness import (
     BatchReport,
     SpeedLayerError,
     SpeedLayerRun,
+    data_loss_message,
     start_query,
     summarize,
 )
@@ -66,7 +69,10 @@ def run_speed_layer(
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            runs["events"].query.awaitTermination(1)
+            try:
+                runs["events"].query.awaitTermination(1)
+            except StreamingQueryException:
+                break  # reported below, with the other query stopped first
     except KeyboardInterrupt:
         pass
     finally:  # also when the second query failed to start: never leave the first running
@@ -78,10 +84,12 @@ def run_speed_layer(
                     run.stop(graceful=True)
                 except SpeedLayerError as exc:
                     stop_errors.append(f"{name}: {exc}")
+            run.wait_idle(0)  # a query that ended on its own frees its checkpoint too
     for name, run in runs.items():
         error = run.failure()
         if error is not None:
-            raise SpeedLayerError(f"speed layer {name} query failed: {error}") from error
+            lost = data_loss_message(error, run.processor.topic)
+            raise SpeedLayerError(lost or f"speed layer {name} query failed: {error}") from error
     if stop_errors:
         raise SpeedLayerError("; ".join(stop_errors))
     summary = summarize(runs["events"].reports)

@@ -1,10 +1,11 @@
 """Landing the service's served-recommendation records (Kafka, JSON) in ``served_recommendations``.
 
 A second streaming query of the speed-layer job reads the served topic and, per micro-batch,
-validates every record (:class:`~flixlake.contract.served_record.ServedRecord`) and appends the
-good ones to ``served_recommendations`` and the bad ones to ``quarantine_events`` with the reason,
-both with the Delta app transaction ``(served:<query>, batch id)`` — so a replayed batch writes
-nothing twice, like the events query. A request id seen twice in one batch (a producer retry) is
+validates every record (:class:`~flixlake.contract.served_record.ServedRecord`) on the driver
+(one answer of the service is one small record) and appends, with delta-spark, the good ones to
+``served_recommendations`` and the bad ones to ``quarantine_events`` with the reason, both with
+the Delta app transaction ``(served:<query>, batch id)`` — so a replayed batch writes nothing
+twice, like the events query. A request id seen twice in one batch (a producer retry) is
 quarantined as a duplicate; across batches, readers count distinct request ids.
 """
 
@@ -19,15 +20,17 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
+from pyspark.sql import functions as F
 
 from flixlake.contract.logformat import as_utc
 from flixlake.contract.served_record import ServedRecord, validation_reason
+from flixlake.lake.spark_io import append_once, compact_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import QUARANTINE_EVENTS, SERVED_RECOMMENDATIONS
 from flixlake.streaming.harness import BatchReport, compact_days, start_query
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from flixlake.config import Settings, StreamingConfig
     from flixlake.streaming.harness import BatchReport, SpeedLayerRun
@@ -121,40 +124,61 @@ class ServedLanding:
     def start(self) -> None:
         """Nothing to rebuild: landing keeps no state beyond the checkpoint and the lake."""
 
-    def process(self, records: pa.Table, batch_id: int) -> BatchReport:
-        """Write one micro-batch (columns partition, offset, timestamp, value) exactly once."""
+    def process(self, records: DataFrame, batch_id: int) -> BatchReport:
+        """Write one micro-batch of Kafka source rows exactly once."""
         started = time.monotonic()
-        records = records.sort_by([("partition", "ascending"), ("offset", "ascending")])
+        spark = records.sparkSession
+        kafka = (
+            records.select(
+                "value", "partition", "offset", F.unix_millis("timestamp").alias("kafka_ms")
+            )
+            .toArrow()
+            .sort_by([("partition", "ascending"), ("offset", "ascending")])
+        )
         landed = land_records(
-            records["value"].to_pylist(),
+            kafka["value"].to_pylist(),
             source=self.topic,
-            partitions=records["partition"].to_pylist(),
-            offsets=records["offset"].to_pylist(),
+            partitions=kafka["partition"].to_pylist(),
+            offsets=kafka["offset"].to_pylist(),
             ingest_batch=f"{self.app_id}:{batch_id}",
             ingested_at=self.clock(),
         )
+        replay = self.lake.applied(SERVED, self.app_id, batch_id)  # for the report
         # quarantine first, as in the events query: a replay finds the same rejects
-        wrote_q = landed.quarantine.num_rows > 0 and self.lake.append(
-            QUARANTINE, landed.quarantine, self.app_id, batch_id
-        )
-        wrote_s = self.lake.append(SERVED, landed.served, self.app_id, batch_id)
+        if landed.quarantine.num_rows:
+            append_once(
+                spark.createDataFrame(landed.quarantine),
+                self.lake,
+                QUARANTINE,
+                self.app_id,
+                batch_id,
+            )
+        if kafka.num_rows:
+            served = spark.createDataFrame(landed.served) if landed.served.num_rows else None
+            if served is not None:
+                append_once(served, self.lake, SERVED, self.app_id, batch_id)
         self.days.update(pc.unique(landed.served["served_date"]).to_pylist())
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
-            self.maintain()
+            self.maintain(spark)
         return BatchReport.committed_now(
-            records,
+            kafka["kafka_ms"].combine_chunks(),
             batch_id,
             started,
-            events=records.num_rows,
+            events=kafka.num_rows,
             rejected=landed.quarantine.num_rows,
-            written=wrote_s or wrote_q,
+            written=not replay,
         )
 
-    def maintain(self) -> None:
-        """Compact the small files the query wrote into the days it touched."""
+    def maintain(self, spark: SparkSession) -> None:
+        """Compact the small files the query wrote into the days it touched (OPTIMIZE)."""
         self.batches_since_maintenance = 0
-        self.days = compact_days(self.lake, SERVED, "served_date", self.days)
+        self.days = compact_days(
+            lambda table, column, day: compact_table(spark, self.lake, table, {column: day}),
+            SERVED,
+            "served_date",
+            self.days,
+        )
 
 
 def served_query_name(settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""Integration fixtures: a real tansu broker on a free loopback port, and a cuttable TCP proxy."""
+"""Integration fixtures: a real Apache Kafka broker on a free loopback port, and a cuttable TCP proxy."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ _topic_numbers = itertools.count()
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """One broker per test module (tests use their own topics), stopped afterwards."""
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with running_broker(free_port(), log_path=log) as running:
+    log_dir = tmp_path_factory.mktemp("broker") / "kafka"
+    with running_broker(free_port(), log_dir=log_dir) as running:
         yield running
     assert running.process.returncode is not None  # really stopped
 
@@ -110,7 +110,7 @@ def proxied_broker(tmp_path: Path) -> Iterator[tuple[BrokerProcess, TcpProxy]]:
     proxy = TcpProxy(proxy_port, broker_port)
     try:
         with running_broker(
-            broker_port, advertised_port=proxy_port, log_path=tmp_path / "tansu.log"
+            broker_port, advertised_port=proxy_port, log_dir=tmp_path / "kafka"
         ) as running:
             yield running, proxy
     finally:

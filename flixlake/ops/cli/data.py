@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +15,7 @@ from flixlake.ops.cli.common import (
     EnvOpt,
     HomeOpt,
     console,
+    err,
     fail,
     line_progress,
     print_table,
@@ -158,9 +160,75 @@ def sql(
         print_table(rows)
 
 
+@app.command("spark-sql")
+def spark_sql(
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help='Spark SQL over tables by name, e.g. "SELECT * FROM ratings VERSION AS OF 3"; '
+            "without it, an interactive prompt (one statement per line, empty line quits)"
+        ),
+    ] = None,
+    output: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    limit: Annotated[int, typer.Option(help="rows shown at most")] = 1000,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Spark SQL (delta-spark) on every lake table by name, with time travel.
+
+    Each table is registered as an external Delta table at its lake location, so
+    ``VERSION AS OF n`` / ``TIMESTAMP AS OF '...'``, ``DESCRIBE HISTORY ratings`` and
+    ``table_changes`` work as on any Delta catalog. Starts a local Spark (a few seconds).
+    """
+    from pyspark.errors import PySparkException
+
+    from flixlake.lake.spark_io import register_views
+    from flixlake.lake.store import Lake
+    from flixlake.ops.spark import build_spark_session
+
+    settings = settings_or_exit(env, home)
+    spark = build_spark_session(settings, app_name="flixlake-spark-sql")
+    try:
+        names = register_views(spark, Lake(settings.lake_root))
+        err.print(f"tables: {', '.join(names) or '(none yet)'}")
+        statements = [query] if query else _prompt_lines()
+        for statement in statements:
+            try:
+                rows = [
+                    r.asDict(recursive=True) for r in spark.sql(statement).limit(limit).collect()
+                ]
+            except PySparkException as exc:
+                message = str(exc).splitlines()[0]
+                if query:
+                    raise fail(f"query failed: {message}") from None
+                err.print(f"[red]query failed:[/red] {message}")
+                continue
+            _print_rows(rows, output)
+    finally:
+        spark.stop()
+
+
+def _prompt_lines() -> Iterator[str]:
+    while line := input("spark-sql> ").strip():
+        yield line.rstrip(";")
+
+
+def _print_rows(rows: list[dict[str, Any]], output: str) -> None:
+    if output == "json":
+        console.print_json(json.dumps(rows, default=str))
+    elif output == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print_table(rows)
+
+
 @app.command()
 def tables(env: EnvOpt = None, home: HomeOpt = None) -> None:
-    """List the lake's tables: owner, Delta version, row count."""
+    """List the lake's tables: Delta version, row count, the process that writes it and how."""
     from flixlake.lake.store import Lake
     from flixlake.lake.tables import ALL_TABLES
 
@@ -174,6 +242,7 @@ def tables(env: EnvOpt = None, home: HomeOpt = None) -> None:
                 "version": lake.version(name) if exists else None,
                 "rows": lake.table(name).count() if exists else None,
                 "owner": spec.owner,
+                "engine": spec.engine,
             }
         )
     print_table(rows, title=f"lake at {lake.root}")

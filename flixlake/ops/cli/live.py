@@ -26,16 +26,21 @@ def broker(
     port: Annotated[
         int | None, typer.Option(help="port (default: from kafka.bootstrap_servers)")
     ] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Kafka's log folder (default: $FLIXLAKE_HOME/kafka)")
+    ] = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Run the embedded Kafka-compatible broker (tansu) with its topics until Ctrl-C.
+    """Run Apache Kafka (KRaft, one broker+controller) with its topics until Ctrl-C.
 
     Topics: kafka.topic (the MLiP log), serving.telemetry.served_topic (served answers) and
-    serving.telemetry.log_topic (the service's own MLiP lines).
+    serving.telemetry.log_topic (the service's own MLiP lines). The log folder is formatted on the
+    first start and kept: a restart keeps every record.
     """
     from flixlake.contract.kafka import BrokerError, port_of
     from flixlake.ops.broker import serve_broker
+    from flixlake.ops.jvm import JarsMissingError
 
     settings = settings_or_exit(env, home)
     try:
@@ -43,13 +48,13 @@ def broker(
             port or port_of(settings.kafka.bootstrap_servers),
             settings.kafka.topic,
             settings.kafka.partitions,
-            log_path=settings.home / "broker.log",
+            log_dir=log_dir or settings.home / "kafka",
             more_topics=[
                 settings.serving.telemetry.served_topic,
                 settings.serving.telemetry.log_topic,
             ],
         )
-    except BrokerError as exc:
+    except (BrokerError, JarsMissingError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -18,7 +18,7 @@ from flixlake.batch.silver import run_compact
 from flixlake.config import Settings, load_settings
 from flixlake.lake.bronze import parse_batch
 from flixlake.lake.runs import read_manifest, write_manifest
-from flixlake.lake.spark_io import write_table
+from flixlake.lake.spark_io import table_location
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import QUALITY_REPORTS, WATCH_SESSIONS
 
@@ -224,7 +224,9 @@ def test_bad_silver_rows_fail_range_key_null_and_movie_checks(
         ]
     )
     ratings = spark.createDataFrame([(1, "heat", 0, 7, T), (2, "heat", None, 3, T)], schema)
-    write_table(ratings, lake, "ratings", mode="overwrite")  # Spark writes the null through
+    # a table some other writer made without the registry's NOT NULL (a plain DataFrame writer):
+    # delta-spark's write_table would refuse the null key, the gate must still catch it
+    ratings.write.format("delta").mode("overwrite").save(table_location(lake, "ratings"))
     lake.ensure("reco_requests")
     names = ("watch_sessions", "ratings", "reco_requests", "movies")
     lines = {"total": 10, "parsed": 10, "quarantined": 0, "duplicate_rejects": 0}
@@ -248,6 +250,7 @@ def test_bad_silver_rows_fail_range_key_null_and_movie_checks(
         ("watch_sessions", "value_ranges"),
         ("watch_sessions", "duplicate_keys"),
         ("watch_sessions", "known_movies"),
+        ("ratings", "schema"),  # its columns lost the registry's NOT NULL
         ("ratings", "null_keys"),
         ("ratings", "value_ranges"),
         ("ratings", "known_movies"),

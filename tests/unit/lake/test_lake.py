@@ -12,7 +12,13 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
 from flixlake.config import Settings
-from flixlake.lake.spark_io import read_table, register_views, spark_schema, write_table
+from flixlake.lake.spark_io import (
+    compact_table,
+    read_table,
+    register_views,
+    spark_schema,
+    write_table,
+)
 from flixlake.lake.store import Lake, MissingTableError
 from flixlake.lake.tables import RATINGS, WATCH_SESSIONS
 
@@ -169,6 +175,11 @@ def test_executor_write_commits_and_replaces_one_partition(spark: SparkSession, 
     )
     assert "watch_sessions" in register_views(spark, lake)
     assert spark.sql("SELECT count(*) AS n FROM watch_sessions").first()["n"] == 2
+    # by name, with time travel: version 1 was delta-rs's append, before the replacement
+    first = spark.sql("SELECT user_id FROM watch_sessions VERSION AS OF 1 ORDER BY user_id")
+    assert [r.user_id for r in first.collect()] == [1, 2]
+    history = spark.sql("DESCRIBE HISTORY watch_sessions").orderBy("version").collect()
+    assert [h.operation for h in history][-1] == "WRITE"  # delta-spark's replaceWhere
 
 
 def test_empty_table_reads_as_empty_dataframe(spark: SparkSession, lake: Lake) -> None:
@@ -176,14 +187,19 @@ def test_empty_table_reads_as_empty_dataframe(spark: SparkSession, lake: Lake) -
     assert read_table(spark, lake, "ratings").count() == 0
 
 
-def test_compact_days_merges_small_files_and_keeps_failed_days_for_later(lake: Lake) -> None:
+def test_compact_days_merges_small_files_and_keeps_failed_days_for_later(
+    spark: SparkSession, lake: Lake
+) -> None:
     from flixlake.streaming.harness import compact_days
+
+    def compact(table: str, column: str, day: dt.date) -> object:
+        return compact_table(spark, lake, table, {column: day})
 
     d1, d2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
     for user in range(3):  # three micro-batches: three small files per day
         lake.append("watch_sessions", _sessions((user, "a", 0, d1), (user, "b", 1, d2)))
     assert len(lake.file_uris("watch_sessions")) == 6
-    assert compact_days(lake, "watch_sessions", "event_date", {d1}) == set()
+    assert compact_days(compact, "watch_sessions", "event_date", {d1}) == set()
     assert len(lake.file_uris("watch_sessions")) == 4  # d1: one file, d2 untouched
     assert lake.read("watch_sessions").num_rows == 6
-    assert compact_days(lake, "ratings", "event_date", {d1, d2}) == {d1, d2}  # no such table
+    assert compact_days(compact, "ratings", "event_date", {d1, d2}) == {d1, d2}  # no such table

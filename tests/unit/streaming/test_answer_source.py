@@ -11,11 +11,19 @@ from deltalake import write_deltalake
 
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import SERVED_RECOMMENDATIONS
-from flixlake.serving.telemetry import messages
+from flixlake.serving.telemetry import AnswerEncoder, encode_answer
 from flixlake.streaming.served import land_records
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
-LINE = b"1800000000.0\t7\t200\t1.5\tr-%d\tcontrol\tals-1\t%s\tm1,m2"
+WHEN = 1800000000.0
+
+
+def served_record(request_id: str, source: str, body: bytes = b"m1,m2") -> bytes:
+    """The served record the service ships (both encoders build the same bytes)."""
+    args = (WHEN, 7, 200, 1.5, request_id, "control", "als-1", body)
+    fast = AnswerEncoder("s", "default").encode(*args, source)
+    assert fast == encode_answer(*args, "s", "default", source)
+    return fast[2]
 
 
 def land(values: list[bytes]) -> tuple[pa.Table, pa.Table]:
@@ -25,7 +33,7 @@ def land(values: list[bytes]) -> tuple[pa.Table, pa.Table]:
 
 def test_the_source_of_each_answer_lands_beside_the_kafka_source() -> None:
     records = [
-        messages(LINE % (i, source.encode()), "s", "default")[2]
+        served_record(f"r-{i}", source)
         for i, source in enumerate(["batch", "batch_filtered", "batch_filled", "fallback"])
     ]
     assert json.loads(records[3])["answer_source"] == "fallback"
@@ -42,7 +50,7 @@ def test_the_source_of_each_answer_lands_beside_the_kafka_source() -> None:
 
 
 def test_a_record_without_a_source_lands_with_null_and_a_bad_one_is_quarantined() -> None:
-    old = messages(b"1800000000.0\t7\t200\t1.5\tr-1\tcontrol\tals-1\tm1,m2", "s", "default")[2]
+    old = served_record("r-1", "")
     assert "answer_source" not in json.loads(old)
     bad = json.dumps({**json.loads(old), "request_id": "r-2", "answer_source": "magic"}).encode()
     served, quarantine = land([old, bad])
@@ -56,7 +64,7 @@ def test_a_served_table_from_before_the_column_gets_it_and_keeps_its_rows(
     lake: Lake,
 ) -> None:
     old_schema = pa.schema([f for f in SERVED_RECOMMENDATIONS.schema if f.name != "answer_source"])
-    old = messages(b"1800000000.0\t7\t200\t1.5\tr-1\tcontrol\tals-1\tm1", "s", "default")[2]
+    old = served_record("r-1", "", b"m1")
     rows, _ = land([old])
     write_deltalake(  # as an older flixlake wrote it
         lake.path("served_recommendations"),
@@ -64,7 +72,7 @@ def test_a_served_table_from_before_the_column_gets_it_and_keeps_its_rows(
         partition_by=["served_date"],
     )
 
-    new, _ = land([messages(LINE % (2, b"batch"), "s", "default")[2]])
+    new, _ = land([served_record("r-2", "batch")])
     lake.append("served_recommendations", new)  # evolves the table, then appends
     table = lake.read("served_recommendations").sort_by("request_id")
     assert table["request_id"].to_pylist() == ["r-1", "r-2"]

@@ -6,10 +6,11 @@ import datetime as dt
 import json
 
 import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
 
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
-from flixlake.serving.telemetry import messages
+from flixlake.serving.telemetry import encode_answer
 from flixlake.streaming.served import ServedLanding, land_records
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -18,8 +19,9 @@ WHEN = dt.datetime(2026, 11, 23, 11, 59, 58, 250_000, tzinfo=dt.UTC).timestamp()
 
 def shipped(request_id: str, user: int = 7, body: bytes = b"m1,m2,m3") -> bytes:
     """A served record exactly as the service's telemetry shipper encodes it."""
-    line = f"{WHEN}\t{user}\t200\t1.234\t{request_id}\tcanary\tals-1\t".encode() + body
-    return messages(line, "reco-1:8082", "exp-a")[2]
+    return encode_answer(
+        WHEN, user, 200, 1.234, request_id, "canary", "als-1", body, "reco-1:8082", "exp-a"
+    )[2]
 
 
 def land(values: list[bytes | None]) -> tuple[pa.Table, pa.Table]:
@@ -80,7 +82,14 @@ def test_bad_records_are_quarantined_with_a_reason_and_nothing_is_lost() -> None
     assert served.num_rows + quarantine.num_rows == len(values)
 
 
-def test_a_replayed_batch_writes_nothing_twice(settings: Settings, lake: Lake) -> None:
+def kafka_rows(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """Rows as Spark's Kafka source gives them to a micro-batch."""
+    return spark.createDataFrame(table.append_column("topic", pa.array(["served"] * len(table))))
+
+
+def test_a_replayed_batch_writes_nothing_twice(
+    spark: SparkSession, settings: Settings, lake: Lake
+) -> None:
     landing = ServedLanding(lake, settings.streaming, "served", "q_served", clock=lambda: NOW)
     records = pa.table(
         {
@@ -90,8 +99,8 @@ def test_a_replayed_batch_writes_nothing_twice(settings: Settings, lake: Lake) -
             "value": [shipped("r-b"), b"{}", shipped("r-a")],
         }
     )
-    first = landing.process(records, batch_id=0)
-    again = landing.process(records, batch_id=0)  # Spark replays a batch after a crash
+    first = landing.process(kafka_rows(spark, records), batch_id=0)
+    again = landing.process(kafka_rows(spark, records), batch_id=0)  # replayed after a crash
     assert first.written and not again.written
     assert (first.events, first.rejected) == (3, 1)
     rows = lake.read("served_recommendations").sort_by("source_partition")
@@ -101,7 +110,7 @@ def test_a_replayed_batch_writes_nothing_twice(settings: Settings, lake: Lake) -
 
 
 def test_a_batch_replayed_after_a_crash_between_its_two_commits_completes_once(
-    settings: Settings, lake: Lake
+    spark: SparkSession, settings: Settings, lake: Lake
 ) -> None:
     landing = ServedLanding(lake, settings.streaming, "served", "q_served", clock=lambda: NOW)
     records = pa.table(
@@ -115,7 +124,7 @@ def test_a_batch_replayed_after_a_crash_between_its_two_commits_completes_once(
     # the first attempt died after committing the quarantine, before served_recommendations
     first = land(records["value"].to_pylist())
     lake.append("quarantine_events", first[1], landing.app_id, 3)
-    replay = landing.process(records, batch_id=3)
+    replay = landing.process(kafka_rows(spark, records), batch_id=3)
     assert replay.written
     assert lake.read("served_recommendations")["request_id"].to_pylist() == ["r-a"]
     assert lake.read("quarantine_events")["raw"].to_pylist() == ["oops"]

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import DataFrame, SparkSession
 
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import TS
 from flixlake.streaming.events import SpeedLayer
-from flixlake.streaming.harness import SpeedLayerError, check_checkpoint
+from flixlake.streaming.harness import CheckpointLock, SpeedLayerError, check_checkpoint
 from flixlake.streaming.views import (
     merge_pairs,
     new_users,
@@ -130,16 +135,23 @@ GOOD = [
 BAD = ["2026-11-22T08:00:00,1,GET /rate/a=9", "garbage", ""]
 
 
-def records(lines: list[str], first_offset: int = 0, partition: int = 0) -> pa.Table:
+def records(
+    spark: SparkSession, lines: list[str], first_offset: int = 0, partition: int = 0
+) -> DataFrame:
+    """Rows as Spark's Kafka source gives them to a micro-batch."""
     n = len(lines)
-    return pa.table(
-        {
-            "topic": pa.array(["movielog"] * n),
-            "partition": pa.array([partition] * n, pa.int32()),
-            "offset": pa.array(range(first_offset, first_offset + n), pa.int64()),
-            "timestamp": pa.array([NOW] * n, TS),
-            "value": pa.array([line.encode() for line in lines], pa.binary()),
-        }
+    return spark.createDataFrame(
+        pa.table(
+            {
+                "key": pa.nulls(n, pa.binary()),
+                "value": pa.array([line.encode() for line in lines], pa.binary()),
+                "topic": pa.array(["movielog"] * n),
+                "partition": pa.array([partition] * n, pa.int32()),
+                "offset": pa.array(range(first_offset, first_offset + n), pa.int64()),
+                "timestamp": pa.array([NOW] * n, TS),
+                "timestampType": pa.array([0] * n, pa.int32()),
+            }
+        )
     )
 
 
@@ -158,14 +170,18 @@ def view_rows(lake: Lake, name: str) -> list[dict]:
     return sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
 
 
-def test_a_replayed_batch_changes_nothing(lake: Lake, settings: Settings) -> None:
+def test_a_replayed_batch_changes_nothing(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
     speed = layer(lake, settings)
-    first = speed.process(records(GOOD + BAD), batch_id=0)
+    first = speed.process(records(spark, GOOD + BAD), batch_id=0)
     assert (first.events, first.rejected, first.written) == (7, 3, True)
     snapshot = {n: view_rows(lake, n) for n in ("speed_user_activity", "speed_trending")}
     versions = lake.versions(["bronze_events", "quarantine_events"])
 
-    replay = layer(lake, settings).process(records(GOOD + BAD), batch_id=0)  # after a restart
+    replay = layer(lake, settings).process(
+        records(spark, GOOD + BAD), batch_id=0
+    )  # after a restart
 
     assert replay.written is False
     assert lake.versions(["bronze_events", "quarantine_events"]) == versions
@@ -175,11 +191,13 @@ def test_a_replayed_batch_changes_nothing(lake: Lake, settings: Settings) -> Non
 
 
 def test_views_accumulate_across_batches_and_survive_a_restart(
-    lake: Lake, settings: Settings
+    spark: SparkSession, lake: Lake, settings: Settings
 ) -> None:
-    layer(lake, settings).process(records(GOOD), batch_id=0)
+    layer(lake, settings).process(records(spark, GOOD), batch_id=0)
     later = ["2026-11-22T09:30:00,1,GET /rate/c=5", "2026-11-22T09:40:00,4,GET /data/m/a/3.mpg"]
-    layer(lake, settings).process(records(later, first_offset=4), batch_id=1)  # a new process
+    layer(lake, settings).process(
+        records(spark, later, first_offset=4), batch_id=1
+    )  # a new process
 
     activity = by_user(lake.read("speed_user_activity"))
     assert activity[1] == {
@@ -198,13 +216,13 @@ def test_views_accumulate_across_batches_and_survive_a_restart(
 
 
 def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
-    lake: Lake, settings: Settings
+    spark: SparkSession, lake: Lake, settings: Settings
 ) -> None:
     record_published_model(lake, "m1", dt.date(2026, 11, 22), t(22, 3))
     recos = [{"user_id": 1, "rank": 1, "movie_id": "x", "score": 1.0, "model_version": "m1"}]
     lake.append("batch_recommendations", pa.Table.from_pylist(recos))
     speed = layer(lake, settings)
-    speed.process(records(GOOD), batch_id=0)
+    speed.process(records(spark, GOOD), batch_id=0)
 
     activity = by_user(lake.read("speed_user_activity"))
     assert set(activity) == {1, 2}  # user 3 was only active before the cutoff (11-21)
@@ -213,7 +231,7 @@ def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
 
     record_published_model(lake, "m2", dt.date(2026, 11, 23), t(23, 3))
     report = speed.process(
-        records(["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
+        records(spark, ["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
     )
     assert report.rebuilt
     assert set(by_user(lake.read("speed_user_activity"))) == {5}
@@ -222,14 +240,14 @@ def test_views_start_at_the_cutoff_and_reset_when_a_newer_model_is_published(
 
 
 def test_views_start_at_the_oldest_cutoff_the_experiment_serves(
-    lake: Lake, settings: Settings
+    spark: SparkSession, lake: Lake, settings: Settings
 ) -> None:
     """An A/B test of the previous model against the current one: the previous model's users
     must not get back what they watched since its run date, so the views start there."""
     record_published_model(lake, "m1", dt.date(2026, 11, 21), t(21, 3))
     record_published_model(lake, "m2", dt.date(2026, 11, 22), t(22, 3))
     current_only = layer(lake, settings)
-    current_only.process(records(GOOD), batch_id=0)
+    current_only.process(records(spark, GOOD), batch_id=0)
     assert set(by_user(lake.read("speed_user_activity"))) == {1, 2}  # not 3 (11-21 10:00)
 
     speed = SpeedLayer(
@@ -250,7 +268,7 @@ def test_views_start_at_the_oldest_cutoff_the_experiment_serves(
 
     record_published_model(lake, "m3", dt.date(2026, 11, 23), t(23, 3))  # m2 is now previous
     report = speed.process(
-        records(["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
+        records(spark, ["2026-11-23T01:00:00,5,GET /data/m/z/1.mpg"], first_offset=4), batch_id=1
     )
     assert report.rebuilt
     assert set(by_user(lake.read("speed_user_activity"))) == {1, 2, 5}
@@ -258,11 +276,11 @@ def test_views_start_at_the_oldest_cutoff_the_experiment_serves(
 
 
 def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
-    lake: Lake, settings: Settings, tmp_path: Path
+    spark: SparkSession, lake: Lake, settings: Settings, tmp_path: Path
 ) -> None:
     tables = SpeedLayer.tables
     check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # nothing written yet: fine
-    layer(lake, settings).process(records(GOOD), batch_id=0)
+    layer(lake, settings).process(records(spark, GOOD), batch_id=0)
     with pytest.raises(SpeedLayerError, match="checkpoint"):
         check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)
     (tmp_path / "cp" / "offsets").mkdir(parents=True)
@@ -270,14 +288,66 @@ def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
     check_checkpoint(lake, tmp_path / "cp", "stream:q", tables)  # the real checkpoint: fine
 
 
+def test_a_checkpoint_behind_the_tables_recorded_progress_is_refused(
+    spark: SparkSession, lake: Lake, settings: Settings, tmp_path: Path
+) -> None:
+    """The tables recorded batch 2 but the checkpoint planned only batch 0 (an older copy): the
+    next batch ids 1 and 2 would carry other offsets and be skipped as already written."""
+    speed = layer(lake, settings)
+    for batch in range(3):
+        speed.process(records(spark, GOOD[batch : batch + 1], first_offset=batch), batch)
+    offsets = tmp_path / "cp" / "offsets"
+    offsets.mkdir(parents=True)
+    (offsets / "0").write_text("{}")
+    with pytest.raises(SpeedLayerError, match="planned only up to micro-batch 0"):
+        check_checkpoint(lake, tmp_path / "cp", "stream:q", SpeedLayer.tables)
+    for batch in (1, 2):
+        (offsets / str(batch)).write_text("{}")
+    check_checkpoint(lake, tmp_path / "cp", "stream:q", SpeedLayer.tables)  # caught up: fine
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from flixlake.streaming.harness import CheckpointLock
+CheckpointLock(Path(sys.argv[1]), "q")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_writer_of_one_query_is_refused_until_the_first_dies(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "cp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(checkpoint)], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        with pytest.raises(SpeedLayerError, match=f"already running \\(pid {holder.pid} "):
+            CheckpointLock(checkpoint, "q")
+        os.kill(holder.pid, signal.SIGKILL)  # a crashed writer leaves no stale lock
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    lock = CheckpointLock(checkpoint, "q")
+    with pytest.raises(SpeedLayerError, match="already running"):  # also within one process
+        CheckpointLock(checkpoint, "q")
+    lock.release()
+    CheckpointLock(checkpoint, "q").release()
+
+
 def test_maintenance_compacts_the_streams_small_bronze_files(
-    lake: Lake, settings: Settings
+    spark: SparkSession, lake: Lake, settings: Settings
 ) -> None:
     config = settings.streaming.model_copy(update={"maintenance_every_batches": 3})
     speed = SpeedLayer(lake, config, "movielog", "q", clock=lambda: NOW)
     lines = [f"2026-11-22T08:00:{i:02d},{i + 1},GET /data/m/a/{i}.mpg" for i in range(6)]
     for batch in range(3):
-        speed.process(records(lines[2 * batch : 2 * batch + 2], first_offset=2 * batch), batch)
+        speed.process(
+            records(spark, lines[2 * batch : 2 * batch + 2], first_offset=2 * batch), batch
+        )
         if batch < 2:
             assert len(lake.file_uris("bronze_events")) == batch + 1  # one file per batch
 
