@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
+from pyarrow.parquet import filters_to_expression
 
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
 
@@ -137,8 +139,25 @@ class Lake:
         columns: list[str] | None = None,
         filters: Any = None,
     ) -> pa.Table:
-        """Read a table (or a pinned version of it) into Arrow."""
-        return self.table(name, version).to_pyarrow_table(columns=columns, filters=filters)
+        """Read a table (or a pinned version of it) into Arrow.
+
+        Files delta-rs wrote through DataFusion (MERGE, some rewrites) record string columns as
+        ``string_view``, for which pyarrow has no comparison kernels: a filter the file
+        statistics cannot decide alone (a file of many rows, e.g. after compaction) then fails
+        with ``ArrowNotImplementedError``. Such a read is redone without the pushdown: the rows
+        are read, cast to plain strings and filtered in memory.
+        """
+        table = self.table(name, version)
+        try:
+            return table.to_pyarrow_table(columns=columns, filters=filters)
+        except pa.ArrowNotImplementedError:
+            if filters is None:
+                raise
+        expression = (
+            filters if isinstance(filters, pc.Expression) else filters_to_expression(filters)
+        )
+        rows = without_views(table.to_pyarrow_table()).filter(expression)
+        return rows.select(columns) if columns is not None else rows
 
     def file_uris(self, name: str, version: int | None = None) -> list[str]:
         """Active data files of a snapshot (for Spark's parquet reader)."""
