@@ -82,6 +82,14 @@ def spark_submit_command(job: Path, driver_memory: str, job_args: str) -> str:
     )
 
 
+def flixlake_command(args: str) -> str:
+    """A task that needs no Spark: the ``flixlake`` CLI beside this Python (the venv's).
+
+    ``args`` is appended as is, so it may hold Airflow templates (``--run-date {{ ds }}``).
+    """
+    return f"{shlex.quote(str(Path(sys.executable).parent / 'flixlake'))} {args}"
+
+
 def default_args(airflow: AirflowConfig) -> dict[str, Any]:
     """Owner and retry policy of every flixlake task (retries are safe: jobs are idempotent)."""
     return {
