@@ -34,27 +34,24 @@ import datetime as dt
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake.exceptions import CommitFailedError
 from pyarrow import fs as pafs
 
 from flixlake.config import ConfigError, Settings
 from flixlake.lake.registry import PUBLISHED, list_models
-from flixlake.lake.store import Lake
+from flixlake.lake.store import Lake, recommitting
 from flixlake.lake.tables import ALL_TABLES, MAINTENANCE_RUNS, TableSpec
 
 LOG_RETENTION = "delta.logRetentionDuration"
 FILE_RETENTION = "delta.deletedFileRetentionDuration"
 ARTIFACTS = "(artifacts)"  # the maintenance_runs row of the artifacts folder
 _COMMIT_FILE = re.compile(r"^\d{20}\.json$")
-_RETRIES = 3  # a concurrent writer's commit (e.g. the stream compacting today): retry
-T = TypeVar("T")
 
 
 class MaintenanceError(RuntimeError):
@@ -161,7 +158,7 @@ def prune_model_versions(lake: Lake, name: str, keep: set[str], known: set[str])
     doomed = sorted((present & known) - keep)
     if doomed:
         quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in doomed)
-        _retrying(lambda: lake.table(name).delete(f"model_version IN ({quoted})"))
+        recommitting(lambda: lake.table(name).delete(f"model_version IN ({quoted})"))
     return doomed
 
 
@@ -194,21 +191,10 @@ def prune_artifacts(lake: Lake, settings: Settings, run_date: dt.date, keep: set
 
 
 # -- one table ----------------------------------------------------------------------------------
-def _retrying(step: Callable[[], T]) -> T:
-    for attempt in range(1, _RETRIES + 1):
-        try:
-            return step()
-        except CommitFailedError:
-            if attempt == _RETRIES:
-                raise
-            time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
-
-
 def _set_retention(lake: Lake, name: str, wanted: dict[str, str]) -> None:
     current = lake.table(name).metadata().configuration
     if any(current.get(k) != v for k, v in wanted.items()):
-        _retrying(lambda: lake.table(name).alter.set_table_properties(wanted))
+        recommitting(lambda: lake.table(name).alter.set_table_properties(wanted))
 
 
 def _compact(lake: Lake, spec: TableSpec, settings: Settings, run_date: dt.date) -> int:
@@ -218,7 +204,7 @@ def _compact(lake: Lake, spec: TableSpec, settings: Settings, run_date: dt.date)
     if spec.lifecycle.compact_closed_days:
         filters = [(spec.partition_by[0], "<=", run_date.isoformat())]
     target = settings.lifecycle.compact_target_mb * 1024 * 1024
-    metrics = _retrying(
+    metrics = recommitting(
         lambda: lake.table(spec.name).optimize.compact(
             partition_filters=filters, target_size=target
         )
@@ -276,7 +262,7 @@ def maintain_table(
             pruned = prune_model_versions(lake, spec.name, keep, known)
         compacted = _compact(lake, spec, settings, run_date)
         # retention_hours=None: the table's delta.deletedFileRetentionDuration, checked >= it
-        vacuumed = _retrying(
+        vacuumed = recommitting(
             lambda: lake.table(spec.name).vacuum(
                 retention_hours=None, dry_run=False, enforce_retention_duration=True, full=True
             )
