@@ -347,9 +347,13 @@ def simulate_month(
     seed: int = 7,
     micro_batches: int = 48,
     day_seconds: float = 10.0,
+    maintain: bool = True,
     on_day: Callable[[DayReport], None] | None = None,
 ) -> list[DayReport]:
-    """Run ``days`` simulated days (see the module docstring); one report per day."""
+    """Run ``days`` simulated days (see the module docstring); one report per day.
+
+    ``maintain=False`` is the baseline: no daily maintenance, only what the stream does itself.
+    """
     summary = generate_history(data, n_users=users, n_movies=movies, days=days, seed=seed)
     first = dt.date.fromisoformat(str(summary["first_date"]))
     stream = Stream(lake, settings)
@@ -375,7 +379,8 @@ def simulate_month(
         if index > 0:
             yesterday = date - dt.timedelta(days=1)
             try:
-                maintain_lake(lake, settings, yesterday)
+                if maintain:
+                    maintain_lake(lake, settings, yesterday)
             except Exception as exc:
                 report.maintenance_error = f"{type(exc).__name__}: {exc}"
             try:
