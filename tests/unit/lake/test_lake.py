@@ -9,11 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
+from deltalake.exceptions import CommitFailedError
 from pyspark.sql import SparkSession
 
 from flixlake.config import Settings
 from flixlake.lake.spark_io import read_table, register_views, spark_schema, write_table
-from flixlake.lake.store import Lake, MissingTableError
+from flixlake.lake.store import COMMIT_ATTEMPTS, Lake, MissingTableError, recommitting
 from flixlake.lake.tables import RATINGS, WATCH_SESSIONS
 from flixlake.testing import record_published_model
 
@@ -199,3 +200,25 @@ def test_a_filtered_read_of_a_merged_file_of_many_rows(lake: Lake) -> None:
     rows = lake.read("models", columns=["model_version"], filters=[("model_version", "=", "m1")])
     assert rows.to_pylist() == [{"model_version": "m1"}]
     assert rows.schema.field("model_version").type == pa.string()
+
+
+def test_a_write_that_lost_a_commit_race_is_redone_a_few_times() -> None:
+    attempts: list[int] = []
+
+    def loses_twice() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise CommitFailedError("Metadata changed since last commit")
+        return "committed"
+
+    assert recommitting(loses_twice) == "committed"
+    assert len(attempts) == 3
+
+    def always_loses() -> str:
+        attempts.append(1)
+        raise CommitFailedError("Metadata changed since last commit")
+
+    attempts.clear()
+    with pytest.raises(CommitFailedError):
+        recommitting(always_loses)
+    assert len(attempts) == COMMIT_ATTEMPTS
