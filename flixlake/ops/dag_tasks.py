@@ -1,5 +1,6 @@
-"""What the DAG files share: their tasks' environment, spark-submit command, default args and
-the templates that turn a run's logical time into what the jobs take.
+"""What the DAG files share: their tasks' environment, spark-submit command (and the ``flixlake``
+CLI's, for tasks without Spark such as ``flixlake maintain``), default args and the templates
+that turn a run's logical time into what the jobs take.
 
 Both DAGs use Airflow 3's cron *trigger* timetable explicitly (not whatever
 ``[scheduler] create_cron_data_intervals`` selects): a scheduled run's logical date is the moment
