@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # the repository checkout: conf/, dags/, jobs/, streaming/ (the package lives in flixlake/ inside it)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +187,7 @@ class AirflowConfig(_Frozen):
     schedule: str = "0 3 * * *"  # flixlake_batch
     online_schedule: str = "@hourly"  # flixlake_online (online evaluation)
     audit_schedule: str = "0 5 * * *"  # flixlake_audit (drift, fairness, exposure)
+    maintenance_schedule: str = "30 1 * * *"  # flixlake_maintenance (table lifecycle)
     retries: int = Field(2, ge=0)
     retry_delay_minutes: int = Field(5, ge=0)
 
@@ -303,6 +311,70 @@ class AuditConfig(_Frozen):
     requirements: RequirementsConfig = RequirementsConfig()
 
 
+def _duration(text: str) -> str:
+    duration_seconds(text)  # a clear error for anything that is not 90s, 30m, 1h, 7d
+    return text
+
+
+class TableRetention(_Frozen):
+    """A table's overrides of the lake-wide retention (``lifecycle.tables.<table>``)."""
+
+    log_retention: str | None = None
+    deleted_file_retention: str | None = None
+
+    @field_validator("log_retention", "deleted_file_retention")
+    @classmethod
+    def _valid(cls, text: str | None) -> str | None:
+        return None if text is None else _duration(text)
+
+
+class LifecycleConfig(_Frozen):
+    """Table maintenance (``flixlake maintain``, the daily ``flixlake_maintenance`` DAG).
+
+    ``log_retention`` and ``deleted_file_retention`` become the Delta table properties
+    ``delta.logRetentionDuration`` / ``delta.deletedFileRetentionDuration``, which delta-rs and
+    delta-spark both honour (log cleanup at checkpoints, vacuum). Neither may go below
+    ``min_retention``: a removed file stays at least that long for readers still on an older
+    snapshot (the service, a running query, a batch job pinned to a version).
+    """
+
+    log_retention: str = "7d"  # Delta commits kept (time travel, lineage of recent versions)
+    deleted_file_retention: str = "2d"  # removed data files kept this long, then vacuumed
+    min_retention: str = "1h"  # floor of both; never 0 (a reader may still open those files)
+    compact_target_mb: int = Field(128, gt=0)  # small files are bin-packed up to this size
+    keep_models: int = Field(3, ge=2)  # newest published models kept whole, for rollback
+    keep_run_days: int = Field(7, ge=1)  # run folders and batch views of other models kept
+    tables: dict[str, TableRetention] = Field(default_factory=dict)  # per-table overrides
+
+    @field_validator("log_retention", "deleted_file_retention", "min_retention")
+    @classmethod
+    def _valid(cls, text: str) -> str:
+        return _duration(text)
+
+    @model_validator(mode="after")
+    def _above_the_floor(self) -> LifecycleConfig:
+        floor = duration_seconds(self.min_retention)
+        pairs = [("", self.log_retention, self.deleted_file_retention)] + [
+            (f"tables.{name}.", t.log_retention, t.deleted_file_retention)
+            for name, t in self.tables.items()
+        ]
+        for prefix, log_keep, files_keep in pairs:
+            for key, value in (("log_retention", log_keep), ("deleted_file_retention", files_keep)):
+                if value is not None and duration_seconds(value) < floor:
+                    raise ValueError(
+                        f"{prefix}{key}: {value} is below min_retention {self.min_retention}"
+                    )
+        return self
+
+    def retention_seconds(self, table: str) -> tuple[int, int]:
+        """(log retention, deleted-file retention) of a table, overrides applied, in seconds."""
+        override = self.tables.get(table, TableRetention())
+        return (
+            duration_seconds(override.log_retention or self.log_retention),
+            duration_seconds(override.deleted_file_retention or self.deleted_file_retention),
+        )
+
+
 class TelemetryConfig(_Frozen):
     enabled: bool = True
     # the service's own MLiP "recommendation request" lines go to a topic of its own: on the
@@ -395,6 +467,7 @@ class Settings(_Frozen):
     online: OnlineConfig = OnlineConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     audit: AuditConfig = AuditConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     @property
     def lake_root(self) -> Path:

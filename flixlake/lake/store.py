@@ -14,18 +14,37 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
+from pyarrow.parquet import filters_to_expression
 
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
+
+# A commit another writer's commit conflicted with (the daily maintenance setting a table's
+# retention, a concurrent compaction) wrote nothing: redo the write on the new snapshot.
+COMMIT_ATTEMPTS = 4
+T = TypeVar("T")
+
+
+def recommitting(write: Callable[[], T]) -> T:
+    """Run a delta-rs write; redo it when its commit lost to a concurrent one (nothing written)."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return write()
+        except CommitFailedError:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 class MissingTableError(LookupError):
@@ -137,8 +156,25 @@ class Lake:
         columns: list[str] | None = None,
         filters: Any = None,
     ) -> pa.Table:
-        """Read a table (or a pinned version of it) into Arrow."""
-        return self.table(name, version).to_pyarrow_table(columns=columns, filters=filters)
+        """Read a table (or a pinned version of it) into Arrow.
+
+        Files delta-rs wrote through DataFusion (MERGE, some rewrites) record string columns as
+        ``string_view``, for which pyarrow has no comparison kernels: a filter the file
+        statistics cannot decide alone (a file of many rows, e.g. after compaction) then fails
+        with ``ArrowNotImplementedError``. Such a read is redone without the pushdown: the rows
+        are read, cast to plain strings and filtered in memory.
+        """
+        table = self.table(name, version)
+        try:
+            return table.to_pyarrow_table(columns=columns, filters=filters)
+        except pa.ArrowNotImplementedError:
+            if filters is None:
+                raise
+        expression = (
+            filters if isinstance(filters, pc.Expression) else filters_to_expression(filters)
+        )
+        rows = without_views(table.to_pyarrow_table()).filter(expression)
+        return rows.select(columns) if columns is not None else rows
 
     def file_uris(self, name: str, version: int | None = None) -> list[str]:
         """Active data files of a snapshot (for Spark's parquet reader)."""
@@ -194,11 +230,16 @@ class Lake:
         ``also_record`` (app id -> version) commits further app transactions in the same commit
         as the rows, e.g. what a file ingest verified, so the record and the rows are one step.
         """
-        if app_id is not None and self.applied(name, app_id, txn_version or 0):
-            return False
         commit = self._commit_properties(app_id, txn_version, metadata, also_record)
-        self._write(name, data, "append", commit=commit)
-        return True
+
+        def once() -> bool:
+            # checked again on a retry: a concurrent writer may have committed this very txn
+            if app_id is not None and self.applied(name, app_id, txn_version or 0):
+                return False
+            self._write(name, data, "append", commit=commit)
+            return True
+
+        return recommitting(once)
 
     def _write(
         self,
@@ -213,14 +254,17 @@ class Lake:
         self.ensure(name)
         # delta-rs accepts a predicate only with overwrite (replace-where)
         where: dict[str, Any] = {} if predicate is None else {"predicate": predicate}
-        write_deltalake(
-            self.path(name),
-            conform(spec, data),
-            mode=mode,
-            partition_by=list(spec.partition_by) or None,
-            storage_options=self.storage_options,
-            commit_properties=commit,
-            **where,
+        rows = conform(spec, data)
+        recommitting(
+            lambda: write_deltalake(
+                self.path(name),
+                rows,
+                mode=mode,
+                partition_by=list(spec.partition_by) or None,
+                storage_options=self.storage_options,
+                commit_properties=commit,
+                **where,
+            )
         )
 
     def replace_where(self, name: str, data: pa.Table, predicate: str) -> None:
@@ -243,14 +287,20 @@ class Lake:
         keys = list(keys or spec.keys)
         if not keys:
             raise ValueError(f"{name}: no merge keys")
-        table = self.ensure(name)
+        self.ensure(name)
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        merger = table.merge(conform(spec, data), predicate, source_alias="s", target_alias="t")
-        if updates:
-            merger = merger.when_matched_update(dict(updates))
-        else:
-            merger = merger.when_matched_update_all()
-        return merger.when_not_matched_insert_all().execute()
+        source = conform(spec, data)
+
+        def merge() -> dict[str, Any]:
+            merger = self.table(name).merge(source, predicate, source_alias="s", target_alias="t")
+            if updates:
+                merger = merger.when_matched_update(dict(updates))
+            else:
+                merger = merger.when_matched_update_all()
+            result: dict[str, Any] = merger.when_not_matched_insert_all().execute()
+            return result
+
+        return recommitting(merge)
 
     def overwrite(self, name: str, data: pa.Table) -> None:
         """Atomically replace the whole table's contents (readers see old or new, never a mix)."""

@@ -11,7 +11,8 @@ this module never imports pyspark, so the service can use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
 
@@ -24,6 +25,24 @@ STREAM_AND_INGEST = "delta-spark (stream), delta-rs (file ingest)"
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """What the daily maintenance (:mod:`flixlake.lake.lifecycle`) does to a table.
+
+    Every table gets its retention properties, a checkpoint with expired-log cleanup and a
+    vacuum (retention from ``lifecycle`` in the config). ``compact``: bin-pack small files --
+    not for tables the stream MERGEs or overwrites every second (a concurrent rewrite would
+    fail the stream's commit; the stream keeps those small itself). ``compact_closed_days``:
+    only day partitions before the run date (``partition_by[0]`` is a date), where the stream no
+    longer appends nor compacts. ``prune``: ``model_versions`` drops the partitions of models no
+    longer kept for rollback (``lifecycle.keep_models``, ``keep_run_days``).
+    """
+
+    compact: bool = True
+    compact_closed_days: bool = False
+    prune: Literal["none", "model_versions"] = "none"
+
+
+@dataclass(frozen=True)
 class TableSpec:
     name: str
     owner: str  # the process kind that writes the table
@@ -32,6 +51,7 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()  # natural key used by MERGE
     engine: str = RS  # what the owner writes it with
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     @property
     def columns(self) -> list[str]:
@@ -41,6 +61,9 @@ class TableSpec:
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
     return pa.field(name, type_, nullable=nullable)
 
+
+STREAMED_BY_DAY = Lifecycle(compact=True, compact_closed_days=True)  # the stream appends today
+STREAM_VIEW = Lifecycle(compact=False)  # merged/overwritten by the stream every second
 
 _SOURCE = [
     _f("source", pa.string(), False),  # file path or kafka topic
@@ -75,6 +98,7 @@ BRONZE_EVENTS = TableSpec(
         ]
     ),
     partition_by=("event_date",),
+    lifecycle=STREAMED_BY_DAY,
 )
 
 QUARANTINE_EVENTS = TableSpec(
@@ -264,6 +288,7 @@ BATCH_RECOMMENDATIONS = TableSpec(
         ]
     ),
     partition_by=("model_version",),
+    lifecycle=Lifecycle(prune="model_versions"),
 )
 
 _SPEED_STAMP = [
@@ -292,6 +317,7 @@ SPEED_USER_ACTIVITY = TableSpec(
         ]
     ),
     keys=("user_id",),
+    lifecycle=STREAM_VIEW,
 )
 
 SPEED_TRENDING = TableSpec(
@@ -311,6 +337,7 @@ SPEED_TRENDING = TableSpec(
         ]
     ),
     keys=("window", "movie_id"),
+    lifecycle=STREAM_VIEW,
 )
 
 SPEED_NEW_USERS = TableSpec(
@@ -327,6 +354,7 @@ SPEED_NEW_USERS = TableSpec(
         ]
     ),
     keys=("user_id",),
+    lifecycle=STREAM_VIEW,
 )
 
 SERVED_RECOMMENDATIONS = TableSpec(
@@ -355,6 +383,7 @@ SERVED_RECOMMENDATIONS = TableSpec(
         ]
     ),
     partition_by=("served_date",),
+    lifecycle=STREAMED_BY_DAY,
 )
 
 ONLINE_EVALUATIONS = TableSpec(
@@ -469,6 +498,38 @@ AUDIT_REQUIREMENTS = TableSpec(
     keys=("run_date", "model_version", "requirement", "evidence"),
 )
 
+MAINTENANCE_RUNS = TableSpec(
+    name="maintenance_runs",
+    owner="flixlake maintain (dags/flixlake_maintenance.py)",
+    description=(
+        "One row per table per maintenance run: data files, bytes and Delta log length before "
+        "and after, and what compaction, vacuum, log cleanup and pruning did."
+    ),
+    schema=pa.schema(
+        [
+            _f("run_id", pa.string(), False),  # <run date>T<start time>: one maintenance run
+            _f("run_date", pa.date32(), False),
+            _f("table_name", pa.string(), False),
+            _f("status", pa.string(), False),  # ok | failed
+            _f("version_before", pa.int64()),
+            _f("version_after", pa.int64()),
+            _f("files_before", pa.int64(), False),  # data files in the folder (live or not)
+            _f("files_after", pa.int64(), False),
+            _f("live_files_after", pa.int64(), False),  # files of the current snapshot
+            _f("bytes_before", pa.int64(), False),
+            _f("bytes_after", pa.int64(), False),
+            _f("log_files_before", pa.int64(), False),  # commit files (NNN.json) in _delta_log
+            _f("log_files_after", pa.int64(), False),
+            _f("files_compacted", pa.int64(), False),  # small files rewritten by optimize
+            _f("files_vacuumed", pa.int64(), False),
+            _f("pruned", pa.list_(pa.string())),  # model versions whose partition was dropped
+            _f("details", pa.string()),  # the error of a failed step
+            _f("seconds", pa.float64(), False),
+            _f("started_at", TS, False),
+        ]
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -491,6 +552,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         AUDIT_DRIFT,
         AUDIT_FAIRNESS,
         AUDIT_REQUIREMENTS,
+        MAINTENANCE_RUNS,
     )
 }
 

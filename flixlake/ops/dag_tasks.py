@@ -1,5 +1,6 @@
-"""What the DAG files share: their tasks' environment, spark-submit command, default args and
-the templates that turn a run's logical time into what the jobs take.
+"""What the DAG files share: their tasks' environment, spark-submit command (and the ``flixlake``
+CLI's, for tasks without Spark such as ``flixlake maintain``), default args and the templates
+that turn a run's logical time into what the jobs take.
 
 Both DAGs use Airflow 3's cron *trigger* timetable explicitly (not whatever
 ``[scheduler] create_cron_data_intervals`` selects): a scheduled run's logical date is the moment
@@ -95,6 +96,14 @@ def spark_submit_command(job: Path, driver_memory: str, job_args: str) -> str:
     ``job_args`` is appended as is, so it may hold Airflow templates (``--run-date {{ ds }}``).
     """
     return f"{shlex.join(spark_submit_argv(job, driver_memory))} {job_args}"
+
+
+def flixlake_command(args: str) -> str:
+    """A task that needs no Spark: the ``flixlake`` CLI beside this Python (the venv's).
+
+    ``args`` is appended as is, so it may hold Airflow templates (``--run-date {{ ds }}``).
+    """
+    return f"{shlex.quote(str(Path(sys.executable).parent / 'flixlake'))} {args}"
 
 
 def default_args(airflow: AirflowConfig) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flixlake.ops.cli.common import EnvOpt, HomeOpt, console, fail, settings_or_exit
+from flixlake.ops.cli.common import EnvOpt, HomeOpt, console, fail, print_table, settings_or_exit
 from flixlake.ops.terminal import print_batch_summary
 
 app = typer.Typer()
@@ -108,3 +108,52 @@ def rollback(
     except (LookupError, ValueError) as exc:
         raise fail(str(exc)) from None
     console.print(f"current model is now {model}")
+
+
+@app.command()
+def maintain(
+    run_date: Annotated[
+        str, typer.Option("--run-date", help="the last complete day, YYYY-MM-DD (what is closed)")
+    ],
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table", help="only this table (repeatable; default every table + artifacts)"
+        ),
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Table lifecycle: retention, pruning of old model versions, compaction, vacuum, log cleanup.
+
+    No Spark. One maintenance_runs row per table (files, bytes, log length before and after);
+    exit 1 when a table's maintenance failed (its row has the error), the others still ran.
+    """
+    from flixlake.config import ConfigError
+    from flixlake.lake.lifecycle import MaintenanceError, run_maintenance
+    from flixlake.lake.runs import parse_run_date
+    from flixlake.lake.store import Lake
+
+    settings = settings_or_exit(env, home)
+    try:
+        day = parse_run_date(run_date)
+        rows = run_maintenance(Lake(settings.lake_root), settings, day, tables=table or None)
+    except (ValueError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    except MaintenanceError as exc:
+        raise fail(str(exc), code=1) from None
+    print_table(
+        [
+            {
+                "table": r["table_name"],
+                "files": f"{r['files_before']:,} -> {r['files_after']:,} ({r['live_files_after']:,} live)",
+                "MB": f"{r['bytes_before'] / 1e6:,.2f} -> {r['bytes_after'] / 1e6:,.2f}",
+                "log commits": f"{r['log_files_before']:,} -> {r['log_files_after']:,}",
+                "compacted": r["files_compacted"],
+                "vacuumed": r["files_vacuumed"],
+                "pruned": ", ".join(r["pruned"]) or "-",
+            }
+            for r in rows
+        ],
+        title=f"maintenance for {day}",
+    )
