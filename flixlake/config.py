@@ -181,6 +181,7 @@ class BatchConfig(_Frozen):
 class AirflowConfig(_Frozen):
     schedule: str = "0 3 * * *"  # flixlake_batch
     online_schedule: str = "@hourly"  # flixlake_online (online evaluation)
+    audit_schedule: str = "0 5 * * *"  # flixlake_audit (drift, fairness, exposure)
     retries: int = Field(2, ge=0)
     retry_delay_minutes: int = Field(5, ge=0)
 
@@ -208,6 +209,100 @@ class OnlineConfig(_Frozen):
 
 
 SERVICE_LOG_TOPIC = "service_requests"  # the service's own MLiP lines (not the course's topic)
+
+
+# -- audit: drift of the inputs, fairness and exposure per model version ------------------------
+DriftInput = Literal[
+    "event_mix",
+    "movie_activity",
+    "genre_activity",
+    "user_activity",
+    "ratings",
+    "request_volume",
+    "answer_sources",
+]
+DRIFT_INPUTS: tuple[DriftInput, ...] = (
+    "event_mix",
+    "movie_activity",
+    "genre_activity",
+    "user_activity",
+    "ratings",
+    "request_volume",
+    "answer_sources",
+)
+SegmentAttribute = Literal["gender", "age", "occupation", "activity"]
+
+
+class DriftLimit(_Frozen):
+    """When one input counts as drifted in a window."""
+
+    max_distance: float = Field(gt=0, le=1)  # Jensen-Shannon distance (base 2) to the reference
+    # volume (events per hour) off by more than this factor either way; None: volume not judged
+    max_volume_change: float | None = Field(default=None, gt=1)
+
+
+class DriftConfig(_Frozen):
+    """Every window of the run date against the ``reference_days`` before it."""
+
+    window: str = "1d"  # windows tile the run date; a whole number of them per day
+    reference_days: int = Field(7, gt=0)
+    # categories expected fewer times than this in a window are pooled ("other"): it bounds the
+    # distance that sampling noise alone gives, whatever the catalog size
+    min_expected: float = Field(5.0, gt=0)
+    min_events: int = Field(200, gt=0)  # a window with fewer observations is shown, not judged
+    inputs: dict[DriftInput, DriftLimit] = Field(
+        default_factory=lambda: {name: DriftLimit(max_distance=0.1) for name in DRIFT_INPUTS}
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _tiles_a_day(cls, window: str) -> str:
+        seconds = duration_seconds(window)
+        if seconds < 3600 or 86400 % seconds:
+            raise ValueError(
+                f"expected 1h..1d dividing a day (1h, 2h, 6h, 1d, ...), got {window!r}"
+            )
+        return window
+
+    @property
+    def window_seconds(self) -> int:
+        return duration_seconds(self.window)
+
+    def limit(self, name: str) -> DriftLimit | None:
+        """The input's limits (None: measured and shown, never judged)."""
+        return next((limit for key, limit in self.inputs.items() if key == name), None)
+
+
+class SystemRequirement(_Frozen):
+    """What users are shown reaches beyond the most popular movies (item exposure)."""
+
+    min_long_tail_share: float = Field(0.2, ge=0, le=1)  # of the slots shown (top serving.results)
+
+
+class ModelRequirement(_Frozen):
+    """No group of users gets a markedly worse model (offline hit rate @k per segment)."""
+
+    attributes: tuple[SegmentAttribute, ...] = Field(("gender", "age", "occupation"), min_length=1)
+    # a segment fails when even its interval's upper bound is below this x the overall hit rate
+    min_quality_ratio: float = Field(0.8, gt=0, le=1)
+    min_segment_users: int = Field(30, gt=0)  # smaller segments are reported, not judged
+
+
+class RequirementsConfig(_Frozen):
+    system: SystemRequirement = SystemRequirement()
+    model: ModelRequirement = ModelRequirement()
+    enforce_in_publish: bool = True  # the publish gate refuses a model that fails either
+
+
+class AuditConfig(_Frozen):
+    """The daily audit (jobs/audit.py, dags/flixlake_audit.py) and the fairness requirements."""
+
+    drift: DriftConfig = DriftConfig()
+    head_share: float = Field(0.2, gt=0, lt=1)  # the most-watched share of movies: the short head
+    calibration_alpha: float = Field(0.01, ge=0, lt=1)  # Steck's smoothing of the list's genre mix
+    confidence: float = Field(0.95, gt=0, lt=1)  # Wilson intervals of per-user hit rates
+    calibration_max_users: int = Field(20_000, gt=0)  # users whose calibration is measured
+    requirements: RequirementsConfig = RequirementsConfig()
 
 
 class TelemetryConfig(_Frozen):
@@ -301,6 +396,7 @@ class Settings(_Frozen):
     serving: ServingConfig = ServingConfig()
     online: OnlineConfig = OnlineConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    audit: AuditConfig = AuditConfig()
 
     @property
     def lake_root(self) -> Path:

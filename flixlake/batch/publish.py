@@ -7,16 +7,19 @@ unless the more complex one beats it by ``batch.publish.min_lift_over_popularity
 model it replaces by more than ``batch.publish.max_regression`` (relative) -- the incumbent
 re-scored on the candidate's users and test window, never its own older figure. Then it writes
 the top-N movies of every user into its own ``batch_recommendations`` partition (same schema
-for every kind, so the service needs no change) and marks the model published, which makes it
-the one the service loads:
+for every kind, so the service needs no change):
 
 * ALS: from the final factors (fitted on everything up to the run date);
 * popularity, item-kNN, EASE: fitted here on the liked pairs of everything up to the run date
   at the pinned input versions (:func:`baseline_top_n`), ranked in Spark tasks.
 
-Movies the user already watched or rated are excluded for every kind. A refusal marks the model
-rejected with the reason, writes nothing and raises
-:class:`~flixlake.batch.errors.GateFailedError` (exit code 3 in the job).
+Movies the user already watched or rated are excluded for every kind. It then checks the
+fairness requirements on the view (:func:`~flixlake.batch.fairness.publish_requirements`:
+long-tail exposure of the view, the served kind's hit rate per user segment; enforced unless
+``audit.requirements.enforce_in_publish`` is false) and marks the model published, which makes
+it the one the service loads. A refusal marks the model rejected with the reason and raises
+:class:`~flixlake.batch.errors.GateFailedError` (exit code 3 in the job); a view refused for
+the requirements stays in its partition for the audit, unserved.
 
 spark-submit jobs/publish_batch_view.py --run-date 2026-11-22
 """
@@ -44,6 +47,7 @@ from flixlake.batch.evaluation import (
     rescore_incumbent,
     score_lists,
 )
+from flixlake.batch.fairness import publish_requirements
 from flixlake.batch.features import TimeWindows, watch_popularity, window_interactions
 from flixlake.batch.gate import publish_decision
 from flixlake.batch.recommenders import ALS, CANDIDATES, POPULARITY, recommender_of
@@ -303,6 +307,10 @@ def run_publish(
     rows, timings = write_batch_view(spark, lake, settings, model, train)
     if rows == 0:
         _refuse(lake, settings, run_date, model_version, "the batch view came out empty")
+    requirements = publish_requirements(spark, lake, settings, model)
+    unmet = [check.describe() for check in requirements if not check.passed]
+    if unmet and settings.audit.requirements.enforce_in_publish:
+        _refuse(lake, settings, run_date, model_version, "; ".join(unmet))
     published_at = model["published_at"] if already else dt.datetime.now(dt.UTC)
     set_model_status(lake, model_version, PUBLISHED, reason, published_at=published_at)
     report = write_evaluation_report(lake, settings, model_version, run_dir(settings, run_date))
@@ -313,6 +321,7 @@ def run_publish(
         "reason": reason,
         "replaces": baseline["model_version"] if baseline else None,
         "rows": rows,
+        "requirements": [check.describe() for check in requirements],
         "top_n": settings.batch.top_n,
         "batch_view_version": lake.version(BATCH_VIEW),
         "published_at": published_at,

@@ -263,6 +263,7 @@ class RecommendationService:
                 answer.variant,
                 answer.model_version,
                 body,
+                answer.source,
             )
 
     def _failed(self, user_id: int) -> Answer:

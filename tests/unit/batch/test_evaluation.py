@@ -299,8 +299,15 @@ def test_manifest_and_table_rows(evaluated: dict[str, Any]) -> None:
     assert summary["input_versions"]["users"] == lake.version("users")
     rows = lake.read("model_evaluations").to_pylist()
     mine = [r for r in rows if r["model_version"] == MODEL]
-    assert len(mine) == 14 * 4 * 5  # segments x recommenders (als, popularity, knn, ease) x metrics
-    assert {r["metric"] for r in mine} == {"ndcg", "precision", "recall", "map", "coverage"}
+    assert len(mine) == 14 * 4 * 6  # segments x recommenders (als, popularity, knn, ease) x metrics
+    assert {r["metric"] for r in mine} == {
+        "ndcg",
+        "precision",
+        "recall",
+        "map",
+        "hit_rate",
+        "coverage",
+    }
     ndcg_all = {
         r["recommender"]: r["value"]
         for r in mine
@@ -314,7 +321,7 @@ def test_rerun_replaces_this_models_rows(spark: SparkSession, evaluated: dict[st
     lake: Lake = evaluated["lake"]
     again = run_evaluate(spark, lake, evaluated["settings"], RUN_DATE)
     rows = lake.read("model_evaluations").to_pylist()
-    assert len(rows) == 14 * 4 * 5 + 1
+    assert len(rows) == 14 * 4 * 6 + 1  # segments x recommenders x metrics, + als-other
     assert again["als"] == evaluated["summary"]["als"]
 
 

@@ -21,7 +21,7 @@ from flixlake.config import Settings, load_settings
 from flixlake.lake.registry import current_published_model, get_model, upsert_model
 from flixlake.lake.runs import read_manifest, run_dir, write_manifest
 from flixlake.lake.store import Lake
-from flixlake.lake.tables import MOVIES, RATINGS, WATCH_SESSIONS
+from flixlake.lake.tables import MODEL_EVALUATIONS, MOVIES, RATINGS, WATCH_SESSIONS
 
 RUN = dt.date(2026, 11, 22)
 VERSION = "als-20261122-cccc3333"
@@ -76,6 +76,27 @@ def _factors(path: Path, rows: list[tuple[int, list[float]]]) -> str:
         path,
     )
     return str(path)
+
+
+def _hit_rates(
+    version: str, segments: dict[str, tuple[int, float]], recommender: str = "als"
+) -> pa.Table:
+    """``model_evaluations`` rows of a recommender's hit rate per segment: {segment: (users, rate)}."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "model_version": version,
+                "run_date": RUN,
+                "recommender": recommender,
+                "segment": segment,
+                "metric": "hit_rate",
+                "value": rate,
+                "n_users": n,
+            }
+            for segment, (n, rate) in segments.items()
+        ],
+        schema=MODEL_EVALUATIONS.schema,
+    )
 
 
 def _model(
@@ -157,6 +178,7 @@ def tiny(lake: Lake, settings: Settings, tmp_path: Path) -> Settings:
     )
     write_manifest(settings, RUN, "evaluate", {"model_version": VERSION, "recommender": "als"})
     upsert_model(lake, _model(VERSION, 0.3))
+    lake.append("model_evaluations", _hit_rates(VERSION, {"all": (40, 0.5), "gender=F": (20, 0.5)}))
     return load_settings(
         "test",
         home=settings.home,
@@ -298,8 +320,14 @@ def watched(lake: Lake, settings: Settings) -> Settings:
     return tiny
 
 
-def _baseline_model(kind: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _baseline_model(lake: Lake, kind: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A registered baseline model whose evaluate step measured every candidate: the served
+    kind's hit rate meets the fairness requirement, ALS's (not served) would not."""
     version = f"{kind}-20261122-dddd4444"
+    fair = {"all": (40, 0.5), "gender=F": (20, 0.5)}
+    unfair = {"all": (200, 0.5), "gender=F": (100, 0.05)}
+    lake.append("model_evaluations", _hit_rates(version, fair, kind))
+    lake.append("model_evaluations", _hit_rates(version, unfair, "als"))
     row = _model(version, 0.2)
     row["algorithm"] = kind
     row["params"] = {"recommender": kind, **params}
@@ -318,7 +346,7 @@ def test_a_winning_item_knn_serves_its_top_n_for_every_user(
     1 -> m2 (1/sqrt6 + 2/sqrt6); 2 has seen every movie with a neighbour: no row;
     3 -> m0 (2/3 + 1/sqrt6); 4 -> m1 (2/3), m2 is seen (rated 1 star), m3 is after the pin.
     """
-    version, row = _baseline_model("itemknn", {"neighbours": 100})
+    version, row = _baseline_model(lake, "itemknn", {"neighbours": 100})
     upsert_model(lake, row)
     write_manifest(watched, RUN, "evaluate", {"model_version": version, "recommender": "itemknn"})
 
@@ -346,7 +374,7 @@ def test_a_winning_popularity_serves_the_most_watched_unseen_movies(
     spark: SparkSession, lake: Lake, watched: Settings
 ) -> None:
     """Watchers: m0 3, m1 3, m2 2 (m3 none before the pin); ties by movie index."""
-    version, row = _baseline_model("popularity", {})
+    version, row = _baseline_model(lake, "popularity", {})
     upsert_model(lake, row)
     write_manifest(
         watched, RUN, "evaluate", {"model_version": version, "recommender": "popularity"}
@@ -360,3 +388,46 @@ def test_a_winning_popularity_serves_the_most_watched_unseen_movies(
         (version, 4, 1, "m1", 3.0),
     ]
     assert get_model(lake, version)["status"] == "published"
+
+
+# -- the fairness requirements in the gate (flixlake.batch.fairness) -----------------------------
+def _with(tiny: Settings, **audit: Any) -> Settings:
+    return load_settings("test", home=tiny.home, overrides={"batch": {"top_n": 2}, "audit": audit})
+
+
+def test_a_segment_served_far_worse_than_overall_is_refused(
+    spark: SparkSession, lake: Lake, tiny: Settings
+) -> None:
+    # 100 women, 5 hit: Wilson 95% upper bound 0.111 < 0.8 x overall 0.5
+    lake.append("model_evaluations", _hit_rates(VERSION, {"gender=F": (100, 0.05)}))
+    lake.delete("model_evaluations", "segment = 'gender=F' AND value = 0.5")
+    with pytest.raises(GateFailedError, match="model requirement NOT met"):
+        run_publish(spark, lake, tiny, RUN)
+    rejected = get_model(lake, VERSION)
+    assert rejected["status"] == "rejected"
+    assert "worst gender=F: hit rate 0.050" in rejected["status_reason"]
+    assert current_published_model(lake) is None
+    # the view stays in its partition for the audit; the service never loads a rejected model
+    assert _view(lake) == EXPECTED
+
+    relaxed = _with(tiny, requirements={"enforce_in_publish": False})
+    summary = run_publish(spark, lake, relaxed, RUN)
+    assert summary["published"] is True
+    assert any("model requirement NOT met" in text for text in summary["requirements"])
+
+
+def test_a_view_of_head_movies_only_fails_the_system_requirement(
+    spark: SparkSession, lake: Lake, tiny: Settings
+) -> None:
+    # head = 3 of 4 movies: m0 (the one watched), then m1, m2 (ties in id order); the view shows
+    # m2 and m3 twice each, so the long tail (m3) gets 2 of 4 slots
+    strict = _with(tiny, head_share=0.75, requirements={"system": {"min_long_tail_share": 0.6}})
+    with pytest.raises(GateFailedError, match="system requirement NOT met"):
+        run_publish(spark, lake, strict, RUN)
+    assert "long-tail share 0.500 < 0.6 of 4 slots" in get_model(lake, VERSION)["status_reason"]
+
+    summary = run_publish(spark, lake, _with(tiny, head_share=0.75), RUN)
+    assert summary["published"] is True
+    assert summary["requirements"][0].startswith(
+        "system requirement met (batch_view): long-tail share 0.500 >= 0.2"
+    )

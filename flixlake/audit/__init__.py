@@ -1,0 +1,14 @@
+"""Oversight jobs over the lake: drift of every input, fairness and exposure per model version.
+
+* :mod:`~flixlake.audit.distances` — PSI and Jensen-Shannon distance between two count vectors,
+  pooling of rare categories (pure numpy/scipy);
+* :mod:`~flixlake.audit.drift` — each input's distribution per window against a reference window
+  (Spark), the ``audit_drift`` rows;
+* :mod:`~flixlake.audit.models` — per model version: quality per user segment with intervals,
+  exposure and calibration of its batch view and of what was served, the two requirements
+  (measures and checks in :mod:`flixlake.batch.fairness`, shared with the publish gate);
+* :mod:`~flixlake.audit.export` — Prometheus gauges (a registry to push, and a textfile);
+* :mod:`~flixlake.audit.report` — one HTML page with plots per model version;
+* :mod:`~flixlake.audit.job` — ``run_audit``, the daily step (``jobs/audit.py``,
+  ``dags/flixlake_audit.py``).
+"""
