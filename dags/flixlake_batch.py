@@ -2,8 +2,17 @@
 
 compact_silver -> quality_gate -> train_model -> evaluate_model -> register_model ->
 publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date <day>``. Every job is
-idempotent for its run date, so Airflow retries and manual reruns are safe; a failed gate
-(exit code 3) fails its task and nothing downstream runs.
+idempotent for its run date, so Airflow retries and manual reruns are safe. Exit codes
+(:mod:`flixlake.ops.jobs`): 0 done; 2 a user error (bad date, missing table or step); 3 a gate
+refused (the quality gate, or publish: the chosen candidate regresses from the current model);
+4 training could not fit any ALS candidate (one-line reason; traces in
+``runs/<day>/train.log``); 1 anything else. Any non-zero code fails its task and nothing
+downstream runs, so the current model keeps serving.
+
+evaluate_model measures ALS, popularity, item-kNN and EASE on the same users and window and
+chooses the one to serve (:mod:`flixlake.batch.gate`); publish_batch_view writes that
+candidate's top-N for every user -- ALS or a baseline, the same ``batch_recommendations``
+schema.
 
 **Which day a run processes: the last complete day before its logical date.** The schedule
 (``airflow.schedule``, default ``0 3 * * *`` UTC) is a cron *trigger* timetable: the run due at
@@ -48,7 +57,7 @@ settings = load_settings(TASK_ENV[ENV_VAR], home=TASK_ENV[HOME_VAR])
 
 with DAG(
     dag_id="flixlake_batch",
-    description="bronze -> silver -> ALS -> evaluation -> registry -> gated batch view",
+    description="bronze -> silver -> ALS + baselines -> evaluation -> registry -> best one's batch view",
     schedule=CronTriggerTimetable(settings.airflow.schedule, timezone=TIMEZONE),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,

@@ -143,8 +143,11 @@ class ConfidenceConfig(_Frozen):
 
 
 class PublishConfig(_Frozen):
+    """The gate's margins (flixlake.batch.gate): the simpler candidate wins unless beaten by them."""
+
+    # item-kNN, EASE or ALS is served instead of popularity only above popularity's NDCG x this
     min_lift_over_popularity: float = Field(1.0, ge=0)
-    # ALS NDCG@k must exceed the best baseline's (popularity, item-kNN, EASE) times this
+    # ALS is served instead of the best baseline only above its NDCG x this
     min_lift_over_baseline: float = Field(1.0, ge=0)
     max_regression: float = Field(0.05, ge=0, le=1)
 

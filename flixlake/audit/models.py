@@ -57,7 +57,12 @@ from flixlake.batch.fairness import (
 )
 from flixlake.batch.features import deterministic_sample
 from flixlake.config import Settings
-from flixlake.lake.registry import batch_view_rows, current_published_model, model_rows
+from flixlake.lake.registry import (
+    batch_view_rows,
+    current_published_model,
+    model_rows,
+    recommender_of,
+)
 from flixlake.lake.spark_io import read_table, spark_schema
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import (
@@ -275,7 +280,7 @@ def audit_model(
     requirements = cfg.requirements
     result = ModelAudit(version)
 
-    offline = offline_segment_qualities(lake, version, cfg.confidence)
+    offline = offline_segment_qualities(lake, version, cfg.confidence, recommender_of(model))
     result.qualities[OFFLINE] = offline
     result.checks.append(check_model_requirement(offline, requirements.model, OFFLINE))
 

@@ -1,18 +1,26 @@
-"""Offline evaluation of the trained ALS model against a popularity baseline, per user segment.
+"""Offline evaluation of every candidate -- ALS, popularity, item-kNN, EASE -- per user segment, and
+the choice of the one to serve.
 
 ``run_evaluate(spark, lake, settings, run_date)`` (batch step "evaluate") scores the *eval*
-model of the "train" manifest (trained on everything before the test window) on the test
-window of the same Delta versions:
+model of the "train" manifest (trained on everything before the test window) and the baselines
+(fitted on the same pairs) on the test window of the same Delta versions:
 
 * users: active in the test window with at least one *relevant* movie (liked -- confidence > 0
   -- and not seen before the test window); those with training history and those without
   ("cold") are sampled separately, at most ``eval_max_users`` each, by hash order (reruns pick
   the same users);
 * ALS lists: the model's best unseen movies; cold users (and any user without factors) get the
-  popularity list, as the service would serve them;
-* popularity baseline: movies by distinct watchers in the training period, seen ones skipped;
+  popularity list, as the service would serve them; the same fallback for every baseline;
+* popularity: movies by distinct watchers in the training period, seen ones skipped;
+  item-kNN and EASE (:mod:`flixlake.batch.baselines`): from the user's liked movies;
+* the incumbent (the published model) re-scored on the same users: ALS from its saved factors,
+  a baseline refitted on its recorded input versions (:func:`rescore_incumbent`);
 * metrics @k (:mod:`flixlake.batch.metrics`): ndcg, precision, recall, map, plus catalog coverage
   (distinct recommended movies / movies in the catalog version).
+
+The gate's choice (:func:`flixlake.batch.gate.choose_recommender` on the ``all`` segment's NDCG)
+names the run's model: ALS keeps the train step's version, a baseline gets
+``<kind>-<D>-<hash>`` (:func:`flixlake.batch.recommenders.model_version_for`).
 
 Segments: ``all`` (users with training history: the model comparison the publish gate uses),
 ``activity=cold|new|normal|heavy`` (distinct training movies: 0, <= new_user_max_movies,
@@ -23,12 +31,17 @@ from the ``users`` table falls in ``unknown``.
 Rows go to ``model_evaluations`` (this model_version's rows are replaced, so reruns replace).
 Manifest "evaluate" (stable; read by register and publish)::
 
-    {"model_version": str, "run_date": "2026-11-22", "k": 20,
+    {"model_version": str (the chosen candidate's), "recommender": "als" | "popularity" | ...,
+     "als_model_version": str (the train step's), "run_date": "2026-11-22", "k": 20,
+     "selection": {"winner", "reason", "ndcg": {candidate: ndcg}},
+     "params": {the chosen candidate's}, "candidates": {candidate: params},
      "als": {"ndcg", "precision", "recall", "map", "coverage", "n_users"},
-     "popularity": {same keys},
-     "lift_ndcg": als.ndcg / popularity.ndcg   (inf when only popularity scores 0, 0.0 if both),
+     "popularity": {same keys}, "baselines": {"popularity" | "itemknn" | "ease": {...}},
+     "best_baseline": str, "lift_ndcg": als.ndcg / popularity.ndcg (inf when only popularity
+     scores 0, 0.0 if both), "lift_ndcg_best_baseline": ..., "incumbent": {"model_version",
+     "recommender", "scored", "why", + metrics when scored},
      "segments": [{"segment": "all" | "activity=heavy" | ..., "n_users": n,
-                   "als": {...}, "popularity": {...}}, ...],
+                   "als": {...}, "popularity": {...}, ...}, ...],
      "windows": {...}, "input_versions": {... + "users": v or None}, "counts": {...},
      "timings": {...}}
 
@@ -54,7 +67,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flixlake.batch.baselines import ease, history_rows, interaction_matrix, item_knn
+from flixlake.batch.baselines import fit_item_scorer, history_rows
 from flixlake.batch.features import (
     TimeWindows,
     between_dates,
@@ -66,9 +79,21 @@ from flixlake.batch.features import (
     windowed_interactions,
     with_rating_date,
 )
+from flixlake.batch.gate import choose_recommender
 from flixlake.batch.metrics import METRICS, catalog_coverage, ranking_metrics
+from flixlake.batch.recommenders import (
+    ALS,
+    BASELINES,
+    CANDIDATES,
+    EASE,
+    ITEMKNN,
+    POPULARITY,
+    baseline_params,
+    model_version_for,
+    recommender_of,
+)
 from flixlake.batch.topn import ItemIndex
-from flixlake.config import BaselinesConfig, BatchConfig, Settings
+from flixlake.config import BatchConfig, Settings
 from flixlake.lake import runs
 from flixlake.lake.registry import (
     PUBLISHED,
@@ -83,32 +108,75 @@ from flixlake.lake.tables import MODEL_EVALUATIONS, USERS
 log = logging.getLogger(__name__)
 
 ACTIVITY_LEVELS = ("cold", "new", "normal", "heavy")
-STRONG_BASELINES = ("itemknn", "ease")
-BASELINES = ("popularity", *STRONG_BASELINES)
 INCUMBENT = "incumbent"
 RECOMMENDER_ORDER = {"als": 0, "popularity": 1, "itemknn": 2, "ease": 3, INCUMBENT: 4}
 _EMPTY = np.zeros(0, np.int64)
 # The driver's BLAS may run several threads; bigger blocks than a worker's amortise them.
 _DRIVER_BLOCK_USERS = 256
+FIT_WINDOW = "fit"
 
 
 # -- reading pinned inputs and collecting small results ----------------------------------------
-def load_windowed_inputs(
-    spark: SparkSession, lake: Lake, versions: Mapping[str, int], windows: TimeWindows
+def read_pinned(
+    spark: SparkSession,
+    lake: Lake,
+    versions: Mapping[str, int | None],
+    start: dt.date | None,
+    end: dt.date | None,
 ) -> tuple[DataFrame, DataFrame]:
-    """Pinned watch sessions and ratings cut to ``[history_start, D]``, only needed columns."""
+    """Watch sessions and ratings at their pinned versions, cut to ``[start, end]``."""
     watch_sessions = (
         read_table(spark, lake, "watch_sessions", versions["watch_sessions"])
         .select("user_id", "movie_idx", "minutes_watched", "event_date")
-        .transform(between_dates, windows.history_start, windows.test_end)
+        .transform(between_dates, start, end)
     )
     ratings = (
         read_table(spark, lake, "ratings", versions["ratings"])
         .select("user_id", "movie_idx", "rating", "rated_at")
         .transform(with_rating_date)
-        .transform(between_dates, windows.history_start, windows.test_end)
+        .transform(between_dates, start, end)
     )
     return watch_sessions, ratings
+
+
+def fit_pairs(
+    spark: SparkSession,
+    lake: Lake,
+    settings: Settings,
+    versions: Mapping[str, int | None],
+    start: dt.date | None,
+    end: dt.date,
+) -> DataFrame:
+    """The pairs a baseline learns from: :func:`windowed_interactions` with one ``fit`` window."""
+    watch_sessions, ratings = read_pinned(spark, lake, versions, start, end)
+    return windowed_interactions(
+        watch_sessions, ratings, settings.batch.confidence, {FIT_WINDOW: (start, end)}
+    )
+
+
+def liked_df(pairs_df: DataFrame, window: str = FIT_WINDOW) -> DataFrame:
+    """``(user_id, movie_idx)`` liked (confidence > 0) in a window of ``pairs_df``."""
+    return (
+        window_interactions(pairs_df, window)
+        .where(F.col("confidence") > 0)
+        .select("user_id", "movie_idx")
+    )
+
+
+def pair_arrays(pairs: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_id, movie_idx)`` rows collected as two aligned int64 arrays."""
+    table = pairs.select("user_id", "movie_idx").toArrow()
+    return (
+        np.asarray(table.column("user_id").to_numpy(zero_copy_only=False), np.int64),
+        np.asarray(table.column("movie_idx").to_numpy(zero_copy_only=False), np.int64),
+    )
+
+
+def load_windowed_inputs(
+    spark: SparkSession, lake: Lake, versions: Mapping[str, int], windows: TimeWindows
+) -> tuple[DataFrame, DataFrame]:
+    """Pinned watch sessions and ratings cut to ``[history_start, D]``, only needed columns."""
+    return read_pinned(spark, lake, versions, windows.history_start, windows.test_end)
 
 
 def lists_by_user(users: np.ndarray, movies: np.ndarray) -> dict[int, np.ndarray]:
@@ -431,7 +499,7 @@ def factor_lists(
 
 
 def baseline_lists(
-    eval_set: EvaluationSet, cfg: BaselinesConfig, k: int
+    eval_set: EvaluationSet, settings: Settings, k: int
 ) -> dict[str, list[np.ndarray]]:
     """Lists of the strong baselines for the sampled users: item-kNN, and EASE where it fits."""
     n_items = int(
@@ -440,18 +508,25 @@ def baseline_lists(
             int(eval_set.train_movies.max(initial=-1)) + 1,
         )
     )
-    if eval_set.train_users.size == 0 or eval_set.users.size == 0:
-        return {name: [_EMPTY] * eval_set.users.size for name in STRONG_BASELINES}
-    _, rows = np.unique(eval_set.train_users, return_inverse=True)
-    matrix = interaction_matrix(rows, eval_set.train_movies, n_items)
-    history = history_rows(eval_set.users, eval_set.liked, n_items)
-    seen = [eval_set.seen.get(int(u), _EMPTY) for u in eval_set.users]
-    scorers = [item_knn(matrix, cfg.knn_neighbours)]
-    if n_items <= cfg.ease_max_items:
-        scorers.append(ease(matrix, cfg.ease_l2))
+    kinds = [ITEMKNN]
+    if n_items <= settings.batch.baselines.ease_max_items:
+        kinds.append(EASE)
     else:
         log.info("EASE skipped: %d movies > batch.baselines.ease_max_items", n_items)
-    return {scorer.name: scorer.recommend(history, seen, k) for scorer in scorers}
+    if eval_set.train_users.size == 0 or eval_set.users.size == 0:
+        return {name: [_EMPTY] * eval_set.users.size for name in kinds}
+    history = history_rows(eval_set.users, eval_set.liked, n_items)
+    seen = [eval_set.seen.get(int(u), _EMPTY) for u in eval_set.users]
+    return {
+        kind: fit_item_scorer(
+            kind,
+            eval_set.train_users,
+            eval_set.train_movies,
+            n_items,
+            baseline_params(kind, settings),
+        ).recommend(history, seen, k)
+        for kind in kinds
+    }
 
 
 def _with_fallback(lists: list[np.ndarray], popular: list[np.ndarray]) -> list[np.ndarray]:
@@ -476,23 +551,27 @@ def score_lists(
     ]
 
 
+def training_cutoffs(model: Mapping[str, Any], batch: BatchConfig) -> list[tuple[str, dt.date]]:
+    """The two fits of a published model and the last day each saw: final (its run date), then
+    eval (before its own test window)."""
+    run_date = model["run_date"]
+    if isinstance(run_date, str):
+        run_date = dt.date.fromisoformat(run_date)
+    window_days = (model.get("params") or {}).get("window_days") or {}
+    eval_days = int(window_days.get("eval") or batch.eval_days)
+    return [("final", run_date), ("eval", run_date - dt.timedelta(days=eval_days))]
+
+
 def incumbent_factors(
     model: Mapping[str, Any], windows: TimeWindows, batch: BatchConfig
 ) -> tuple[dict[str, str] | None, str]:
-    """Which saved factors of a published model may be scored on ``windows``' test window.
+    """Which saved factors of a published ALS model may be scored on ``windows``' test window.
 
     Its final factors if they were trained before the test window starts, else its eval factors
     if those were, else none (it saw the window: no fair comparison). Returns (paths, why).
     """
-    run_date = model["run_date"]
-    if isinstance(run_date, str):
-        run_date = dt.date.fromisoformat(run_date)
     folder = Path(str(model["artifact_path"]))
-    options = (
-        ("final", run_date),
-        ("eval", run_date - dt.timedelta(days=batch.eval_days)),
-    )
-    for which, trained_until in options:
+    for which, trained_until in training_cutoffs(model, batch):
         paths = {"users": str(folder / which / "user_factors"),
                  "items": str(folder / which / "item_factors")}  # fmt: skip
         if trained_until < windows.test_start and all(Path(p).exists() for p in paths.values()):
@@ -501,6 +580,66 @@ def incumbent_factors(
         f"its factors under {folder} are missing or were trained on this test window "
         f"({windows.test_start}..{windows.test_end})"
     )
+
+
+def refitted_baseline_lists(
+    spark: SparkSession,
+    lake: Lake,
+    settings: Settings,
+    eval_set: EvaluationSet,
+    windows: TimeWindows,
+    model: Mapping[str, Any],
+) -> tuple[list[np.ndarray] | None, str]:
+    """A published baseline's lists for this evaluation set, and how they were obtained.
+
+    A baseline has no saved state: it is refitted with its recorded params on its recorded
+    input versions (Delta time travel), cut at the last day its final fit saw -- or, if that
+    day is in this test window, the day before its own test window -- exactly what it learned
+    then. Users are scored from their liked movies up to that day; seen movies are this
+    evaluation set's. Returns (None, why) when no fit ends before the test window or its input
+    versions cannot be read.
+    """
+    batch = settings.batch
+    kind = recommender_of(model)
+    params = dict(model.get("params") or {})
+    versions = model.get("input_versions") or {}
+    if versions.get("watch_sessions") is None or versions.get("ratings") is None:
+        return None, "its models row records no watch_sessions/ratings versions to refit it on"
+    cutoff = next(
+        ((which, day) for which, day in training_cutoffs(model, batch) if day < windows.test_start),
+        None,
+    )
+    if cutoff is None:
+        return None, (
+            f"it was fitted on this test window ({windows.test_start}..{windows.test_end})"
+        )
+    which, until = cutoff
+    history_days = int((params.get("window_days") or {}).get("history") or batch.history_days)
+    start = until - dt.timedelta(days=history_days - 1)
+    k = batch.k
+    pairs = fit_pairs(spark, lake, settings, versions, start, until).persist()
+    try:
+        if kind == POPULARITY:
+            watchers = watch_popularity(pairs, FIT_WINDOW).toArrow()
+            lists = recommend_popular(eval_set.users, popularity_index(watchers, k), eval_set.seen)
+        else:
+            users, movies = pair_arrays(liked_df(pairs))
+            n_items = max(eval_set.catalog_size, int(movies.max(initial=-1)) + 1)
+            scorer = fit_item_scorer(kind, users, movies, n_items, params)
+            in_sample = np.isin(users, eval_set.users)
+            history = history_rows(
+                eval_set.users, lists_by_user(users[in_sample], movies[in_sample]), n_items
+            )
+            seen = [eval_set.seen.get(int(u), _EMPTY) for u in eval_set.users]
+            lists = scorer.recommend(history, seen, k)
+    except Exception as exc:  # e.g. its versions were vacuumed: recorded, not fatal
+        log.warning("could not refit %s %s: %s", kind, model["model_version"], exc)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"its inputs could not be read to refit it: {first_line[:200]}"
+    finally:
+        pairs.unpersist()
+    used = ", ".join(f"{name} v{versions[name]}" for name in ("watch_sessions", "ratings"))
+    return lists, f"{kind} refitted on its inputs ({used}) up to {until} ({which} fit)"
 
 
 def find_incumbent(lake: Lake, model_version: str) -> dict[str, Any] | None:
@@ -519,39 +658,60 @@ def find_incumbent(lake: Lake, model_version: str) -> dict[str, Any] | None:
 
 def rescore_incumbent(
     spark: SparkSession,
+    lake: Lake,
     settings: Settings,
     eval_set: EvaluationSet,
     windows: TimeWindows,
     incumbent: Mapping[str, Any] | None,
 ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
-    """The incumbent's lists on this evaluation set, and a note of what was (not) scored."""
+    """The incumbent's lists on this evaluation set, and a note of what was (not) scored.
+
+    ALS from its saved factors (:func:`incumbent_factors`), a baseline refitted on its inputs
+    (:func:`refitted_baseline_lists`); users it has nothing for get the popularity list.
+    """
     if incumbent is None:
         return None, {"model_version": None, "scored": False, "why": "no published model"}
-    paths, why = incumbent_factors(incumbent, windows, settings.batch)
-    note: dict[str, Any] = {
-        "model_version": incumbent["model_version"],
-        "scored": paths is not None,
-        "why": why,
-    }
-    if paths is None:
+    kind = recommender_of(incumbent)
+    note: dict[str, Any] = {"model_version": incumbent["model_version"], "recommender": kind}
+    if kind == ALS:
+        paths, why = incumbent_factors(incumbent, windows, settings.batch)
+        found = (
+            factor_lists(spark, eval_set, paths, settings.batch.k) if paths is not None else None
+        )
+    else:
+        found, why = refitted_baseline_lists(spark, lake, settings, eval_set, windows, incumbent)
+    note.update(scored=found is not None, why=why)
+    if found is None:
         return None, note
-    popular = eval_set.popular_lists(settings.batch.k)
-    lists = _with_fallback(factor_lists(spark, eval_set, paths, settings.batch.k), popular)
-    return lists, note
+    return _with_fallback(found, eval_set.popular_lists(settings.batch.k)), note
 
 
 # -- the batch step ------------------------------------------------------------------------------
+def candidate_params(
+    settings: Settings, train: Mapping[str, Any], kinds: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each evaluated candidate's params (ALS's from the train manifest, with its version)."""
+    out: dict[str, dict[str, Any]] = {
+        ALS: {"model_version": train["model_version"], **(train.get("params") or {})}
+    }
+    for kind in kinds:
+        if kind != ALS:
+            out[kind] = baseline_params(kind, settings)
+    return out
+
+
 def run_evaluate(
     spark: SparkSession, lake: Lake, settings: Settings, run_date: dt.date
 ) -> dict[str, Any]:
-    """Batch step "evaluate": ALS vs. popularity, item-kNN, EASE and the incumbent @k."""
+    """Batch step "evaluate": ALS vs. popularity, item-kNN, EASE and the incumbent @k; the gate
+    chooses the candidate to serve, and the run's model version is named after it."""
     t_total = time.perf_counter()
     batch = settings.batch
     k = batch.k
     train = runs.read_manifest(settings, run_date, "train")
-    model_version = str(train["model_version"])
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", model_version):
-        raise ValueError(f"train manifest has a malformed model_version {model_version!r}")
+    als_version = str(train["model_version"])
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", als_version):
+        raise ValueError(f"train manifest has a malformed model_version {als_version!r}")
     windows = TimeWindows.from_dict(train["windows"])
     timings: dict[str, float] = {}
 
@@ -564,38 +724,62 @@ def run_evaluate(
     als_raw = factor_lists(spark, eval_set, train["factors"]["eval"], k)
     fallback = np.array([lst.size == 0 for lst in als_raw], dtype=bool) & ~eval_set.cold
     lists: dict[str, list[np.ndarray]] = {
-        "als": _with_fallback(als_raw, pop_lists),
-        "popularity": pop_lists,
+        ALS: _with_fallback(als_raw, pop_lists),
+        POPULARITY: pop_lists,
     }
     timings["score_als_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for name, found in baseline_lists(eval_set, batch.baselines, k).items():
+    for name, found in baseline_lists(eval_set, settings, k).items():
         lists[name] = _with_fallback(found, pop_lists)
     timings["baselines_s"] = time.perf_counter() - t0
+    segments = score_lists(eval_set, lists, k)
+
+    # the gate's choice: which candidate this run would serve, and the model version it gets
+    overall = segments[0]
+    choice = choose_recommender(
+        {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall}, batch.publish
+    )
+    recommender = choice.winner or ALS
+    candidates = candidate_params(settings, train, list(lists))
+    if recommender == ALS:
+        model_version = als_version
+    else:
+        model_version = model_version_for(
+            recommender, run_date, train["input_versions"], candidates[recommender]
+        )
+
     t0 = time.perf_counter()
     incumbent_lists, incumbent = rescore_incumbent(
-        spark, settings, eval_set, windows, find_incumbent(lake, model_version)
+        spark, lake, settings, eval_set, windows, find_incumbent(lake, model_version)
     )
     if incumbent_lists is not None:
         lists[INCUMBENT] = incumbent_lists
+        segments = score_lists(eval_set, lists, k)
+        overall = segments[0]
+        incumbent.update(overall[INCUMBENT])
     timings["incumbent_s"] = time.perf_counter() - t0
-    segments = score_lists(eval_set, lists, k)
 
-    overall = segments[0]
     baselines = {name: overall[name] for name in BASELINES if name in overall}
     best = max(baselines, key=lambda name: (baselines[name]["ndcg"], -BASELINES.index(name)))
-    if incumbent_lists is not None:
-        incumbent.update(overall[INCUMBENT])
     summary: dict[str, Any] = {
         "model_version": model_version,
+        "recommender": recommender,
+        "als_model_version": als_version,
+        "selection": {
+            "winner": choice.winner,
+            "reason": choice.reason,
+            "ndcg": {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall},
+        },
+        "params": candidates[recommender],
+        "candidates": candidates,
         "run_date": run_date.isoformat(),
         "k": k,
-        "als": overall["als"],
-        "popularity": overall["popularity"],
+        "als": overall[ALS],
+        "popularity": overall[POPULARITY],
         "baselines": baselines,
         "best_baseline": best,
-        "lift_ndcg": lift(overall["als"]["ndcg"], overall["popularity"]["ndcg"]),
-        "lift_ndcg_best_baseline": lift(overall["als"]["ndcg"], baselines[best]["ndcg"]),
+        "lift_ndcg": lift(overall[ALS]["ndcg"], overall[POPULARITY]["ndcg"]),
+        "lift_ndcg_best_baseline": lift(overall[ALS]["ndcg"], baselines[best]["ndcg"]),
         "incumbent": incumbent,
         "segments": segments,
         "windows": windows.to_dict(),
@@ -613,6 +797,7 @@ def run_evaluate(
     }
     if overall["n_users"] == 0:
         log.warning("no user with training history was active in the test window %s", windows)
+    log.info("evaluate: %s", choice.reason)
     t0 = time.perf_counter()
     lake.replace_where(
         "model_evaluations",

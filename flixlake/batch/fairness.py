@@ -41,6 +41,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from flixlake.config import ModelRequirement, Settings, SystemRequirement
+from flixlake.lake.registry import recommender_of
 from flixlake.lake.spark_io import read_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import BATCH_RECOMMENDATIONS, MODEL_EVALUATIONS
@@ -392,9 +393,11 @@ def batch_view_exposure(
 
 
 def offline_segment_qualities(
-    lake: Lake, model_version: str, confidence: float
+    lake: Lake, model_version: str, confidence: float, recommender: str = "als"
 ) -> list[SegmentQuality]:
-    """The model's offline hit rate@k per segment (``model_evaluations``), with intervals."""
+    """The offline hit rate@k per segment (``model_evaluations``) of the recommender a model
+    serves (``recommender``: als, popularity, itemknn or ease; its evaluate step measured them
+    all under its version), with intervals."""
     if not lake.exists(MODEL_EVALUATIONS.name):
         return []
     rows = lake.read(
@@ -402,7 +405,7 @@ def offline_segment_qualities(
         columns=["segment", "value", "n_users"],
         filters=[
             ("model_version", "=", model_version),
-            ("recommender", "=", "als"),
+            ("recommender", "=", recommender),
             ("metric", "=", QUALITY_METRIC),
         ],
     ).sort_by("segment")
@@ -424,7 +427,7 @@ def publish_requirements(
     """Both requirements for a candidate model whose batch view is written (the publish gate)."""
     requirements = settings.audit.requirements
     qualities = offline_segment_qualities(
-        lake, str(model["model_version"]), settings.audit.confidence
+        lake, str(model["model_version"]), settings.audit.confidence, recommender_of(model)
     )
     return [
         check_system_requirement(

@@ -45,13 +45,19 @@ BATCH_STEPS: tuple[Step, ...] = (
         "ALS with hyperparameter search",
     ),
     Step(
-        "evaluate", "evaluate_model", "flixlake.batch.evaluation:run_evaluate", "offline evaluation"
+        "evaluate",
+        "evaluate_model",
+        "flixlake.batch.evaluation:run_evaluate",
+        "ALS vs. popularity, item-kNN, EASE; choose one",
     ),
     Step(
         "register", "register_model", "flixlake.batch.register:run_register", "models + provenance"
     ),
     Step(
-        "publish", "publish_batch_view", "flixlake.batch.publish:run_publish", "gate + batch view"
+        "publish",
+        "publish_batch_view",
+        "flixlake.batch.publish:run_publish",
+        "gate + the chosen recommender's batch view",
     ),
 )
 

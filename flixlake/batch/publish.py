@@ -1,19 +1,25 @@
-"""The publication gate and the batch view: only a model that beats the baseline reaches users.
+"""The publication gate and the batch view: the best candidate of the run reaches users.
 
-``run_publish`` lets a model out when the quality gate of its run passed, its NDCG@k beats the
-popularity baseline by ``batch.publish.min_lift_over_popularity`` and the best baseline of its
-evaluation (popularity, item-kNN, EASE) by ``min_lift_over_baseline``, and it is not worse than
-the model it replaces by more than ``batch.publish.max_regression`` (relative) -- the incumbent
-re-scored on the candidate's users and test window, never its own older figure. When a baseline
-is better, the model is rejected with that reason and the current model keeps serving (baselines
-are measured, not served: the service only serves ALS factors' batch views). Then it writes the
-top-N movies of every user (final factors, movies the user already watched or rated excluded)
-into its own ``batch_recommendations`` partition, checks the fairness requirements on it
-(:func:`~flixlake.batch.fairness.publish_requirements`: long-tail exposure of the view, hit rate
-per user segment; enforced unless ``audit.requirements.enforce_in_publish`` is false) and marks
-the model published, which makes it the one the service loads. A refusal marks the model
-rejected with the reason and raises :class:`~flixlake.batch.errors.GateFailedError` (exit code
-3 in the job); a view refused for the requirements stays in its partition for the audit, unserved.
+``run_publish`` serves the candidate the gate chose on the run's test window
+(:mod:`flixlake.batch.gate`: ALS, popularity, item-kNN or EASE -- the best NDCG, the simpler one
+unless the more complex one beats it by ``batch.publish.min_lift_over_popularity`` /
+``min_lift_over_baseline``) when the quality gate of its run passed and it is not worse than the
+model it replaces by more than ``batch.publish.max_regression`` (relative) -- the incumbent
+re-scored on the candidate's users and test window, never its own older figure. Then it writes
+the top-N movies of every user into its own ``batch_recommendations`` partition (same schema
+for every kind, so the service needs no change):
+
+* ALS: from the final factors (fitted on everything up to the run date);
+* popularity, item-kNN, EASE: fitted here on the liked pairs of everything up to the run date
+  at the pinned input versions (:func:`baseline_top_n`), ranked in Spark tasks.
+
+Movies the user already watched or rated are excluded for every kind. It then checks the
+fairness requirements on the view (:func:`~flixlake.batch.fairness.publish_requirements`:
+long-tail exposure of the view, the served kind's hit rate per user segment; enforced unless
+``audit.requirements.enforce_in_publish`` is false) and marks the model published, which makes
+it the one the service loads. A refusal marks the model rejected with the reason and raises
+:class:`~flixlake.batch.errors.GateFailedError` (exit code 3 in the job); a view refused for
+the requirements stays in its partition for the audit, unserved.
 
 spark-submit jobs/publish_batch_view.py --run-date 2026-11-22
 """
@@ -21,24 +27,33 @@ spark-submit jobs/publish_batch_view.py --run-date 2026-11-22
 from __future__ import annotations
 
 import datetime as dt
-import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from flixlake.batch.baselines import fit_item_scorer
 from flixlake.batch.errors import GateFailedError
 from flixlake.batch.evaluation import (
+    FIT_WINDOW,
     build_evaluation_set,
     find_incumbent,
+    fit_pairs,
+    liked_df,
+    pair_arrays,
     rescore_incumbent,
     score_lists,
 )
 from flixlake.batch.fairness import publish_requirements
-from flixlake.batch.features import TimeWindows
-from flixlake.batch.topn import top_n_per_user
-from flixlake.config import PublishConfig, Settings
+from flixlake.batch.features import TimeWindows, watch_popularity, window_interactions
+from flixlake.batch.gate import publish_decision
+from flixlake.batch.recommenders import ALS, CANDIDATES, POPULARITY, recommender_of
+from flixlake.batch.report import write_evaluation_report
+from flixlake.batch.topn import top_n_from_histories, top_n_per_user
+from flixlake.config import Settings
 from flixlake.lake.registry import (
     PUBLISHED,
     REJECTED,
@@ -52,81 +67,16 @@ from flixlake.lake.spark_io import read_table, write_table
 from flixlake.lake.store import Lake
 
 __all__ = [
-    "build_batch_view",
+    "baseline_top_n",
     "publish_decision",
     "rollback_to",
     "run_publish",
     "seen_pairs",
     "with_movie_ids",
+    "write_batch_view",
 ]
 
 BATCH_VIEW = "batch_recommendations"
-
-
-def _measured(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
-
-
-def publish_decision(
-    als_ndcg: float | None,
-    baselines: Mapping[str, float | None],
-    incumbent_ndcg: float | None,
-    cfg: PublishConfig,
-    *,
-    n_users: int | None = None,
-) -> tuple[bool, str]:
-    """The gate as a pure function: (publish?, the reason an engineer reads either way).
-
-    ``baselines`` maps each baseline evaluated on the candidate's test window (popularity,
-    item-kNN, EASE) to its NDCG@k; ``incumbent_ndcg`` is the published model's NDCG re-scored on
-    the same users and window (None: nothing published, or it could not be re-scored).
-    """
-    if n_users == 0:
-        return False, "no user with history was active in the test window: nothing was measured"
-    if not _measured(als_ndcg):
-        return False, "no ALS NDCG was measured for this model"
-    assert als_ndcg is not None
-    pop_ndcg = baselines.get("popularity")
-    if not _measured(pop_ndcg):
-        return False, "no popularity-baseline NDCG was measured for this model"
-    assert pop_ndcg is not None
-    lift_floor = pop_ndcg * cfg.min_lift_over_popularity
-    if not als_ndcg > lift_floor:
-        return False, (
-            f"ALS NDCG {als_ndcg:.4f} does not beat popularity {pop_ndcg:.4f} "
-            f"x {cfg.min_lift_over_popularity:g} = {lift_floor:.4f}"
-        )
-    reason = (
-        f"ALS NDCG {als_ndcg:.4f} > popularity {pop_ndcg:.4f} "
-        f"x {cfg.min_lift_over_popularity:g} = {lift_floor:.4f}"
-    )
-    measured = {name: float(v) for name, v in baselines.items() if v is not None and _measured(v)}
-    best = max(measured, key=lambda name: measured[name])
-    best_floor = measured[best] * cfg.min_lift_over_baseline
-    if not als_ndcg > best_floor:
-        return False, (
-            f"baseline {best} is better on this window: ALS NDCG {als_ndcg:.4f} does not beat "
-            f"{best} {measured[best]:.4f} x {cfg.min_lift_over_baseline:g} = {best_floor:.4f}"
-        )
-    if best != "popularity":
-        reason += (
-            f"; > best baseline {best} {measured[best]:.4f} x {cfg.min_lift_over_baseline:g}"
-            f" = {best_floor:.4f}"
-        )
-    if not _measured(incumbent_ndcg):
-        return True, f"{reason}; no published model re-scored on this window to compare with"
-    assert incumbent_ndcg is not None
-    regression_floor = incumbent_ndcg * (1.0 - cfg.max_regression)
-    if als_ndcg < regression_floor:
-        return False, (
-            f"ALS NDCG {als_ndcg:.4f} regresses more than {cfg.max_regression:.0%} from the "
-            f"current model's {incumbent_ndcg:.4f} on the same window "
-            f"(floor {regression_floor:.4f})"
-        )
-    return True, (
-        f"{reason}; >= current model's {incumbent_ndcg:.4f} on the same window "
-        f"x (1 - {cfg.max_regression:g}) = {regression_floor:.4f}"
-    )
 
 
 # -- transformations -----------------------------------------------------------------------------
@@ -163,36 +113,109 @@ def _factors(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.parquet(str(path)).select("id", "features")
 
 
-def build_batch_view(
+def baseline_top_n(
+    spark: SparkSession,
+    kind: str,
+    params: Mapping[str, Any],
+    pairs_df: DataFrame,
+    seen_df: DataFrame,
+    catalog_size: int,
+    n: int,
+) -> DataFrame:
+    """Every user's top ``n`` unseen movies from a baseline fitted on ``pairs_df``'s fit window.
+
+    Popularity ranks the most-watched movies for every user of the window (a rank-1 "factor
+    model": score = distinct watchers, ties by movie index, exactly as evaluated); item-kNN and
+    EASE score the users with a liked movie from their liked movies, fitted on the driver (the
+    liked pairs are collected: 16 bytes a pair) and broadcast (:func:`top_n_from_histories`).
+    ``pairs_df`` is read twice: persist it. Rows as :func:`top_n_per_user`.
+    """
+    if kind == POPULARITY:
+        items = watch_popularity(pairs_df, FIT_WINDOW).select(
+            F.col("movie_idx").alias("id"),
+            F.array(F.col("n_users").cast("float")).alias("features"),
+        )
+        users = (
+            window_interactions(pairs_df, FIT_WINDOW)
+            .select(F.col("user_id").alias("id"))
+            .distinct()
+            .withColumn("features", F.array(F.lit(1.0).cast("float")))
+        )
+        return top_n_per_user(spark, users, items, seen_df, n)
+    liked = liked_df(pairs_df)
+    users_arr, movies_arr = pair_arrays(liked)
+    n_items = max(int(catalog_size), int(movies_arr.max(initial=-1)) + 1)
+    scorer = fit_item_scorer(kind, users_arr, movies_arr, n_items, params)
+    return top_n_from_histories(spark, scorer, liked, seen_df, n)
+
+
+def write_batch_view(
     spark: SparkSession,
     lake: Lake,
+    settings: Settings,
     model: dict[str, Any],
-    factors: dict[str, str],
-    top_n: int,
-) -> DataFrame:
-    """Top-N per user from a model's final factors, seen movies excluded, as batch view rows."""
+    train: Mapping[str, Any],
+) -> tuple[int, dict[str, float]]:
+    """Write the model's top-N per user (seen movies excluded) into its batch view partition.
+
+    Returns (rows written, timings). ALS ranks from its final factors; a baseline is fitted on
+    everything up to the run date at the model's input versions first.
+    """
     versions = model["input_versions"]
+    top_n = settings.batch.top_n
     seen = seen_pairs(
         read_table(spark, lake, "watch_sessions", versions.get("watch_sessions")),
         read_table(spark, lake, "ratings", versions.get("ratings")),
     )
     movies = read_table(spark, lake, "movies", versions.get("movies"))
-    recs = top_n_per_user(
-        spark,
-        _factors(spark, factors["users"]),
-        _factors(spark, factors["items"]),
-        seen,
-        top_n,
-    )
-    return recs.transform(with_movie_ids(movies)).transform(
+    kind = recommender_of(model)
+    timings: dict[str, float] = {}
+    cached: DataFrame | None = None
+    started = time.perf_counter()
+    if kind == ALS:
+        factors = train["factors"]["final"]
+        recs = top_n_per_user(
+            spark, _factors(spark, factors["users"]), _factors(spark, factors["items"]), seen, top_n
+        )
+    else:
+        windows = TimeWindows.from_dict(train["windows"])
+        cached = fit_pairs(
+            spark, lake, settings, versions, windows.history_start, windows.test_end
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        catalog = lake.read("movies", versions.get("movies"), columns=["movie_idx"]).num_rows
+        recs = baseline_top_n(spark, kind, model["params"], cached, seen, catalog, top_n)
+    timings["fit_s"] = time.perf_counter() - started
+    view = recs.transform(with_movie_ids(movies)).transform(
         with_model_version(model["model_version"])
     )
+    started = time.perf_counter()
+    try:
+        rows = write_table(
+            view,
+            lake,
+            BATCH_VIEW,
+            mode="overwrite",
+            replace_partitions={"model_version": model["model_version"]},
+        )
+    finally:
+        if cached is not None:
+            cached.unpersist()
+    timings["top_n_s"] = time.perf_counter() - started  # ranking every user happens here
+    return rows, timings
 
 
 # -- the batch step ------------------------------------------------------------------------------
 def _ndcg(metrics: Mapping[str, Any] | None) -> float | None:
     value = (metrics or {}).get("ndcg")
     return float(value) if isinstance(value, int | float) else None
+
+
+def candidate_ndcg(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each candidate's NDCG@k from a ``models`` row's metrics (ALS and every baseline)."""
+    baselines = metrics.get("baselines") or {POPULARITY: metrics.get(POPULARITY)}
+    found = {ALS: _ndcg(metrics.get(ALS))}
+    found.update({name: _ndcg(values) for name, values in baselines.items()})
+    return {name: found[name] for name in CANDIDATES if name in found}
 
 
 def incumbent_on_this_window(
@@ -217,7 +240,7 @@ def incumbent_on_this_window(
         return None, f"{incumbent['model_version']} not re-scored: {scored.get('why')}"
     windows = TimeWindows.from_dict(train["windows"])
     eval_set = build_evaluation_set(spark, lake, settings, train)
-    lists, note = rescore_incumbent(spark, settings, eval_set, windows, incumbent)
+    lists, note = rescore_incumbent(spark, lake, settings, eval_set, windows, incumbent)
     if lists is None:
         return None, f"{incumbent['model_version']} not re-scored: {note['why']}"
     segments = score_lists(eval_set, {"incumbent": lists}, settings.batch.k)
@@ -231,6 +254,7 @@ def _refuse(
 ) -> NoReturn:
     set_model_status(lake, version, REJECTED, reason)
     (run_dir(settings, run_date) / "publish.json").unlink(missing_ok=True)  # no stale "published"
+    write_evaluation_report(lake, settings, version, run_dir(settings, run_date))  # the verdict
     raise GateFailedError(f"model {version} not published: {reason}")
 
 
@@ -240,13 +264,15 @@ def run_publish(
     """Gate the run's model; on pass write its batch view partition and make it current."""
     quality = read_manifest(settings, run_date, "quality")
     train = read_manifest(settings, run_date, "train")
-    model_version = str(train["model_version"])
+    evaluate = read_manifest(settings, run_date, "evaluate")
+    model_version = str(evaluate.get("model_version") or train["model_version"])
     try:
         model = get_model(lake, model_version)
     except UnknownModelError:
         raise MissingStepError(
             f"model {model_version} of {run_date} is not registered; run register_model first"
         ) from None
+    kind = recommender_of(model)
     # on a rerun compare with the model this one replaced back then, not with itself or later ones
     already = model["status"] == PUBLISHED and model["published_at"] is not None
     baseline = find_incumbent(lake, model_version)
@@ -258,26 +284,27 @@ def run_publish(
     incumbent_ndcg, incumbent_how = incumbent_on_this_window(
         spark, lake, settings, train, metrics, baseline
     )
-    baselines = metrics.get("baselines") or {"popularity": metrics.get("popularity")}
-    published, reason = publish_decision(
-        _ndcg(metrics.get("als")),
-        {name: _ndcg(values) for name, values in baselines.items()},
+    decision = publish_decision(
+        candidate_ndcg(metrics),
         incumbent_ndcg,
         settings.batch.publish,
-        n_users=(metrics.get("als") or {}).get("n_users"),
+        n_users=(metrics.get(ALS) or {}).get("n_users"),
     )
+    reason = decision.reason
     reason = f"{reason} (incumbent: {incumbent_how})" if baseline is not None else reason
-    if not published:
+    if not decision.published:
         _refuse(lake, settings, run_date, model_version, reason)
+    if decision.winner != kind:
+        _refuse(
+            lake,
+            settings,
+            run_date,
+            model_version,
+            f"the gate now chooses {decision.winner} but the registered model is {kind} "
+            "(batch.publish changed since evaluate?): rerun evaluate_model and register_model",
+        )
 
-    view = build_batch_view(spark, lake, model, train["factors"]["final"], settings.batch.top_n)
-    rows = write_table(
-        view,
-        lake,
-        BATCH_VIEW,
-        mode="overwrite",
-        replace_partitions={"model_version": model_version},
-    )
+    rows, timings = write_batch_view(spark, lake, settings, model, train)
     if rows == 0:
         _refuse(lake, settings, run_date, model_version, "the batch view came out empty")
     requirements = publish_requirements(spark, lake, settings, model)
@@ -286,8 +313,10 @@ def run_publish(
         _refuse(lake, settings, run_date, model_version, "; ".join(unmet))
     published_at = model["published_at"] if already else dt.datetime.now(dt.UTC)
     set_model_status(lake, model_version, PUBLISHED, reason, published_at=published_at)
+    report = write_evaluation_report(lake, settings, model_version, run_dir(settings, run_date))
     summary = {
         "model_version": model_version,
+        "recommender": kind,
         "published": True,
         "reason": reason,
         "replaces": baseline["model_version"] if baseline else None,
@@ -300,6 +329,8 @@ def run_publish(
             name: model["input_versions"].get(name)
             for name in ("watch_sessions", "ratings", "movies")
         },
+        "timings": {key: round(value, 3) for key, value in timings.items()},
+        "report": str(report),
     }
     write_manifest(settings, run_date, "publish", summary)
     return summary

@@ -1,7 +1,12 @@
 """The ``register`` step: record the run's model with its provenance, then write its report.
 
-Provenance is what a model was trained on (every input table's Delta version, bronze included),
-with which code (git commit) and libraries, where its factors are and how it scored.
+The run's model is the candidate the gate chose in the evaluate step (ALS, popularity, item-kNN
+or EASE; :mod:`flixlake.batch.gate`): its ``algorithm`` and ``params.recommender`` name the kind,
+``params`` hold its own settings plus every candidate's (``params.candidates``) and ALS's whole
+search (``params.search``), ``metrics`` every candidate's figures and the choice
+(``metrics.selection``). Provenance is what it was trained on (every input table's Delta
+version, bronze included), with which code (git commit) and libraries, and where the run's ALS
+factors are; a baseline has no artifact, it is refitted from those input versions.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flixlake.batch.recommenders import ALS
 from flixlake.batch.report import write_evaluation_report
 from flixlake.config import PROJECT_ROOT
 from flixlake.lake.registry import BRONZE_TABLE, REGISTERED, model_rows, upsert_model
@@ -106,6 +112,8 @@ def headline_metrics(evaluate: dict[str, Any]) -> dict[str, Any]:
         "lift_ndcg": evaluate.get("lift_ndcg"),
         "lift_ndcg_best_baseline": evaluate.get("lift_ndcg_best_baseline"),
         "incumbent": evaluate.get("incumbent") or {},
+        "recommender": evaluate.get("recommender", ALS),
+        "selection": evaluate.get("selection") or {},
     }
 
 
@@ -121,6 +129,19 @@ def params_with_search(train: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def model_params(train: dict[str, Any], evaluate: dict[str, Any]) -> dict[str, Any]:
+    """The chosen candidate's params, every candidate's, and ALS's search (it ran either way)."""
+    recommender = str(evaluate.get("recommender") or ALS)
+    with_search = params_with_search(train)
+    params = with_search if recommender == ALS else dict(evaluate.get("params") or {})
+    params["recommender"] = recommender
+    if "search" in with_search:
+        params["search"] = with_search["search"]
+    if evaluate.get("candidates"):
+        params["candidates"] = evaluate["candidates"]
+    return params
+
+
 # -- the batch step ------------------------------------------------------------------------------
 def run_register(
     spark: SparkSession | None, lake: Lake, settings: Settings, run_date: dt.date
@@ -129,19 +150,21 @@ def run_register(
     compact = read_manifest(settings, run_date, "compact")
     train = read_manifest(settings, run_date, "train")
     evaluate = read_manifest(settings, run_date, "evaluate")
-    model_version = str(train["model_version"])
-    if evaluate.get("model_version") != model_version:
+    evaluated = evaluate.get("als_model_version", evaluate.get("model_version"))
+    if evaluated != train["model_version"]:
         raise ValueError(
-            f"evaluate manifest is for model {evaluate.get('model_version')!r} but train produced "
-            f"{model_version!r} for {run_date}; rerun evaluate first"
+            f"evaluate manifest is for ALS model {evaluated!r} but train produced "
+            f"{train['model_version']!r} for {run_date}; rerun evaluate first"
         )
+    model_version = str(evaluate["model_version"])
+    recommender = str(evaluate.get("recommender") or ALS)
     existing = model_rows(lake, filters=[("model_version", "=", model_version)])
     previous = existing[0] if existing else None
     row = {
         "model_version": model_version,
         "run_date": run_date,
-        "algorithm": str(train.get("algorithm", "als")),
-        "params": params_with_search(train),
+        "algorithm": str(train.get("algorithm", ALS)) if recommender == ALS else recommender,
+        "params": model_params(train, evaluate),
         "metrics": headline_metrics(evaluate),
         "input_versions": input_versions_from_manifests(compact, train, evaluate),
         "git_commit": git_commit(),
@@ -157,6 +180,7 @@ def run_register(
     report = write_evaluation_report(lake, settings, model_version, run_dir(settings, run_date))
     summary = {
         "model_version": model_version,
+        "recommender": recommender,
         "status": row["status"],
         "input_versions": row["input_versions"],
         "git_commit": row["git_commit"],

@@ -1,8 +1,9 @@
 """The evaluation report: one self-contained HTML page (plus PNG plots beside it) per model.
 
-It answers what a reviewer asks before a model goes out: how much better than popularity is it,
-overall and per user segment; which hyperparameters were chosen and what else was tried; and
-exactly which data, code and libraries produced it. Plots use matplotlib's Agg canvas directly
+It answers what a reviewer asks before a model goes out: which recommender is served (ALS or a
+baseline) and why; how every candidate did, overall and per user segment; which hyperparameters
+were chosen and what else was tried; and exactly which data, code and libraries produced it.
+Written by the register step and again by the publish step, so it shows the gate's verdict. Plots use matplotlib's Agg canvas directly
 (no pyplot, no display), so the report renders on headless workers.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flixlake.batch.recommenders import recommender_of
 from flixlake.config import Settings
 from flixlake.lake.registry import model_lineage
 from flixlake.lake.runs import MissingStepError, parse_run_date, read_manifest
@@ -85,10 +87,13 @@ def baseline_verdict(metrics: dict[str, Any], k: Any) -> str | None:
             f"<p class='pass'>ALS beats every baseline: NDCG@{esc(k)} {als:.4f} vs the best, "
             f"{esc(best)} {scores[best]:.4f} ({esc(listed)}).</p>"
         )
+    served = (metrics.get("selection") or {}).get("winner")
+    instead = (
+        f" The gate serves {esc(served)} instead of ALS." if served and served != "als" else ""
+    )
     return (
         f"<p class='fail'>A baseline beats ALS on this window: {esc(best)} NDCG@{esc(k)} "
-        f"{scores[best]:.4f} vs ALS {als:.4f} ({esc(listed)}). The gate does not publish ALS "
-        "when a baseline is better; baselines are measured, not served.</p>"
+        f"{scores[best]:.4f} vs ALS {als:.4f} ({esc(listed)}).{instead}</p>"
     )
 
 
@@ -269,6 +274,7 @@ def write_evaluation_report(
         html_kv(
             {
                 "run date": model["run_date"],
+                "recommender served": recommender_of(model),
                 "algorithm": model["algorithm"],
                 "status": model["status"],
                 "status reason": model["status_reason"],
@@ -279,6 +285,22 @@ def write_evaluation_report(
         ),
         f"<h2>Offline evaluation @{esc(k)}</h2>",
     ]
+    label = {
+        "published": "Published recommender",
+        "rejected": "Chosen recommender (not published)",
+    }.get(str(model["status"]), "Chosen recommender")
+    verdict_parts = [f"<p><b>{label}: {esc(recommender_of(model))}</b>."]
+    selection = metrics.get("selection") or {}
+    if selection.get("reason"):
+        verdict_parts.append(
+            f" The gate's choice among the candidates on the same users and window: "
+            f"{esc(selection['reason'])}."
+        )
+    if model["status_reason"]:
+        verdict_parts.append(
+            f" Gate verdict ({esc(model['status'])}): {esc(model['status_reason'])}."
+        )
+    parts.append("".join(verdict_parts) + "</p>")
     als_ndcg = (metrics.get("als") or {}).get("ndcg")
     pop_ndcg = (metrics.get("popularity") or {}).get("ndcg")
     if isinstance(als_ndcg, int | float) and isinstance(pop_ndcg, int | float):
@@ -312,10 +334,20 @@ def write_evaluation_report(
         parts.append(f"<h3>segment {esc(segment)}{f' (users {esc(n)})' if n else ''}</h3>")
         parts.append(html_table(["metric", *recommenders], rows))
 
-    params = {key: v for key, v in (model["params"] or {}).items() if key != "search"}
-    parts.append("<h2>Hyperparameters</h2>")
+    all_params = model["params"] or {}
+    params = {key: v for key, v in all_params.items() if key not in ("search", "candidates")}
+    parts.append(f"<h2>Hyperparameters ({esc(recommender_of(model))})</h2>")
     parts.append(html_kv(_flatten(params)) if params else "<p>none recorded</p>")
-    parts.append("<h2>Search results (validation window)</h2>")
+    candidates = all_params.get("candidates") or {}
+    if candidates:
+        parts.append("<h3>Every candidate's params</h3>")
+        parts.append(
+            html_table(
+                ["candidate", "params"],
+                [[name, candidates[name]] for name in sorted(candidates)],
+            )
+        )
+    parts.append("<h2>ALS search results (validation window)</h2>")
     if isinstance(recorded, dict):
         chosen = recorded.get("chosen")
         parts.append(

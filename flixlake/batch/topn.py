@@ -25,7 +25,9 @@ Public API (used by :mod:`flixlake.batch.training`, :mod:`flixlake.batch.evaluat
 * :class:`ItemIndex` -- item factors laid out for scoring; ``ItemIndex.recommend`` ranks a block
   of users with seen movies excluded (driver-side evaluation uses it directly);
 * :func:`top_n_per_user` -- the whole-population top-N DataFrame ``(user_id long, rank int,
-  movie_idx int, score float)`` via ``mapInArrow``, rank 1 = best, seen movies never included.
+  movie_idx int, score float)`` via ``mapInArrow``, rank 1 = best, seen movies never included;
+* :func:`top_n_from_histories` -- the same rows from a :class:`RowScorer` (item-kNN, EASE:
+  scores from a user's liked movies), its weights broadcast, users scored in Spark tasks.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -205,6 +208,21 @@ def _list_lengths(array: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
 
 
+def _ranked_batch(user_ids: np.ndarray, movies: np.ndarray, scores: np.ndarray) -> pa.RecordBatch:
+    """Padded top-k arrays (movie -1 = no movie) as ``TOP_N_SCHEMA`` rows, rank 1 = best."""
+    found = movies >= 0
+    ranks = np.broadcast_to(np.arange(1, movies.shape[1] + 1, dtype=np.int32), movies.shape)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.repeat(user_ids, found.sum(axis=1)), pa.int64()),
+            pa.array(ranks[found], pa.int32()),
+            pa.array(movies[found], pa.int32()),
+            pa.array(scores[found], pa.float32()),
+        ],
+        names=["user_id", "rank", "movie_idx", "score"],
+    )
+
+
 def _rank_batches(batches: Iterator[pa.RecordBatch], index: ItemIndex) -> Iterator[pa.RecordBatch]:
     """Worker side of :func:`top_n_per_user`: (user_id, features, seen) -> ranked rows."""
     rank_dim = index.factors_t.shape[0]
@@ -219,17 +237,7 @@ def _rank_batches(batches: Iterator[pa.RecordBatch], index: ItemIndex) -> Iterat
         seen_col = batch.column("seen")
         seen_values = seen_col.flatten().to_numpy(zero_copy_only=False)
         movies, scores = index.recommend(users, _list_lengths(seen_col), seen_values)
-        found = movies >= 0
-        ranks = np.broadcast_to(np.arange(1, movies.shape[1] + 1, dtype=np.int32), movies.shape)
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array(np.repeat(user_ids, found.sum(axis=1)), pa.int64()),
-                pa.array(ranks[found], pa.int32()),
-                pa.array(movies[found], pa.int32()),
-                pa.array(scores[found], pa.float32()),
-            ],
-            names=["user_id", "rank", "movie_idx", "score"],
-        )
+        yield _ranked_batch(user_ids, movies, scores)
 
 
 def top_n_per_user(
@@ -256,11 +264,7 @@ def top_n_per_user(
     factors = items.column("features").combine_chunks().flatten().to_numpy().reshape(-1, rank_dim)
     index_bc = spark.sparkContext.broadcast(ItemIndex.build(ids, factors, n))
 
-    seen_lists = (
-        seen_df.where(F.col("user_id").isNotNull() & F.col("movie_idx").isNotNull())
-        .groupBy(F.col("user_id").cast("long").alias("user_id"))
-        .agg(F.collect_set(F.col("movie_idx").cast("int")).alias("seen"))
-    )
+    seen_lists = _seen_lists(seen_df)
     users = user_factors_df.select(
         F.col("id").cast("long").alias("user_id"), F.col("features").cast("array<float>")
     ).join(seen_lists, "user_id", "left")
@@ -269,3 +273,81 @@ def top_n_per_user(
         return _rank_batches(batches, index_bc.value)
 
     return users.mapInArrow(rank_partition, TOP_N_SCHEMA)
+
+
+class RowScorer(Protocol):
+    """Ranks users from their liked movies, e.g. :class:`flixlake.batch.baselines.ItemScorer`."""
+
+    @property
+    def n_items(self) -> int: ...
+
+    def top_n(
+        self,
+        history: sp.csr_matrix,
+        seen_lengths: np.ndarray,
+        seen_movies: np.ndarray,
+        n: int,
+        block: int = ...,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _seen_lists(seen_df: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return (
+        seen_df.where(F.col("user_id").isNotNull() & F.col("movie_idx").isNotNull())
+        .groupBy(F.col("user_id").cast("long").alias("user_id"))
+        .agg(F.collect_set(F.col("movie_idx").cast("int")).alias("seen"))
+    )
+
+
+def _score_batches(
+    batches: Iterator[pa.RecordBatch], scorer: RowScorer, n: int
+) -> Iterator[pa.RecordBatch]:
+    """Worker side of :func:`top_n_from_histories`: (user_id, liked, seen) -> ranked rows."""
+    n_items = scorer.n_items
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        user_ids = batch.column("user_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        liked_col = batch.column("liked")
+        lengths = _list_lengths(liked_col).astype(np.int64)
+        liked = liked_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        width = max(n_items, int(liked.max(initial=-1)) + 1)
+        history = sp.csr_matrix(
+            (np.ones(liked.size, np.float32), liked, np.r_[0, np.cumsum(lengths)]),
+            shape=(batch.num_rows, width),
+        )[:, :n_items]  # a movie the scorer never saw has no weights
+        seen_col = batch.column("seen")
+        seen_values = seen_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        movies, scores = scorer.top_n(history, _list_lengths(seen_col), seen_values, n)
+        yield _ranked_batch(user_ids, movies, scores)
+
+
+def top_n_from_histories(
+    spark: SparkSession,
+    scorer: RowScorer,
+    liked_df: DataFrame,
+    seen_df: DataFrame,
+    n: int,
+) -> DataFrame:
+    """Every user's best ``n`` unseen movies from an item-based scorer and their liked movies.
+
+    ``liked_df``: ``(user_id, movie_idx)`` pairs the user liked (the scorer's input: one row per
+    user who has any); ``seen_df``: pairs to exclude. The scorer (sparse neighbour lists or a
+    dense matrix) is broadcast; users stay distributed. Same rows as :func:`top_n_per_user`.
+    """
+    from pyspark.sql import functions as F
+
+    scorer_bc = spark.sparkContext.broadcast(scorer)
+    liked_lists = (
+        liked_df.where(F.col("user_id").isNotNull() & F.col("movie_idx").isNotNull())
+        .groupBy(F.col("user_id").cast("long").alias("user_id"))
+        .agg(F.collect_set(F.col("movie_idx").cast("int")).alias("liked"))
+    )
+    users = liked_lists.join(_seen_lists(seen_df), "user_id", "left")
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return _score_batches(batches, scorer_bc.value, n)
+
+    return users.mapInArrow(score_partition, TOP_N_SCHEMA)

@@ -56,8 +56,6 @@ Manifest "train" (stable; read by evaluate, register and publish)::
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import re
 import time
@@ -92,6 +90,8 @@ from flixlake.batch.features import (
     with_positive_signal,
 )
 from flixlake.batch.metrics import ndcg_at_k
+from flixlake.batch.recommenders import ALS as ALS_KIND
+from flixlake.batch.recommenders import model_version_for as recommender_version
 from flixlake.batch.topn import ItemIndex
 from flixlake.config import AlsParams, SearchConfig, Settings
 from flixlake.lake import runs
@@ -127,8 +127,7 @@ def model_version_for(
     run_date: dt.date, input_versions: dict[str, int], params: dict[str, Any]
 ) -> str:
     """Same inputs and params on the same date give the same version: reruns overwrite, not add."""
-    payload = json.dumps({"input_versions": input_versions, "params": params}, sort_keys=True)
-    return f"als-{run_date:%Y%m%d}-{hashlib.sha256(payload.encode()).hexdigest()[:8]}"
+    return recommender_version(ALS_KIND, run_date, input_versions, params)
 
 
 def build_als(params: AlsParams, max_iter: int, seed: int, blocks: int = 10) -> ALS:

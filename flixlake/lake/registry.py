@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -50,6 +50,16 @@ class UnknownModelError(LookupError):
 
 
 # -- reading the registry ------------------------------------------------------------------------
+def recommender_of(model: Mapping[str, Any]) -> str:
+    """What a model serves: ``params.recommender`` (als, popularity, itemknn, ease), else ALS
+    (rows registered before baselines could be published)."""
+    kind = (model.get("params") or {}).get("recommender")
+    if kind:
+        return str(kind)
+    algorithm = str(model.get("algorithm") or "als")
+    return "als" if algorithm.startswith("als") else algorithm
+
+
 def _parse(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for column in _JSON_COLUMNS:
@@ -235,7 +245,8 @@ def commit_info(lake: Lake, name: str, version: int) -> dict[str, Any] | None:
 def model_lineage(lake: Lake, model_version: str) -> dict[str, Any]:
     """Everything needed to explain or reproduce a model, as JSON-ready data.
 
-    The ``models`` row, its ``model_evaluations`` rows, for each input table the Delta version
+    What it serves and why (the gate's choice among ALS and the baselines, its verdict), the
+    ``models`` row, its ``model_evaluations`` rows, for each input table the Delta version
     it was trained on with the commit that produced it (and the table's version now), the
     quality checks of its run date, and the size of its batch view.
     """
@@ -261,6 +272,12 @@ def model_lineage(lake: Lake, model_version: str) -> dict[str, Any]:
         for name, version in sorted(model["input_versions"].items())
     }
     result = {
+        "served": {
+            "recommender": recommender_of(model),
+            "status": model["status"],
+            "why": model["status_reason"],
+            "chosen_because": (model["metrics"].get("selection") or {}).get("reason"),
+        },
         "model": model,
         "evaluations": evaluations,
         "inputs": inputs,

@@ -171,7 +171,7 @@ def run_offline_demo(
     print_batch_summary({r.step.name: r.summary for r in results})
 
     console.print("3/3 a few users' recommendations (batch_recommendations, newest model):")
-    version = next(r.summary for r in results if r.step.name == "train")["model_version"]
+    version = next(r.summary for r in results if r.step.name == "publish")["model_version"]
     sample = lake.sql(
         "SELECT user_id, array_agg(movie_id ORDER BY rank) AS movies FROM batch_recommendations "
         f"WHERE model_version = '{version}' AND rank <= 20 GROUP BY user_id ORDER BY user_id LIMIT 3"

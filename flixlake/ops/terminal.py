@@ -66,12 +66,17 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
     publish = summaries.get("publish", {})
     train = summaries.get("train", {})
     search = train.get("search_summary") or {}
-    console.print(f"model {train.get('model_version')} params {train.get('params')}")
+    console.print(f"ALS {train.get('model_version')} params {train.get('params')}")
     if search:
         console.print(
             f"search: {search.get('trials_run')} of {search.get('trials')} trials "
             f"({search.get('failed')} failed), chosen trial {search.get('chosen_trial')}: "
             f"{search.get('chosen')}"
+        )
+    if evaluation.get("recommender"):
+        console.print(
+            f"served recommender: {evaluation['recommender']} "
+            f"(model {evaluation.get('model_version')})"
         )
     console.print(f"published: {publish.get('published')}  {publish.get('reason', '')}")
 

@@ -8,7 +8,6 @@ per test module (the shared SparkSession); the tests then check what users and a
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +42,11 @@ def pipeline(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PipelineRun]:
     home = tmp_path_factory.mktemp("pipeline")
-    # These tests follow a published model (provenance, batch view, reruns). With the test
-    # config's tiny search (ranks 2-8, 5 iterations) EASE can beat ALS on this 400-user world,
-    # so only the popularity lift is required here; the best-baseline gate is tested on the
-    # trends history below and in tests/unit/batch/test_publish.py.
+    # The gate's margins as base.yaml has them. The fairness requirements are recorded, not
+    # enforced: this popularity-driven world's winner is popularity, whose view is the short head
+    # by construction (long-tail share ~0.01 < 0.2); enforcing them is tested in test_publish.
     settings = load_settings(
-        "test", home=home, overrides={"batch": {"publish": {"min_lift_over_baseline": 0.0}}}
+        "test", home=home, overrides={"audit": {"requirements": {"enforce_in_publish": False}}}
     )
     lake = Lake(settings.lake_root)
     data = home / "data"
@@ -81,20 +79,36 @@ def test_reingesting_adds_nothing(pipeline: PipelineRun) -> None:
     assert pipeline.lake.version("bronze_events") == before
 
 
-def test_model_beats_popularity_and_is_published_with_provenance(pipeline: PipelineRun) -> None:
-    evaluation = pipeline.results["evaluate"].summary
-    assert evaluation["als"]["ndcg"] > evaluation["popularity"]["ndcg"]
-    version = pipeline.results["train"].summary["model_version"]
-    models = {m["model_version"]: m for m in pipeline.lake.read("models").to_pylist()}
-    model = models[version]
+def _published_best(lake: Lake, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The run's model is the candidate with the best NDCG (ties: the simpler), published."""
+    ndcg = evaluation["selection"]["ndcg"]
+    assert set(ndcg) >= {"als", "popularity", "itemknn", "ease"}
+    best = max(ndcg.values())
+    recommender = evaluation["recommender"]
+    assert ndcg[recommender] == best
+    simpler = ("popularity", "itemknn", "ease", "als")
+    assert not any(ndcg[name] == best for name in simpler[: simpler.index(recommender)])
+    model = get_model(lake, evaluation["model_version"])
     assert model["status"] == "published"
-    inputs = json.loads(model["input_versions"])
-    assert {"bronze_events", "watch_sessions", "ratings"} <= set(inputs)
-    assert json.loads(model["library_versions"])["pyspark"] == "4.2.0"
+    assert model["algorithm"].startswith(recommender)
+    assert model["params"]["recommender"] == recommender
+    return model
+
+
+def test_the_best_candidate_is_published_with_provenance(pipeline: PipelineRun) -> None:
+    evaluation = pipeline.results["evaluate"].summary
+    model = _published_best(pipeline.lake, evaluation)
+    assert pipeline.results["publish"].summary["model_version"] == model["model_version"]
+    assert {"bronze_events", "watch_sessions", "ratings"} <= set(model["input_versions"])
+    assert model["library_versions"]["pyspark"] == "4.2.0"
+    # every candidate's params, ALS's search and every candidate's metrics are recorded
+    assert set(model["params"]["candidates"]) == {"als", "popularity", "itemknn", "ease"}
+    assert model["params"]["search"]["trials_run"] >= 1
+    assert set(model["metrics"]["selection"]["ndcg"]) == {"als", "popularity", "itemknn", "ease"}
 
 
 def test_batch_view_has_top_n_unseen_movies_for_users(pipeline: PipelineRun) -> None:
-    version = pipeline.results["train"].summary["model_version"]
+    version = pipeline.results["publish"].summary["model_version"]
     recs = pipeline.lake.sql(
         f"SELECT user_id, movie_id, rank FROM batch_recommendations WHERE model_version = '{version}'"
     ).to_pylist()
@@ -127,10 +141,11 @@ def test_rerunning_the_same_date_changes_nothing(
         r.step.name: r
         for r in run_batch(spark, pipeline.lake, pipeline.settings, pipeline.run_date)
     }
-    assert (
-        results["train"].summary["model_version"]
-        == pipeline.results["train"].summary["model_version"]
-    )
+    for step in ("train", "evaluate", "publish"):
+        assert (
+            results[step].summary["model_version"]
+            == pipeline.results[step].summary["model_version"]
+        )
     assert snapshot() == before
 
 
@@ -150,8 +165,11 @@ def trends_pipeline(
 ) -> Iterator[TrendsRun]:
     """A small trends-regime history (one-off users, 1-2 star raters, bursts) through every step."""
     home = tmp_path_factory.mktemp("trends")
-    settings = load_settings(  # the gate as base.yaml has it: ALS must beat the best baseline
-        "test", home=home, overrides={"batch": {"publish": {"min_lift_over_baseline": 1.0}}}
+    # The gate's margins as base.yaml has them. The fairness requirements are recorded, not
+    # enforced: this popularity-driven world's winner is popularity, whose view is the short head
+    # by construction (long-tail share ~0.01 < 0.2); enforcing them is tested in test_publish.
+    settings = load_settings(
+        "test", home=home, overrides={"audit": {"requirements": {"enforce_in_publish": False}}}
     )
     lake = Lake(settings.lake_root)
     generated = generate_history(
@@ -179,11 +197,12 @@ def test_trends_history_has_the_real_shapes(trends_pipeline: TrendsRun) -> None:
     assert counts["final_window_users"] > counts["final_users"] > 0
 
 
-def test_trends_pipeline_trains_evaluates_every_baseline_and_gates_on_the_best(
+def test_trends_pipeline_evaluates_every_baseline_and_publishes_the_best(
     trends_pipeline: TrendsRun,
 ) -> None:
     summaries = trends_pipeline.summaries
-    assert {"compact", "quality", "train", "evaluate", "register"} <= set(summaries)
+    assert trends_pipeline.gate_error is None
+    assert {"compact", "quality", "train", "evaluate", "register", "publish"} <= set(summaries)
     train = summaries["train"]
     assert train["search_summary"]["trials_run"] >= 1 and train["fit_failures"] == []
     evaluation = summaries["evaluate"]
@@ -191,15 +210,31 @@ def test_trends_pipeline_trains_evaluates_every_baseline_and_gates_on_the_best(
         assert {"als", "popularity", "itemknn", "ease"} <= set(segment), segment["segment"]
         sizes = {segment[r]["n_users"] for r in ("als", "popularity", "itemknn", "ease")}
         assert sizes == {segment["n_users"]}  # same users for every recommender
-    best = evaluation["best_baseline"]
-    best_ndcg = evaluation["baselines"][best]["ndcg"]
-    model = get_model(trends_pipeline.lake, train["model_version"])
-    if evaluation["als"]["ndcg"] > best_ndcg:
-        assert trends_pipeline.gate_error is None
-        assert model["status"] == "published"
-    else:
-        assert trends_pipeline.gate_error is not None
-        assert f"does not beat {best} {best_ndcg:.4f}" in trends_pipeline.gate_error
-        assert model["status"] == "rejected"
-    report = Path(summaries["register"]["report"]).read_text()
+    model = _published_best(trends_pipeline.lake, evaluation)
+    # a popularity-driven world: ALS does not win here, and the report says what is served
+    assert evaluation["recommender"] != "als"
+    assert model["status_reason"].startswith(f"{evaluation['recommender']} is served")
+    report = Path(summaries["publish"]["report"]).read_text()
     assert "itemknn" in report and "ease" in report
+    assert f"Published recommender: {evaluation['recommender']}" in report
+    # the winner's top-N for every user who has one: ranked, unseen, in the service's schema
+    version = evaluation["model_version"]
+    lake = trends_pipeline.lake
+    recs = lake.sql(
+        "SELECT user_id, movie_id, rank FROM batch_recommendations "
+        f"WHERE model_version = '{version}'"
+    ).to_pylist()
+    assert summaries["publish"]["rows"] == len(recs) > 0
+    # the requirements were checked on the winner's view and recorded with the publication
+    assert [text.split(" ")[0] for text in summaries["publish"]["requirements"]] == [
+        "system",
+        "model",
+    ]
+    users = {r["user_id"] for r in recs}
+    assert len(users) > 100
+    seen = lake.sql(
+        "SELECT DISTINCT user_id, movie_id FROM watch_sessions "
+        "UNION SELECT DISTINCT user_id, movie_id FROM ratings"
+    ).to_pylist()
+    seen_pairs = {(r["user_id"], r["movie_id"]) for r in seen}
+    assert not any((r["user_id"], r["movie_id"]) in seen_pairs for r in recs)

@@ -82,7 +82,7 @@ def import_movielens(
 ) -> None:
     """Write the public MovieLens 100k ratings as MLiP logs (each rating = a watch session + rate line).
 
-    Then: flixlake ingest OUT && flixlake batch --run-date 1998-04-23. MovieLens terms: research
+    Then: flixlake ingest OUT && flixlake batch --run-date 1998-04-22. MovieLens terms: research
     use, no commercial use, cite Harper & Konstan, ACM TiiS 2015.
     """
     from flixlake.sim.movielens import DatasetMissingError, convert

@@ -18,6 +18,7 @@ Popularity (distinct watchers in training): 3 (3), 4 (3), 0 (2), 5 (2), 1 (1) --
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from math import log2
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,142 @@ def test_evaluate_needs_the_train_manifest(spark: SparkSession, tmp_path: Path) 
     settings = _settings(tmp_path)
     with pytest.raises(MissingStepError, match="train"):
         run_evaluate(spark, Lake(settings.lake_root), settings, RUN_DATE)
+
+
+# -- the gate's choice names the run's model -----------------------------------------------------
+def test_als_is_chosen_when_it_beats_every_baseline(evaluated: dict[str, Any]) -> None:
+    summary = evaluated["summary"]
+    assert summary["recommender"] == "als" and summary["model_version"] == MODEL
+    assert summary["als_model_version"] == MODEL
+    assert summary["selection"]["winner"] == "als"
+    assert summary["selection"]["reason"].startswith("ALS is served: NDCG 1.0000 >")
+    assert set(summary["candidates"]) == {"als", "popularity", "itemknn", "ease"}
+    assert summary["candidates"]["als"]["model_version"] == MODEL
+    assert summary["candidates"]["itemknn"]["neighbours"] == 100
+
+
+def test_a_better_baseline_names_the_model_after_itself(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """ALS's factors swapped (NDCG 0); EASE off: item-kNN 0.65 beats popularity 0.41."""
+    settings = load_settings(
+        "test",
+        home=tmp_path,
+        overrides={
+            "batch": {
+                "k": 2,
+                "new_user_max_movies": 1,
+                "heavy_user_min_movies": 3,
+                "baselines": {"ease_max_items": 0},
+            }
+        },
+    )
+    lake = Lake(settings.lake_root)
+    build_world(lake, settings)
+    eval_dir = runs.run_dir(settings, RUN_DATE) / "model" / "eval"
+    for folder, rows in (
+        ("user_factors", {1: B, 2: B, 11: A, 12: A, 13: A, 14: A}),
+        ("item_factors", {0: A, 1: A, 2: A, 3: B, 4: B, 5: B}),
+    ):
+        shutil.rmtree(eval_dir / folder)
+        _write_factors(eval_dir / folder, rows)
+
+    summary = run_evaluate(spark, lake, settings, RUN_DATE)
+
+    assert summary["als"]["ndcg"] == 0.0 and "ease" not in summary["baselines"]
+    assert summary["recommender"] == "itemknn"
+    version = summary["model_version"]
+    assert version.startswith("itemknn-20261122-") and summary["als_model_version"] == MODEL
+    assert summary["params"] == summary["candidates"]["itemknn"]
+    assert summary["params"]["recommender"] == "itemknn"
+    assert summary["selection"]["reason"].startswith("itemknn is served (NDCG 0.6533)")
+    rows = lake.read("model_evaluations").to_pylist()
+    assert {r["model_version"] for r in rows} == {version}
+    assert {r["recommender"] for r in rows} == {"als", "popularity", "itemknn"}
+    # the same inputs and settings name the same model on a rerun
+    assert run_evaluate(spark, lake, settings, RUN_DATE)["model_version"] == version
+
+
+def _publish_baseline(
+    lake: Lake, settings: Settings, kind: str, run_date: dt.date, **params: Any
+) -> str:
+    """A published baseline model on this world's pinned inputs, with params as recorded."""
+    version = f"{kind}-{run_date:%Y%m%d}-live"
+    published = dt.datetime.combine(run_date, dt.time(3), tzinfo=dt.UTC)
+    pinned = runs.read_manifest(settings, RUN_DATE, "train")["input_versions"]
+    upsert_model(
+        lake,
+        {
+            "model_version": version,
+            "run_date": run_date,
+            "algorithm": kind,
+            "params": {"recommender": kind, **params},
+            "metrics": {"baselines": {kind: {"ndcg": 0.99}}},
+            "input_versions": {**pinned, "bronze_events": 1},
+            "git_commit": None,
+            "library_versions": {},
+            "artifact_path": "/nowhere",
+            "status": "published",
+            "status_reason": None,
+            "registered_at": published,
+            "published_at": published,
+        },
+    )
+    return version
+
+
+def test_a_published_item_knn_is_refitted_on_its_inputs_and_rescored(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Published on 11-20 from the same pinned pairs: refitted, it scores what item-kNN scores
+    here, (0 + 1/(1 + 1/log2 3) + 1 + 1) / 4, not its own 0.99."""
+    settings = _settings(tmp_path)
+    lake = Lake(settings.lake_root)
+    build_world(lake, settings)
+    pinned = runs.read_manifest(settings, RUN_DATE, "train")["input_versions"]
+    version = _publish_baseline(lake, settings, "itemknn", dt.date(2026, 11, 20), neighbours=100)
+
+    summary = run_evaluate(spark, lake, settings, RUN_DATE)
+
+    incumbent = summary["incumbent"]
+    assert incumbent["model_version"] == version and incumbent["recommender"] == "itemknn"
+    assert incumbent["scored"] is True
+    assert incumbent["why"] == (
+        f"itemknn refitted on its inputs (watch_sessions v{pinned['watch_sessions']}, "
+        f"ratings v{pinned['ratings']}) up to 2026-11-20 (final fit)"
+    )
+    assert incumbent["ndcg"] == pytest.approx((0 + 1 / (1 + 1 / log2(3)) + 1 + 1) / 4)
+    assert incumbent["ndcg"] == summary["baselines"]["itemknn"]["ndcg"]
+
+
+def test_a_published_popularity_fitted_on_this_window_is_rescored_from_its_eval_cutoff(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Run date 11-22 saw this test window; its eval fit (up to 11-22 - 2 days) did not."""
+    settings = _settings(tmp_path)
+    lake = Lake(settings.lake_root)
+    build_world(lake, settings)
+    _publish_baseline(lake, settings, "popularity", dt.date(2026, 11, 22))
+
+    summary = run_evaluate(spark, lake, settings, RUN_DATE)
+
+    incumbent = summary["incumbent"]
+    assert incumbent["scored"] is True and incumbent["why"].endswith("up to 2026-11-20 (eval fit)")
+    assert incumbent["ndcg"] == pytest.approx(summary["popularity"]["ndcg"])
+
+
+def test_an_incumbent_without_recorded_inputs_is_not_rescored(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path)
+    lake = Lake(settings.lake_root)
+    build_world(lake, settings)
+    version = _publish_baseline(lake, settings, "itemknn", dt.date(2026, 11, 20), neighbours=5)
+    row = next(r for r in lake.read("models").to_pylist() if r["model_version"] == version)
+    row["input_versions"] = "{}"
+    lake.upsert("models", pa.Table.from_pylist([row], schema=lake.read("models").schema))
+
+    incumbent = run_evaluate(spark, lake, settings, RUN_DATE)["incumbent"]
+
+    assert incumbent["scored"] is False
+    assert "records no watch_sessions/ratings versions" in incumbent["why"]

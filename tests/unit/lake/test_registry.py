@@ -194,6 +194,48 @@ def test_rerun_merges_and_never_demotes_a_published_model(
     assert rows[0]["registered_at"] == first["registered_at"]
 
 
+def test_a_winning_baseline_is_registered_as_itself_with_every_candidate(
+    lake: Lake, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLIXLAKE_GIT_COMMIT", "0123abcd")
+    _manifests(settings, tmp_path / "models" / VERSION)
+    evaluate = read_manifest(settings, RUN, "evaluate")
+    knn = {"recommender": "itemknn", "neighbours": 100, "minutes_cap": 120}
+    write_manifest(
+        settings,
+        RUN,
+        "evaluate",
+        {
+            **evaluate,
+            "model_version": "itemknn-20261122-eeee5555",
+            "als_model_version": VERSION,
+            "recommender": "itemknn",
+            "selection": {"winner": "itemknn", "reason": "itemknn is served (NDCG 0.3000): ..."},
+            "params": knn,
+            "candidates": {"als": {"model_version": VERSION, "rank": 8}, "itemknn": knn},
+            "baselines": {"popularity": {"ndcg": 0.2}, "itemknn": {"ndcg": 0.3}},
+        },
+    )
+
+    summary = run_register(None, lake, settings, RUN)
+
+    assert summary["model_version"] == "itemknn-20261122-eeee5555"
+    assert summary["recommender"] == "itemknn"
+    row = get_model(lake, "itemknn-20261122-eeee5555")
+    assert row["algorithm"] == "itemknn"
+    assert {k: row["params"][k] for k in ("recommender", "neighbours")} == {
+        "recommender": "itemknn",
+        "neighbours": 100,
+    }
+    assert "rank" not in row["params"]  # ALS's params live under candidates, not as the model's
+    assert row["params"]["candidates"]["als"]["model_version"] == VERSION
+    assert [t["ndcg"] for t in row["params"]["search"]["trials"]] == [0.21, 0.17]  # ALS's search
+    assert row["metrics"]["recommender"] == "itemknn"
+    assert row["metrics"]["selection"]["winner"] == "itemknn"
+    assert row["input_versions"]["movies"] == 1 and row["input_versions"]["bronze_events"] == 7
+    assert not lake.read("models", filters=[("model_version", "=", VERSION)]).num_rows
+
+
 def test_register_refuses_an_evaluation_of_another_model(
     lake: Lake, settings: Settings, tmp_path: Path
 ) -> None:
@@ -320,8 +362,30 @@ def test_lineage_has_row_evaluations_and_the_commits_of_pinned_inputs(lake: Lake
     assert ws["commit"]["run_date"] == "2026-11-20"  # custom commit metadata is kept
     assert lineage["inputs"]["ratings"] == {"version": 9, "latest_version": None, "commit": None}
     assert lineage["batch_view_rows"] == 0
+    assert lineage["served"] == {  # a row from before baselines could be served: ALS
+        "recommender": "als",
+        "status": "registered",
+        "why": None,
+        "chosen_because": None,
+    }
     with pytest.raises(UnknownModelError):
         model_lineage(lake, "missing")
+
+
+def test_lineage_says_which_recommender_is_served_and_why(lake: Lake) -> None:
+    row = _model_row("itemknn-20261120-ab", "published", T0)
+    row["algorithm"] = "itemknn"
+    row["params"] = {"recommender": "itemknn", "neighbours": 100}
+    row["metrics"]["selection"] = {"winner": "itemknn", "reason": "itemknn is served (NDCG 0.3)"}
+    row["status_reason"] = "itemknn is served (NDCG 0.3); no published model re-scored"
+    upsert_model(lake, row)
+    served = model_lineage(lake, "itemknn-20261120-ab")["served"]
+    assert served == {
+        "recommender": "itemknn",
+        "status": "published",
+        "why": "itemknn is served (NDCG 0.3); no published model re-scored",
+        "chosen_because": "itemknn is served (NDCG 0.3)",
+    }
 
 
 def test_git_commit_prefers_the_env_var_then_git_then_unknown(
