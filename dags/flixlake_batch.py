@@ -1,7 +1,7 @@
 """The flixlake batch layer on a schedule: one spark-submit job per step, in pipeline order.
 
-compact_silver -> quality_gate -> train_model -> evaluate_model -> register_model ->
-publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date <day>``. Every job is
+compact_silver -> quality_gate -> detect_attacks -> train_model -> evaluate_model ->
+register_model -> publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date <day>``. Every job is
 idempotent for its run date, so Airflow retries and manual reruns are safe; a failed gate
 (exit code 3) fails its task and nothing downstream runs.
 

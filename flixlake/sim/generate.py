@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from flixlake.contract.attack_labels import LABELS_FILE, write_labels
 from flixlake.contract.logformat import RejectReason, format_rate, format_reco, format_watch
+from flixlake.sim.attacks import (
+    AttackEvents,
+    AttackSpec,
+    attack_events,
+    history_offsets,
+    labels_for,
+    plan_attacks,
+)
 from flixlake.sim.world import GENDERS, OCCUPATIONS, MovieChooser, SeenPairs, World
 
 DEFAULT_END = dt.date(2026, 11, 22)  # last day of the history unless told otherwise
@@ -235,6 +244,29 @@ def _events_from_visits(
         reco_movies=reco_movies.astype(np.int32),
         reco_ms=reco_ms.astype(np.int32),
         reco_server=reco_server.astype(np.int8),
+    )
+
+
+def with_attack_events(events: DayEvents, extra: AttackEvents) -> DayEvents:
+    """The day's events plus injected attack events, in time order (attack lists cut to width)."""
+    if len(extra) == 0:
+        return events
+    width = events.reco_movies.shape[1]
+    is_reco = extra.kind == RECO
+    value = np.where(is_reco, extra.value + events.reco_movies.shape[0], extra.value)
+    second = np.concatenate([events.second, extra.second.astype(np.int32)])
+    user = np.concatenate([events.user, extra.user.astype(np.int32)])
+    order = np.lexsort((user, second))
+    servers = np.zeros(extra.reco_ms.size, np.int8)  # attack requests reach the first server
+    return DayEvents(
+        second=second[order],
+        user=user[order],
+        kind=np.concatenate([events.kind, extra.kind])[order],
+        movie=np.concatenate([events.movie, extra.movie])[order],
+        value=np.concatenate([events.value, value.astype(np.int32)])[order],
+        reco_movies=np.concatenate([events.reco_movies, extra.reco_movies[:, :width]]),
+        reco_ms=np.concatenate([events.reco_ms, extra.reco_ms]),
+        reco_server=np.concatenate([events.reco_server, servers]),
     )
 
 
@@ -451,12 +483,15 @@ def generate_history(
     *,
     end: dt.date | None = None,
     mean_activity: float = 0.3,
+    attacks: Sequence[AttackSpec] = (),
 ) -> dict[str, Any]:
     """Write ``days`` days of synthetic MLiP logs plus metadata to ``out``; returns a summary.
 
     The history ends on ``end`` (default 2026-11-22, so the demo's run date is predictable),
     or starts on ``start`` when that is given instead. ``progress`` gets the lines written.
     ``mean_activity`` is the average visits per user and day (lower it for 1M-user histories).
+    ``attacks`` (:mod:`flixlake.sim.attacks`) are merged into the days' logs, their labels
+    written to ``attack_labels.json`` beside them.
     """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
@@ -471,6 +506,17 @@ def generate_history(
     world = World.build(n_users, n_movies, seed, mean_activity=mean_activity)
     calendar = plan_calendar(world, first_date, days, seed)
     write_metadata(out, world, calendar)
+    planned = plan_attacks(
+        world, attacks, seed, world.n_users + 1, available=calendar.release_day == 0
+    )
+    offsets = history_offsets(planned, days)
+    injected = attack_events(world, planned, offsets, seed).between(0, days * DAY_SECONDS)
+    labels_path = out / LABELS_FILE
+    if planned:
+        midnight = dt.datetime.combine(first_date, dt.time.min)
+        write_labels(labels_path, labels_for(world, planned, injected, midnight))
+    else:
+        labels_path.unlink(missing_ok=True)  # no stale labels for a history without attacks
 
     seen = SeenPairs(world.n_movies)
     counts = {"watch": 0, "rate": 0, "reco": 0}
@@ -485,10 +531,13 @@ def generate_history(
         events = simulate_day(
             world, calendar, day, chooser, seen, np.random.default_rng([seed, 2, day])
         )
+        events = with_attack_events(
+            events, injected.between(day * DAY_SECONDS, (day + 1) * DAY_SECONDS)
+        )
         counts["watch"] += events.count(WATCH)
         counts["rate"] += events.count(RATE)
         counts["reco"] += events.count(RECO)
-        active[events.user] = True
+        active[events.user[events.user < world.n_users]] = True
         blocks = _day_blocks(
             events,
             date,
@@ -522,4 +571,15 @@ def generate_history(
         "new_users": int(np.count_nonzero(calendar.join_day > 0)),
         "new_movies": int(np.count_nonzero(calendar.release_day > 0)),
         "lines": {**counts, "bad": bad_counts, "bad_total": n_bad, "total": written},
+        "attacks": [
+            {
+                "attack_id": a.attack_id,
+                "kind": a.spec.kind,
+                "target": world.movie_ids[a.target] if a.target >= 0 else None,
+                "accounts": int(a.accounts.size),
+            }
+            for a in planned
+        ],
+        "attack_lines": len(injected),
+        "attack_labels": str(labels_path) if planned else None,
     }
