@@ -424,3 +424,62 @@ def history_offsets(planned: Sequence[PlannedAttack], days: int) -> list[float]:
             )
         out.append(day * 86_400.0 + attack.spec.hour * 3600.0)
     return out
+
+
+# -- live -----------------------------------------------------------------------------------------
+class LiveAttacks:
+    """Attack lines of a live simulation, released as their wall-clock time comes.
+
+    Campaigns start ``after`` simulated minutes after ``start`` (an epoch time); with
+    ``minute_seconds`` < 60 the whole script is compressed like the simulator's visits. Flood
+    requests are handed to the caller as account ids (to ask the service), other events as
+    rendered MLiP lines. Attacker ids lie above ``n_users + SIM_ACCOUNT_OFFSET``.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        specs: Sequence[AttackSpec],
+        seed: int,
+        start: float,
+        minute_seconds: float = 60.0,
+    ) -> None:
+        self.world = world
+        self.start = start
+        self.planned = plan_attacks(world, specs, seed, world.n_users + SIM_ACCOUNT_OFFSET + 1)
+        scale = minute_seconds / 60.0
+        offsets = [a.spec.after * minute_seconds for a in self.planned]
+        self.events = attack_events(world, self.planned, offsets, seed, time_scale=scale)
+        self._next = 0
+
+    def labels(self) -> AttackLabels:
+        """The side-file labels, with times in UTC wall-clock time."""
+        reference = dt.datetime.fromtimestamp(self.start, dt.UTC).replace(tzinfo=None)
+        return labels_for(self.world, self.planned, self.events, reference)
+
+    def next_due(self) -> float | None:
+        """Epoch time of the next attack event (None when the campaigns are over)."""
+        if self._next >= len(self.events):
+            return None
+        return self.start + float(self.events.second[self._next])
+
+    def due(self, now: float, limit: int) -> list[tuple[float, int, int, int, int]]:
+        """Up to ``limit`` events due by ``now``: ``(time, user id, kind, movie, value)``."""
+        out: list[tuple[float, int, int, int, int]] = []
+        events = self.events
+        while self._next < len(events) and len(out) < limit:
+            when = self.start + float(events.second[self._next])
+            if when > now:
+                break
+            i = self._next
+            out.append(
+                (
+                    when,
+                    int(events.user[i]) + 1,
+                    int(events.kind[i]),
+                    int(events.movie[i]),
+                    int(events.value[i]),
+                )
+            )
+            self._next += 1
+        return out
