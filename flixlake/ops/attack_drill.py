@@ -58,12 +58,14 @@ def run_attack_drill(
     audience: int = 5_000,
     k: int = 20,
     end: dt.date = dt.date(2026, 11, 22),
+    models: tuple[bool, ...] = (False, True),
 ) -> dict[str, Any]:
     """Run one drill under ``home``; returns detection figures and target exposures.
 
     ``targets`` adds movies whose exposure is measured too (e.g. the targets of an attacked
     history, measured in a clean one). ``audience``: at most this many genuine users (ids up to
-    ``users``, the same ones each run) get top-``k`` lists.
+    ``users``, the same ones each run) get top-``k`` lists. ``models`` says which models to
+    train and measure: without the exclusion (False), with it (True), or none (``()``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -91,6 +93,15 @@ def run_attack_drill(
     report["by_rule"] = _rule_precision(labels, suspects)
 
     movie_ids = [t.target_movie for t in labels.attacks if t.target_movie] + list(targets)
+    result: dict[str, Any] = {
+        "detect": {k: detect[k] for k in ("scored_accounts", "suspected", "by_kind", "bursts")},
+        "detection": report,
+        "exposure": {},
+        "labels": labels,
+        "timings": timings,  # seconds
+    }
+    if not models:
+        return result
     compact_versions = _compact_versions(settings, end)
     movie_index = {
         r["movie_id"]: int(r["movie_idx"])
@@ -103,8 +114,8 @@ def run_attack_drill(
     audience_ids = _audience(watch_sessions, users, audience, seed)
     seen = seen_by_user(watch_sessions, ratings, audience_ids)
 
-    exposure: dict[str, dict[str, Any]] = {}
-    for mitigated in (False, True):
+    exposure: dict[str, dict[str, Any]] = result["exposure"]
+    for mitigated in models:
         t0 = time.perf_counter()
         trained = load_settings(
             env,
@@ -123,13 +134,7 @@ def run_attack_drill(
     for attack in labels.attacks:
         if attack.target_movie in exposure:
             exposure[attack.target_movie]["attack"] = attack.attack_id
-    return {
-        "detect": {k: detect[k] for k in ("scored_accounts", "suspected", "by_kind", "bursts")},
-        "detection": report,
-        "exposure": exposure,
-        "labels": labels,
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-    }
+    return result
 
 
 def _compact_versions(settings: Settings, run_date: dt.date) -> dict[str, int]:

@@ -151,5 +151,3 @@ def test_target_exposure_share_and_mean_rank() -> None:
         "mean_rank": 1.5,
     }
     assert target_exposure(lists, 3, k=2)["containing"] == 0  # beyond the top k
-
-
