@@ -142,8 +142,12 @@ def profiles_and_bursts(
         accounts,
         activity,
         rating_deviation_df(ratings),
-        degree_of_similarity_df(
-            ratings, accounts, config.neighbours, config.max_raters_per_group, config.seed
+        degree_of_similarity_df(  # over the lookback's ratings: bounds the self-join
+            ratings.where(F.col("rated_at") >= F.lit(since)),
+            accounts,
+            config.neighbours,
+            config.max_raters_per_group,
+            config.seed,
         ),
         burst_accounts_df(ratings, activity, bursts, new_seconds),
         request_peaks_df(requests, since),

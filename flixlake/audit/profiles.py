@@ -9,7 +9,8 @@ detection in collaborative recommender systems"), adapted to implicit feedback:
   rarely rated movies up); ``mean_deviation`` is the plain mean of ``|r - movie mean|``;
 * ``extreme_share`` — share of the account's ratings that are 1 or 5 stars;
 * ``degsim`` — degree of similarity: the mean of the account's ``k`` highest similarities to
-  other accounts, a similarity being shared (movie, stars) pairs over ``sqrt(n_u * n_v)``;
+  other accounts, a similarity being shared (movie, stars) pairs over ``sqrt(n_u * n_v)``
+  (the detect step computes it over the lookback's ratings);
 * ``ratings_per_active_hour`` — volume against the time between first and last event;
   ``account_age_days`` at the run date;
 * ``burst_ratings`` — ratings the account gave, as a new account, inside a *rating burst*:

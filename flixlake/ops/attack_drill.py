@@ -59,6 +59,7 @@ def run_attack_drill(
     k: int = 20,
     end: dt.date = dt.date(2026, 11, 22),
     models: tuple[bool, ...] = (False, True),
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one drill under ``home``; returns detection figures and target exposures.
 
@@ -66,12 +67,13 @@ def run_attack_drill(
     history, measured in a clean one). ``audience``: at most this many genuine users (ids up to
     ``users``, the same ones each run) get top-``k`` lists. ``models`` says which models to
     train and measure: without the exclusion (False), with it (True), or none (``()``).
+    ``overrides`` are merged over the ``env`` config (e.g. a smaller ALS grid for a test).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = home / "data"
     generate_history(data, users, movies, days, seed, end=end, attacks=attacks, mean_activity=0.3)
-    settings = load_settings(env, home=home)
+    settings = load_settings(env, home=home, overrides=overrides)
     lake = Lake(settings.lake_root)
     ingest_paths(lake, [data])
     timings["generate_ingest_s"] = time.perf_counter() - t0
@@ -117,11 +119,8 @@ def run_attack_drill(
     exposure: dict[str, dict[str, Any]] = result["exposure"]
     for mitigated in models:
         t0 = time.perf_counter()
-        trained = load_settings(
-            env,
-            home=home,
-            overrides={"attacks": {"mitigation": {"exclude_from_training": mitigated}}},
-        )
+        mitigation = {"attacks": {"mitigation": {"exclude_from_training": mitigated}}}
+        trained = load_settings(env, home=home, overrides=_merged(overrides or {}, mitigation))
         train = run_train(spark, lake, trained, end)
         lists = model_top_lists(spark, train["factors"]["final"], audience_ids, seen, k)
         label = "mitigated" if mitigated else "unmitigated"
@@ -135,6 +134,17 @@ def run_attack_drill(
         if attack.target_movie in exposure:
             exposure[attack.target_movie]["attack"] = attack.attack_id
     return result
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` merged into ``base`` key by key (nested mappings merged, not replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _compact_versions(settings: Settings, run_date: dt.date) -> dict[str, int]:

@@ -23,7 +23,19 @@ from flixlake.sim.attacks import parse_attack
 pytestmark = pytest.mark.integration
 
 END = dt.date(2026, 11, 22)
-ATTACKS = ["push:accounts=25", "bandwagon:accounts=25,filler=8", "flood:accounts=2,requests=300"]
+# three days before the end: inside the training window of the eval model, which is the final
+# model here (no refit) -- one small ALS fit per training keeps the test quick
+ATTACKS = [
+    "push:accounts=20,day=3",
+    "bandwagon:accounts=20,filler=6,day=3",
+    "flood:accounts=2,requests=200,day=3",
+]
+QUICK_ALS = {
+    "batch": {
+        "refit_on_full_history": False,
+        "als": {"grid": [{"rank": 8, "reg_param": 0.1, "alpha": 10.0}]},
+    }
+}
 
 
 def test_attacks_are_detected_excluded_and_lose_their_lift(
@@ -32,12 +44,13 @@ def test_attacks_are_detected_excluded_and_lose_their_lift(
     drill = run_attack_drill(
         spark,
         tmp_path,
-        users=1000,
-        movies=250,
-        days=14,
+        users=600,
+        movies=150,
+        days=10,
         seed=3,
         attacks=[parse_attack(a) for a in ATTACKS],
         end=END,
+        overrides=QUICK_ALS,
     )
     detection = drill["detection"]
     for kind in ("push", "bandwagon", "flood"):
@@ -45,7 +58,7 @@ def test_attacks_are_detected_excluded_and_lose_their_lift(
     assert detection["precision"] >= 0.9, detection
 
     # the suspects are what training left out, and the model's row says so
-    settings = load_settings("test", home=tmp_path)
+    settings = load_settings("test", home=tmp_path, overrides=QUICK_ALS)
     train = runs.read_manifest(settings, END, "train")
     screening = train["params"]["screening"]
     assert screening["screened"] is True
