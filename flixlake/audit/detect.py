@@ -21,7 +21,11 @@ Manifest "detect"::
 
     {"run_date", "passed", "input_versions", "scored_accounts", "suspected", "by_kind",
      "excluded", "bursts": [{"movie_id", "stars", "window", "new_accounts", "raters", "start"}],
-     "table_version", "thresholds", "timings"}
+     "table_version", "thresholds", "mitigation", "timings"}
+
+A rerun with the same inputs and settings while ``suspected_accounts`` is still at the version it
+wrote returns that summary and writes nothing (like compaction), so reruns are cheap and a
+retrained model keeps its version.
 """
 
 from __future__ import annotations
@@ -301,6 +305,12 @@ def run_detect(
     mitigation = settings.attacks.mitigation
     compact = runs.read_manifest(settings, run_date, "compact")
     versions = pinned_versions(compact)
+    previous = unchanged_detection(lake, settings, run_date, versions)
+    if previous is not None:
+        log.info("detect %s: inputs, settings and suspected_accounts unchanged", run_date)
+        if not previous["passed"]:
+            raise GateFailedError(_refusal(previous, mitigation.max_excluded_fraction, run_date))
+        return previous
     profiles_df, bursts_df, cached = profiles_and_bursts(spark, lake, versions, config, run_date)
     profiles = profiles_df.orderBy("user_id").toArrow()
     bursts = bursts_df.toArrow()
@@ -337,6 +347,7 @@ def run_detect(
         "bursts": burst_summary(bursts, movie_ids),
         "table_version": lake.version(SUSPECTED_ACCOUNTS.name),
         "thresholds": config.model_dump(mode="json"),
+        "mitigation": mitigation.model_dump(mode="json"),
         "timings": {
             "profiles_s": round(t_profiles, 3),
             "total_s": round(time.perf_counter() - started, 3),
@@ -345,13 +356,40 @@ def run_detect(
     runs.write_manifest(settings, run_date, "detect", summary)
     log.info("detect %s: %d of %d accounts suspected %s", run_date, len(suspects), scored, by_kind)
     if not passed:
-        raise GateFailedError(
-            f"detect: {len(suspects)} of {scored} scored accounts suspected ({fraction:.1%}) > "
-            f"attacks.mitigation.max_excluded_fraction {mitigation.max_excluded_fraction:.1%}; "
-            "refusing to train on this data: inspect suspected_accounts for "
-            f"run_date {run_date}"
-        )
+        raise GateFailedError(_refusal(summary, mitigation.max_excluded_fraction, run_date))
     return summary
+
+
+def _refusal(summary: dict[str, Any], max_fraction: float, run_date: dt.date) -> str:
+    return (
+        f"detect: {summary['suspected']} of {summary['scored_accounts']} scored accounts "
+        f"suspected ({summary['suspected_fraction']:.1%}) > "
+        f"attacks.mitigation.max_excluded_fraction {max_fraction:.1%}; refusing to train on "
+        f"this data: inspect suspected_accounts for run_date {run_date}"
+    )
+
+
+def unchanged_detection(
+    lake: Lake, settings: Settings, run_date: dt.date, versions: dict[str, int]
+) -> dict[str, Any] | None:
+    """This run date's last detect summary if its inputs, settings and output are unchanged.
+
+    A rerun then writes nothing, so ``suspected_accounts`` keeps its version and a retrained
+    model gets the same version as before (training pins the table's version).
+    """
+    try:
+        previous = runs.read_manifest(settings, run_date, "detect")
+    except runs.MissingStepError:
+        return None
+    attacks = settings.attacks
+    same = (
+        previous.get("input_versions") == versions
+        and previous.get("thresholds") == attacks.detection.model_dump(mode="json")
+        and previous.get("mitigation") == attacks.mitigation.model_dump(mode="json")
+        and previous.get("table_version") is not None
+        and previous.get("table_version") == lake.version(SUSPECTED_ACCOUNTS.name)
+    )
+    return previous if same else None
 
 
 def burst_summary(bursts: pa.Table, movie_ids: dict[int, str]) -> list[dict[str, Any]]:

@@ -32,6 +32,10 @@ line, ``out_of_order`` back-dates a good line by 2-30 minutes, ``burst`` makes a
 the rate, ``unknown`` adds a line from a user or for a movie outside the world, ``poison`` adds a
 new account rating the campaign's target movie 5. Each fault message carries a Kafka header
 ``fault=<kind>`` (consumers ignore headers; tests and evaluations can use them).
+
+``attacks`` (:mod:`flixlake.sim.attacks`, ``--attack push:after=5``) run labelled campaigns
+beside the users: their lines are plain MLiP lines without a header, a flood's requests go to
+``serve_url`` (429 answers are counted), and the labels go to a side file.
 """
 
 from __future__ import annotations

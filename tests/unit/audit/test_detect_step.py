@@ -126,6 +126,15 @@ def test_the_burst_and_the_flood_are_suspected_and_nobody_else(
     assert runs.read_manifest(detected[0], D, "detect")["table_version"] == summary["table_version"]
 
 
+def test_a_rerun_with_nothing_changed_writes_nothing(
+    spark: SparkSession, detected: tuple[Settings, Lake, dict[str, Any]]
+) -> None:
+    settings, lake, summary = detected
+    version = lake.version("suspected_accounts")
+    assert run_detect(spark, lake, settings, D) == summary
+    assert lake.version("suspected_accounts") == version
+
+
 def test_a_rerun_replaces_the_rows_and_too_many_suspects_fail_the_step(
     spark: SparkSession, detected: tuple[Settings, Lake, dict[str, Any]]
 ) -> None:
