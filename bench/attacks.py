@@ -41,9 +41,14 @@ from flixlake.ops.attack_drill import run_attack_drill
 from flixlake.ops.spark import build_spark_session
 from flixlake.sim.attacks import parse_attack
 
-ALS = {
+ALS = {  # one fit per model: the grid's one point, no search beyond it, no time budget cut
     "batch": {
-        "als": {"max_iter": 10, "grid": [{"rank": 16, "reg_param": 0.05, "alpha": 10.0}]},
+        "als": {
+            "max_iter": 10,
+            "grid": [{"rank": 16, "reg_param": 0.05, "alpha": 10.0}],
+            "search": {"trials": 1},
+            "fit_budget_seconds": 3600,
+        },
     }
 }
 SCENARIOS: dict[str, list[str]] = {

@@ -401,7 +401,6 @@ def run_service(
     env_name = "bench_telemetry" if telemetry else "bench_plain"
     lines = [
         "serving:",
-        "  startup_wait_seconds: 120",
         "  telemetry:",
         f"    enabled: {'true' if telemetry else 'false'}",
     ]
@@ -447,8 +446,7 @@ def run_swap(home: Path, conf: Path, args: argparse.Namespace, script: Path, wor
     view in the background and swaps; every request must still succeed, and fast."""
     result = Result("flixlake during a swap")
     (conf / "bench_swap.yaml").write_text(
-        "serving:\n  startup_wait_seconds: 120\n  model_poll_seconds: 1\n"
-        "  telemetry:\n    enabled: false\n"
+        "serving:\n  model_poll_seconds: 1\n  telemetry:\n    enabled: false\n"
     )
     port = free_port()
     env = {**os.environ, "FLIXLAKE_CONF_DIR": str(conf), "PYTHONPATH": str(PROJECT_ROOT)}
@@ -590,7 +588,7 @@ def main() -> int:
         script.write_text(WRK_SCRIPT.format(span=int(args.users * 1.1)))  # 10 % unknown users
 
         broker = start_broker(free_port(), log_path=work / "tansu.log")
-        for topic in ("movielog", "served_recommendations"):
+        for topic in ("movielog", "served_recommendations", "service_requests"):
             create_topic(broker.bootstrap, topic, partitions=2)
         results = []
         if "telemetry" in args.scenarios:

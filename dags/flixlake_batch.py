@@ -34,6 +34,7 @@ from flixlake.ops.dag_tasks import (
     RUN_DATE_TEMPLATE,
     TIMEZONE,
     default_args,
+    push_dag_run,
     spark_submit_command,
     task_env,
 )
@@ -53,6 +54,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings.airflow),
+    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
+    on_failure_callback=push_dag_run,
     dagrun_timeout=dt.timedelta(hours=6),
     tags=["flixlake", "batch", "spark"],
     doc_md=__doc__,

@@ -27,6 +27,7 @@ from flixlake.ops.dag_tasks import (
     TIMEZONE,
     UNTIL_TEMPLATE,
     default_args,
+    push_dag_run,
     spark_submit_command,
     task_env,
 )
@@ -44,6 +45,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=default_args(settings.airflow),
+    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
+    on_failure_callback=push_dag_run,
     dagrun_timeout=dt.timedelta(hours=1),
     tags=["flixlake", "online", "spark"],
     doc_md=__doc__,

@@ -41,3 +41,16 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:  
     session = build_spark_session(session_settings, app_name="flixlake-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> None:
+    """Prometheus, promtool, Alertmanager and the Pushgateway: installed, or a failure that says
+    how (never a skip: .ci/run installs them)."""
+    import shutil
+
+    from flixlake.ops.monitoring_stack import INSTALL_HINT, missing_binaries
+
+    missing = missing_binaries() + [b for b in ("promtool", "amtool") if not shutil.which(b)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: run `{INSTALL_HINT}` (Debian packages)")

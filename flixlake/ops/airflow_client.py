@@ -22,6 +22,7 @@ from flixlake.ops.terminal import clock, print_batch_summary
 
 BATCH_DAG = "flixlake_batch"
 AIRFLOW_USER = "admin"  # the simple auth manager's default user (core.simple_auth_manager_users)
+GET_ATTEMPTS = 5  # Airflow's API server (one worker) can take > 10 s to answer on a busy machine
 
 
 class AirflowError(RuntimeError):
@@ -54,9 +55,19 @@ class AirflowApi:
                     f"Airflow refused a token for {self.username!r}: {answer[:300]!r}"
                 )
             self._token = json.loads(answer)["access_token"]
-        status, answer, _ = http_request(
-            method, f"{self.base_url}/api/v2/{path}", body, self._token
-        )
+        for attempt in range(GET_ATTEMPTS if method == "GET" else 1):
+            try:
+                status, answer, _ = http_request(
+                    method, f"{self.base_url}/api/v2/{path}", body, self._token
+                )
+                break
+            except OSError as exc:  # a busy machine: a GET is safe to repeat after a timeout
+                timed_out = isinstance(exc, TimeoutError) or isinstance(
+                    getattr(exc, "reason", None), TimeoutError
+                )
+                if not timed_out or attempt == GET_ATTEMPTS - 1 or method != "GET":
+                    raise
+                time.sleep(2.0 * (attempt + 1))
         if status >= 400:
             raise AirflowError(f"Airflow API {method} {path}: HTTP {status} {answer[:300]!r}")
         return json.loads(answer) if answer else None

@@ -17,18 +17,35 @@ Airflow calls these while it parses a DAG file, so they only read environment va
 ``FLIXLAKE_HOME`` (default ``<repo>/var``), ``FLIXLAKE_ENV`` (default ``local``),
 ``FLIXLAKE_SPARK_SUBMIT`` (default: ``spark-submit`` beside this Python, i.e. the venv's) and
 ``PYSPARK_PYTHON`` (default: this Python). No Airflow import, no Spark, no lake access.
+
+:func:`push_dag_run` is both DAGs' run callback (success and failure): it pushes the run's
+outcome and duration to the Pushgateway (``monitoring.pushgateway_url``), group
+``job=flixlake_dag, dag_id=<id>``, which the DAG-failure alert reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shlex
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flixlake.config import ENV_VAR, HOME_VAR, AirflowConfig
+from flixlake.config import (
+    ENV_VAR,
+    HOME_VAR,
+    PROJECT_ROOT,
+    AirflowConfig,
+    ConfigError,
+    load_settings,
+)
+from flixlake.monitoring.push import dag_registry, push
+
+log = logging.getLogger(__name__)
 
 SPARK_SUBMIT_VAR = "FLIXLAKE_SPARK_SUBMIT"
 TIMEZONE = "UTC"  # log times are UTC, so days and hours of the schedules are too
@@ -72,3 +89,26 @@ def default_args(airflow: AirflowConfig) -> dict[str, Any]:
         "retries": airflow.retries,
         "retry_delay": dt.timedelta(minutes=airflow.retry_delay_minutes),
     }
+
+
+def push_dag_run(context: Mapping[str, Any]) -> None:
+    """A DAG run ended (Airflow's ``on_success_callback``/``on_failure_callback``): push it."""
+    dag_run = context.get("dag_run")
+    if dag_run is None:
+        return
+    ok = str(getattr(dag_run, "state", "")).lower().endswith("success")
+    started, ended = getattr(dag_run, "start_date", None), getattr(dag_run, "end_date", None)
+    finished = ended.timestamp() if ended is not None else time.time()
+    seconds = finished - started.timestamp() if started is not None else None
+    env = task_env(PROJECT_ROOT)
+    try:
+        settings = load_settings(env[ENV_VAR], home=env[HOME_VAR])
+    except ConfigError as exc:
+        log.warning("DAG run metrics not pushed: %s", exc)
+        return
+    push(
+        settings.monitoring,
+        "flixlake_dag",
+        {"dag_id": str(getattr(dag_run, "dag_id", "unknown"))},
+        dag_registry(str(getattr(dag_run, "dag_id", "")), ok, seconds, finished),
+    )

@@ -3,10 +3,17 @@
 1. a small synthetic history, generated once and ingested into bronze exactly once;
 2. the broker (``flixlake broker``) with the log topic and the served-recommendations topic;
 3. the speed layer (``spark-submit streaming/speed_layer.py``);
-4. ``airflow standalone`` with this repository's ``dags/``, which runs ``flixlake_batch`` once
-   for the history's last day (triggered and followed through Airflow's REST API);
-5. the service (``flixlake serve``), with a sample answer;
-6. the simulator (``flixlake simulate``) asking the service, for users the history knows;
+4. monitoring, when Debian's ``prometheus``, ``prometheus-alertmanager`` and
+   ``prometheus-pushgateway`` are installed: the Pushgateway, Alertmanager, Prometheus (from
+   ``monitoring/``), ``flixlake monitor`` (availability from the log, model staleness, online
+   quality) and ``flixlake alert-receiver`` (the person on call: alerts land in
+   ``$FLIXLAKE_HOME/monitoring/alerts.jsonl``);
+5. the service (``flixlake serve``), answering with fallbacks from the catalog at once;
+6. ``airflow standalone`` with this repository's ``dags/``, which runs ``flixlake_batch`` once
+   for the history's last day (triggered and followed through Airflow's REST API); the service
+   swaps the new model in, and a sample answer is shown;
+7. the simulator (``flixlake simulate``) asking the service, for users the history knows, and
+   logging each call as the course's infrastructure does;
 
 then one status line every few seconds until Ctrl-C (or ``run_seconds``), which stops them all,
 the last started first (:mod:`flixlake.ops.supervise`). Each child logs to
@@ -53,7 +60,14 @@ from flixlake.ops.airflow_client import (
     airflow_healthy,
     run_batch_dag,
 )
-from flixlake.ops.http import get_json
+from flixlake.ops.http import get_json, http_request
+from flixlake.ops.monitoring_stack import (
+    DEMO_INTERVALS,
+    INSTALL_HINT,
+    StackPorts,
+    missing_binaries,
+    start_stack,
+)
 from flixlake.ops.spark import build_spark_session
 from flixlake.ops.supervise import Child, ChildFailedError, Stopped, Supervisor, port_free
 from flixlake.ops.terminal import LiveStatus, clock, print_batch_summary, print_sample_answer
@@ -220,15 +234,20 @@ class LiveDemo:
         self.bin_dir = Path(sys.executable).parent  # the venv's: flixlake, airflow, spark-submit
         self.env = _child_env(settings, self.bin_dir)
         self.bootstrap = settings.kafka.bootstrap_servers  # the same for every child
-        self.topics = [settings.kafka.topic, settings.serving.telemetry.served_topic]
+        telemetry = settings.serving.telemetry
+        self.topics = list(
+            dict.fromkeys([settings.kafka.topic, telemetry.served_topic, telemetry.log_topic])
+        )
         # the broker forgets its topics when it stops: offsets of an earlier broker mean nothing
         stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
         self.query = f"{settings.streaming.query_name}_{stamp}"
         self.airflow_home = settings.home / "airflow"
         self.password_file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
-        self.airflow_url = f"http://localhost:{options.airflow_port}"
+        self.airflow_url = f"http://127.0.0.1:{options.airflow_port}"  # loopback only
         self.service_url = f"http://localhost:{options.serve_port}"
         self.started = time.monotonic()
+        self.monitoring = not missing_binaries()  # Debian's Prometheus stack is installed
+        self.prometheus_url = f"http://127.0.0.1:{settings.monitoring.prometheus_port}"
 
     def run(self) -> None:
         """Start everything, then print status lines; returns at ``run_seconds``."""
@@ -240,19 +259,33 @@ class LiveDemo:
             self.options.movies,
             self.options.days,
             self.options.seed,
-            steps=6,
+            steps=7,
         )
         run_date = _last_date(generated)
         self.phase(f"history ready for run date {run_date}")
         self.start_broker()
         stream = self.start_speed_layer()
+        self.start_monitoring()
+        service = self.start_service()
         api = self.start_airflow()
         run_batch_dag(api, self.console, self.settings, run_date, self.airflow_home)
         self.phase(f"{BATCH_DAG} done for {run_date}")
-        self.start_service()
+        self.supervisor.wait_ready(
+            service,
+            lambda: _service_loaded(self.service_url),
+            timeout=180,
+            what="serving the new batch view",
+        )
+        self.phase("the service swapped the new model in")
+        print_sample_answer(self.console, self.settings, self.service_url)
         simulator = self.start_simulator()
         metrics = f"{self.service_url}/metrics"
-        self.watch(LiveStatus(stream.log_path, simulator.log_path, metrics, self.query))
+        exporter = (
+            f"http://127.0.0.1:{self.settings.monitoring.exporter_port}/metrics"
+            if self.monitoring
+            else None
+        )
+        self.watch(LiveStatus(stream.log_path, simulator.log_path, metrics, self.query, exporter))
 
     def check_ports(self) -> None:
         """Fail before starting anything when a port is taken (likely another demo)."""
@@ -261,6 +294,15 @@ class LiveDemo:
             self.options.airflow_port: "Airflow (--airflow-port)",
             self.options.serve_port: "the service (--port or serving.port)",
         }
+        if self.monitoring:
+            m = self.settings.monitoring
+            wanted |= {
+                m.prometheus_port: "Prometheus (monitoring.prometheus_port)",
+                m.alertmanager_port: "Alertmanager (monitoring.alertmanager_port)",
+                m.pushgateway_port: "the Pushgateway (monitoring.pushgateway_port)",
+                m.exporter_port: "flixlake monitor (monitoring.exporter_port)",
+                m.receiver_port: "the alert receiver (monitoring.receiver_port)",
+            }
         taken = [f"{port} for {what}" for port, what in wanted.items() if not port_free(port)]
         if taken:
             raise PortTakenError(
@@ -273,7 +315,7 @@ class LiveDemo:
 
     def start_broker(self) -> None:
 
-        self.console.print(f"2/6 broker (flixlake broker) at {self.bootstrap}")
+        self.console.print(f"2/7 broker (flixlake broker) at {self.bootstrap}")
         broker = self.supervisor.start(
             "broker",
             [self._bin("flixlake"), "broker", "--port", str(port_of(self.bootstrap))],
@@ -288,7 +330,7 @@ class LiveDemo:
 
     def start_speed_layer(self) -> Child:
         self.console.print(
-            f"3/6 speed layer: spark-submit streaming/speed_layer.py --query-name {self.query}"
+            f"3/7 speed layer: spark-submit streaming/speed_layer.py --query-name {self.query}"
         )
         stream = self.supervisor.start(
             "speed-layer",
@@ -313,7 +355,7 @@ class LiveDemo:
     def start_airflow(self) -> AirflowApi:
         """``airflow standalone``; once healthy and showing the DAG, the API as its admin."""
         port = self.options.airflow_port
-        self.console.print(f"4/6 Airflow: airflow standalone, UI on port {port}")
+        self.console.print(f"6/7 Airflow: airflow standalone, UI on port {port}")
         airflow = self.supervisor.start(
             "airflow",
             [self._bin("airflow"), "standalone"],
@@ -328,13 +370,52 @@ class LiveDemo:
         self.supervisor.wait_ready(
             airflow, lambda: api.dag_parsed(BATCH_DAG), 300, what=f"showing {BATCH_DAG}"
         )
-        self.phase(f"Airflow UI {url}   user {AIRFLOW_USER}   password {password}")
-        self.console.print(f"      (the password is also in {self.password_file})")
+        self.phase(f"Airflow UI {url}   user {AIRFLOW_USER}")
+        self.console.print(f"      (its password is in {self.password_file}; never printed)")
         return api
 
-    def start_service(self) -> None:
+    def start_monitoring(self) -> None:
+        """The Prometheus stack, the exporter and the alert receiver (when installed)."""
+        if not self.monitoring:
+            self.console.print(
+                f"4/7 monitoring: skipped, {', '.join(missing_binaries())} not installed "
+                f"(`{INSTALL_HINT}`)"
+            )
+            return
+        m = self.settings.monitoring
+        out = self.settings.home / "monitoring"
+        self.console.print(
+            f"4/7 monitoring: Prometheus {self.prometheus_url}, Alertmanager, Pushgateway, "
+            "flixlake monitor, alert receiver"
+        )
+        receiver = self.supervisor.start(
+            "alert-receiver",
+            [self._bin("flixlake"), "alert-receiver", f"--out={out / 'alerts.jsonl'}"],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+        )
+        self.supervisor.wait_ready(receiver, lambda: _listening(m.receiver_port, "/alerts"), 60)
+        exporter = self.supervisor.start(
+            "exporter",
+            [self._bin("flixlake"), "monitor", f"--bootstrap-servers={self.bootstrap}"],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+        )
+        self.supervisor.wait_ready(exporter, lambda: _listening(m.exporter_port, "/metrics"), 60)
+        ports = StackPorts(
+            prometheus=m.prometheus_port,
+            alertmanager=m.alertmanager_port,
+            pushgateway=m.pushgateway_port,
+            service=self.options.serve_port,
+            exporter=m.exporter_port,
+            receiver=m.receiver_port,
+        )
+        start_stack(self.supervisor, out, ports, DEMO_INTERVALS)
+        self.phase(f"Prometheus {self.prometheus_url}   alerts land in {out / 'alerts.jsonl'}")
+
+    def start_service(self) -> Child:
         port = self.options.serve_port
-        self.console.print(f"5/6 service: flixlake serve --port {port}")
+        self.console.print(f"5/7 service: flixlake serve --port {port}")
         service = self.supervisor.start(
             "service",
             [self._bin("flixlake"), "serve", f"--port={port}"],
@@ -343,18 +424,18 @@ class LiveDemo:
             signal_to="child",  # uvicorn drains, then flushes and stops its telemetry shipper
         )
         self.supervisor.wait_ready(
-            service,
-            lambda: _service_loaded(self.service_url),
-            timeout=self.settings.serving.startup_wait_seconds + 120,
-            what="serving the batch view",
+            service, lambda: _listening(port, "/health/live"), timeout=60, what="listening"
         )
-        self.phase(f"service {self.service_url}/recommend/<userid>   /health   /metrics")
-        print_sample_answer(self.console, self.settings, self.service_url)
+        self.phase(
+            f"service {self.service_url}/recommend/<userid>   /health/ready   /metrics "
+            "(fallbacks until a model is published)"
+        )
+        return service
 
     def start_simulator(self) -> Child:
         options = self.options
         self.console.print(
-            f"6/6 simulator: flixlake simulate --rate {options.rate:g} "
+            f"7/7 simulator: flixlake simulate --rate {options.rate:g} "
             f"--minute-seconds {SIM_MINUTE_SECONDS:g}, asking the service"
         )
         simulator = self.supervisor.start(
@@ -389,9 +470,15 @@ class LiveDemo:
             f"  service     curl {self.service_url}/recommend/<userid>   {self.service_url}/metrics"
         )
         console.print(f"  broker      {self.bootstrap}   topics {', '.join(self.topics)}")
+        if self.monitoring:
+            console.print(
+                f"  monitoring  {self.prometheus_url}/alerts   alerts land in "
+                f"{self.settings.home / 'monitoring' / 'alerts.jsonl'}"
+            )
         console.print(f"  logs        {self.supervisor.log_dir}/<name>.log")
         until = "until Ctrl-C" if options.run_seconds is None else f"for {options.run_seconds:g}s"
-        console.print(f"  status every {STATUS_EVERY_S:g}s {until}: {LiveStatus.LEGEND}")
+        legend = LiveStatus.LEGEND + (LiveStatus.AVAILABILITY_LEGEND if self.monitoring else "")
+        console.print(f"  status every {STATUS_EVERY_S:g}s {until}: {legend}")
         watch_started = time.monotonic()
         end = None if options.run_seconds is None else watch_started + options.run_seconds
         while end is None or time.monotonic() < end:
@@ -427,7 +514,8 @@ def _child_env(settings: Settings, bin_dir: Path) -> dict[str, str]:
 
 
 def _airflow_env(env: dict[str, str], airflow_home: Path, port: int) -> dict[str, str]:
-    """``airflow standalone`` for a 2-core machine, with the repo's DAGs; only triggered runs."""
+    """``airflow standalone`` for a 2-core machine, on loopback, with the repo's DAGs; only
+    triggered runs."""
     return {
         **env,
         "AIRFLOW_HOME": str(airflow_home),
@@ -437,9 +525,10 @@ def _airflow_env(env: dict[str, str], airflow_home: Path, port: int) -> dict[str
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",  # loopback only: the demo's admin is not for the LAN
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
     }
 
 
@@ -471,6 +560,14 @@ def _ignoring_stop_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _listening(port: int, path: str) -> bool:
+    """True once 127.0.0.1:<port><path> answers 200."""
+    try:
+        return http_request("GET", f"http://127.0.0.1:{port}{path}")[0] == 200
+    except OSError:
+        return False
 
 
 def _service_loaded(service_url: str) -> bool:

@@ -3,7 +3,13 @@
 A job file only names its step function; this parses ``--run-date`` (or ``--until`` for jobs
 that evaluate up to a point in time), ``--env`` and ``--home``, loads the settings, builds the one
 SparkSession, runs the step and prints its summary as JSON.
-Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails.
+Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails,
+4 when no model could be trained (the reason in one line; the traces in the run's ``train.log``).
+
+When ``monitoring.pushgateway_url`` is set, every run that got as far as loading its settings
+pushes its outcome, duration and numeric summary (rows, model metrics) to the Pushgateway, group
+``job=flixlake_job, task=<jobs/ file name>`` (:mod:`flixlake.monitoring.push`); a job is never
+failed by that.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flixlake.batch.errors import GateFailedError
-from flixlake.config import ConfigError, load_settings
+from flixlake.batch.errors import GateFailedError, TrainingError
+from flixlake.config import ConfigError, Settings, load_settings
 from flixlake.contract.logformat import as_utc
 from flixlake.lake.runs import MissingStepError, parse_run_date
 from flixlake.lake.store import Lake, MissingTableError
+from flixlake.monitoring.push import job_registry, push
 from flixlake.ops.spark import build_spark_session
 
 StepFn = Callable[..., dict[str, Any]]
@@ -71,16 +80,47 @@ def run_job(
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spark = build_spark_session(settings, app_name=f"flixlake-{step.__name__}-{when.isoformat()}")
+    started = time.time()
+    code, summary = 1, None  # anything not caught below fails the job (and is pushed as such)
     try:
-        summary = step(spark, Lake(settings.lake_root), settings, when)
-    except GateFailedError as exc:
-        print(f"gate failed: {exc}", file=sys.stderr)
-        return 3
-    except (MissingTableError, MissingStepError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        spark = build_spark_session(
+            settings, app_name=f"flixlake-{step.__name__}-{when.isoformat()}"
+        )
+        try:
+            summary = step(spark, Lake(settings.lake_root), settings, when)
+            code = 0
+        except GateFailedError as exc:
+            print(f"gate failed: {exc}", file=sys.stderr)
+            code = 3
+        except TrainingError as exc:
+            print(f"training failed: {exc}", file=sys.stderr)
+            code = 4
+        except (MissingTableError, MissingStepError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = 2
+        finally:
+            spark.stop()
     finally:
-        spark.stop()
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    return 0
+        push_job_outcome(settings, task_name(step), code, started, summary)
+    if code == 0:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return code
+
+
+def task_name(step: StepFn) -> str:
+    """The job's name for metrics: its ``jobs/<name>.py`` file (Airflow's task id)."""
+    script = Path(sys.argv[0])
+    return script.stem if script.suffix == ".py" else step.__name__
+
+
+def push_job_outcome(
+    settings: Settings,
+    task: str,
+    code: int,
+    started: float,
+    summary: dict[str, Any] | None,
+) -> bool:
+    """Push one run's outcome to the Pushgateway (if configured); True when pushed."""
+    finished = time.time()
+    registry = job_registry(task, code == 0, finished - started, finished, code, summary)
+    return push(settings.monitoring, "flixlake_job", {"task": task}, registry)

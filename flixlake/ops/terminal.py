@@ -46,8 +46,14 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
     evaluation = summaries.get("evaluate", {})
     k = evaluation.get("k", 20)
     rows = []
-    for name in ("als", "popularity"):
-        metrics = evaluation.get(name) or {}
+    recommenders = {"als": evaluation.get("als"), **(evaluation.get("baselines") or {})}
+    if "popularity" not in recommenders:
+        recommenders["popularity"] = evaluation.get("popularity")
+    incumbent = evaluation.get("incumbent") or {}
+    if incumbent.get("scored"):
+        recommenders[f"current ({incumbent.get('model_version')})"] = incumbent
+    for name, found in recommenders.items():
+        metrics = found or {}
         rows.append(
             {
                 "recommender": name,
@@ -56,10 +62,17 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
                 "users": metrics.get("n_users"),
             }
         )
-    print_table(rows, title="offline evaluation on the held-out window")
+    print_table(rows, title="offline evaluation on the held-out window (same users)")
     publish = summaries.get("publish", {})
     train = summaries.get("train", {})
+    search = train.get("search_summary") or {}
     console.print(f"model {train.get('model_version')} params {train.get('params')}")
+    if search:
+        console.print(
+            f"search: {search.get('trials_run')} of {search.get('trials')} trials "
+            f"({search.get('failed')} failed), chosen trial {search.get('chosen_trial')}: "
+            f"{search.get('chosen')}"
+        )
     console.print(f"published: {publish.get('published')}  {publish.get('reason', '')}")
 
 
@@ -106,8 +119,17 @@ class LiveStatus:
     latency, served answers landed in the lake."""
 
     LEGEND = "lines sent │ events the speed layer landed │ service answers │ answers landed"
+    AVAILABILITY_LEGEND = " │ availability of the last whole minute, from the log"
 
-    def __init__(self, stream_log: Path, simulator_log: Path, metrics_url: str, query: str) -> None:
+    def __init__(
+        self,
+        stream_log: Path,
+        simulator_log: Path,
+        metrics_url: str,
+        query: str,
+        exporter_url: str | None = None,
+    ) -> None:
+        self.exporter_url = exporter_url  # flixlake monitor's /metrics, when it runs
         self.stream_log = stream_log
         self.simulator_log = simulator_log
         self.metrics_url = metrics_url
@@ -123,10 +145,31 @@ class LiveStatus:
         sent = _last_match(_SENT_LINE, log_tail(self.simulator_log))
         simulator = f"sent {sent['sent']} ({sent['rate']}/s)" if sent else "sent 0"
         quarantined = f" ({self.rejected:,} quarantined)" if self.rejected else ""
+        availability = f" │ {self._availability()}" if self.exporter_url else ""
         return (
             f"{simulator} │ bronze +{self.events:,}{quarantined}, lag {self.lag} │ "
-            f"{self._service()} │ served +{self.served_landed:,}"
+            f"{self._service()} │ served +{self.served_landed:,}{availability}"
         )
+
+    def _availability(self) -> str:
+        """``availability 99.2% of 118`` for the last whole minute the exporter has seen."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.exporter_url is not None
+        try:
+            status, body, _ = http_request("GET", self.exporter_url)
+        except (OSError, HTTPException):
+            return "availability: exporter not answering"
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name.startswith("flixlake_availability_minute")
+        }
+        ratio = values.get("flixlake_availability_minute_ratio", -1.0)
+        if status != 200 or ratio < 0:
+            return "availability -"
+        return f"availability {ratio:.1%} of {values.get('flixlake_availability_minute_requests', 0):,.0f}"
 
     def _read_stream_log(self) -> None:
         """Add up the batch lines the speed layer printed since the last call."""

@@ -7,16 +7,28 @@ views, load new batch views and ship telemetry (see :mod:`flixlake.serving.recom
 :mod:`flixlake.serving.telemetry`).
 
 Endpoints: ``/recommend/<userid>`` (text/plain; headers ``X-Request-Id``, ``X-Model-Version``,
-``X-Variant``, ``X-Recommendation-Source``), ``/health`` (JSON), ``/metrics`` (Prometheus).
+``X-Variant``, ``X-Recommendation-Source``), ``/health/live`` (the process answers),
+``/health/ready`` (503 until a batch view is loaded for every variant and the speed views are
+read), ``/health`` (JSON summary), ``/metrics`` (Prometheus); HEAD works wherever GET does.
 Malformed requests get a one-line 4xx explanation: 400 for a missing, non-numeric, zero, negative
 or out-of-range user id (1..2147483647, as in the log contract), 404 for unknown paths or extra
-segments, 405 for methods other than GET. An account asking faster than
+segments, 405 for methods other than GET and HEAD. An account asking faster than
 ``attacks.rate_limit`` allows gets 429 with ``Retry-After`` (:mod:`flixlake.serving.ratelimit`).
+The health endpoints reveal no internals (no
+Kafka addresses, host names or error text: those go to the log).
+
+Never an empty 200: until the catalog (the ``movies`` table) is read there is nothing to
+recommend, and ``/recommend`` says 503 with ``Retry-After``; from then on every answer has movies
+(trending, then popular, then the catalog's static list while no batch view is loaded).
+
+The listening socket is bound before anything is loaded (:func:`flixlake.serving.listen.bind`,
+which ``flixlake serve`` calls before it even imports this module), so a client is never refused
+while the service starts: its connection waits in the backlog and gets a fallback answer.
 
 Run it::
 
+    flixlake serve                                   # binds, then calls run_server(...)
     python -m flixlake.serving.app --env local --home var --port 8082
-    flixlake serve                                   # the CLI calls run_server(settings, ...)
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from flixlake.config import ConfigError, Settings, load_settings
 from flixlake.contract.logformat import MAX_USER_ID
 from flixlake.experiments.routing import Experiment
 from flixlake.lake.store import Lake, lake_from_settings
+from flixlake.serving.listen import bind
 from flixlake.serving.monitoring import METRICS_CONTENT_TYPE, ServingMetrics
 from flixlake.serving.ratelimit import AccountRateLimiter
 from flixlake.serving.recommender import NO_MODEL, Answer, Recommender
@@ -60,6 +73,8 @@ _MAX_ID_DIGITS = len(str(MAX_USER_ID))
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
 _SOURCES = {s: s.encode() for s in ("batch", "batch_filtered", "batch_filled", "fallback")}
+_READ_METHODS = ("GET", "HEAD")
+_HEADER_CACHE_MAX = 64  # model versions whose header value is kept
 
 
 class BadRequest(Exception):
@@ -98,7 +113,7 @@ class RecommendationService:
         config = settings.serving
         self.config = config
         self.metrics = ServingMetrics()
-        self.catalog = MovieCatalog()
+        self.catalog = MovieCatalog(capacity=config.max_catalog_movies)
         self.recommender = Recommender(
             self.catalog,
             Experiment.from_config(config.experiment),
@@ -108,6 +123,8 @@ class RecommendationService:
         self.refresher = ViewRefresher(
             lake or lake_from_settings(settings), config, self.recommender, self.metrics
         )
+        self.metrics.ready.set_function(lambda: float(self.refresher.readiness()[0]))
+        self.metrics.catalog_movies.set_function(lambda: float(len(self.catalog)))
         telemetry = config.telemetry
         self.server_name = telemetry.server_name or f"{socket.gethostname()}:{port or config.port}"
         self.telemetry: TelemetryShipper | None = None
@@ -134,7 +151,9 @@ class RecommendationService:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> bool:
-        """Start the background threads; wait (bounded) for the first views. True when loaded."""
+        """Start the background threads; wait (at most ``startup_wait_seconds``) for the catalog
+        only: batch views load in the background while fallbacks are served. True when the
+        catalog was read in that time."""
         with self._start_lock:
             if self._started_at is not None:
                 return True
@@ -142,19 +161,16 @@ class RecommendationService:
             self.refresher.start()
             if self.telemetry is not None:
                 self.telemetry.start()
-        ready = self.refresher.wait_ready(self.config.startup_wait_seconds)
-        state = self.recommender.state
+        has_catalog = self.refresher.wait_catalog(self.config.startup_wait_seconds)
         log.info(
-            "serving %s (%s); experiment %r",
-            dict(
-                zip([v.name for v in state.experiment.variants], state.model_versions, strict=True)
-            ),
-            "views loaded" if ready else "still loading, answering with fallbacks",
-            state.experiment.name,
+            "answering from now on: catalog %s (%d movies), batch views load in the background; "
+            "experiment %r",
+            "read" if has_catalog else "not read yet",
+            len(self.catalog),
+            self.recommender.state.experiment.name,
         )
         gc.collect()
-        gc.freeze()  # the loaded objects never need scanning again: shorter GC pauses
-        return ready
+        return has_catalog
 
     def stop(self) -> None:
         self.refresher.stop()
@@ -174,6 +190,10 @@ class RecommendationService:
                     "recommend",
                     BadRequest(400, "missing user id: use GET /recommend/<userid>"),
                 )
+            elif path == "/health/live":
+                await self._ops(scope, send, "live", self._live)
+            elif path == "/health/ready":
+                await self._ops(scope, send, "ready", self._ready)
             elif path == "/health":
                 await self._ops(scope, send, "health", self._health)
             elif path == "/metrics":
@@ -185,8 +205,11 @@ class RecommendationService:
 
     async def _recommend(self, scope: Scope, send: Send, path: str) -> None:
         started = time.perf_counter()
-        if scope["method"] != "GET":
-            await self._error(send, "recommend", BadRequest(405, "method not allowed: use GET"))
+        method = scope["method"]
+        if method not in _READ_METHODS:
+            await self._error(
+                send, "recommend", BadRequest(405, "method not allowed: use GET or HEAD")
+            )
             return
         try:
             user_id = parse_user_id(path[len(RECOMMEND_PREFIX) :])
@@ -198,17 +221,33 @@ class RecommendationService:
             if wait > 0:  # a flood from this account: refused cheaply, no answer, no telemetry
                 retry = str(max(1, math.ceil(wait))).encode()
                 limited = BadRequest(429, f"too many requests for user {user_id}: retry later")
-                await self._error(send, "recommend", limited, [(b"retry-after", retry)])
+                await self._error(
+                    send,
+                    "recommend",
+                    limited,
+                    head=method == "HEAD",
+                    extra_headers=[(b"retry-after", retry)],
+                )
                 return
         request_id = f"{self._request_prefix}-{next(self._request_numbers):x}"
         try:
             answer = self.recommender.recommend(user_id)
         except Exception:
             answer = self._failed(user_id)
+        body = answer.body
+        if not body:  # nothing to recommend yet (no catalog): say so, never an empty 200
+            await self._error(
+                send,
+                "recommend",
+                BadRequest(503, "no movies to recommend yet: the catalog is still loading"),
+                head=method == "HEAD",
+            )
+            return
         model = self._header_cache.get(answer.model_version)
         if model is None:
+            if len(self._header_cache) >= _HEADER_CACHE_MAX:
+                self._header_cache.clear()
             model = self._header_cache[answer.model_version] = _header_value(answer.model_version)
-        body = answer.body
         await send(
             {
                 "type": "http.response.start",
@@ -223,6 +262,10 @@ class RecommendationService:
                 ],
             }
         )
+        if method == "HEAD":  # the same headers, no body, and no answer was given
+            await send({"type": "http.response.body", "body": b""})
+            self.metrics.requests.labels("recommend_head", "200").inc()
+            return
         await send({"type": "http.response.body", "body": body})
         elapsed = time.perf_counter() - started
         metrics = self.metrics
@@ -241,6 +284,7 @@ class RecommendationService:
                 answer.variant,
                 answer.model_version,
                 body,
+                answer.source,
             )
 
     def _failed(self, user_id: int) -> Answer:
@@ -260,31 +304,39 @@ class RecommendationService:
         send: Send,
         endpoint: str,
         exc: BadRequest,
+        head: bool = False,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         body = exc.message.encode("utf-8", "replace")
         headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
         headers.extend(extra_headers or ())
         if exc.status == 405:
-            headers.append((b"allow", b"GET"))
+            headers.append((b"allow", b"GET, HEAD"))
+        if exc.status == 503:
+            headers.append((b"retry-after", b"1"))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
         self.metrics.requests.labels(endpoint, str(exc.status)).inc()
 
     async def _ops(
-        self, scope: Scope, send: Send, endpoint: str, render: Callable[[], tuple[bytes, bytes]]
+        self,
+        scope: Scope,
+        send: Send,
+        endpoint: str,
+        render: Callable[[], tuple[int, bytes, bytes]],
     ) -> None:
-        if scope["method"] != "GET":
-            await self._error(send, endpoint, BadRequest(405, "method not allowed: use GET"))
+        if scope["method"] not in _READ_METHODS:
+            await self._error(
+                send, endpoint, BadRequest(405, "method not allowed: use GET or HEAD")
+            )
             return
         started = time.perf_counter()
-        status = 200
         try:
-            content_type, body = render()
-        except Exception as exc:  # an ops endpoint says it is broken instead of hiding it
+            status, content_type, body = render()
+        except Exception:  # an ops endpoint says it is broken; the details go to the log only
             log.exception("%s failed", endpoint)
             status, content_type = 503, _TEXT
-            body = f"{endpoint} unavailable: {type(exc).__name__}: {exc}".encode()
+            body = f"{endpoint} unavailable (see the service log)".encode()
         await send(
             {
                 "type": "http.response.start",
@@ -292,32 +344,34 @@ class RecommendationService:
                 "headers": [
                     (b"content-type", content_type),
                     (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
         self.metrics.requests.labels(endpoint, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
-    def _health(self) -> tuple[bytes, bytes]:
+    def _live(self) -> tuple[int, bytes, bytes]:
+        return 200, _TEXT, b"live"
+
+    def _ready(self) -> tuple[int, bytes, bytes]:
+        ready, reasons = self.refresher.readiness()
+        body = {"status": "ready" if ready else "not ready", "reasons": reasons}
+        return (200 if ready else 503), _JSON, json.dumps(body).encode()
+
+    def _health(self) -> tuple[int, bytes, bytes]:
         health = self.refresher.health()
-        health["server"] = self.server_name
         health["uptime_seconds"] = (
             round(time.time() - self._started_at, 1) if self._started_at else None
         )
-        if self.telemetry is not None:
-            health["telemetry"] = {
-                "enabled": True,
-                "bootstrap_servers": self.telemetry.bootstrap_servers,
-                "topics": [self.telemetry.log_topic, self.telemetry.served_topic],
-                "shipper_pid": self.telemetry.shipper_pid,
-            }
-        else:
-            health["telemetry"] = {"enabled": False}
-        return _JSON, json.dumps(health, default=str).encode()
+        health["telemetry"] = {"enabled": self.telemetry is not None}
+        return 200, _JSON, json.dumps(health, default=str).encode()
 
-    def _metrics(self) -> tuple[bytes, bytes]:
-        return METRICS_CONTENT_TYPE.encode(), self.metrics.render()
+    def _metrics(self) -> tuple[int, bytes, bytes]:
+        return 200, METRICS_CONTENT_TYPE.encode(), self.metrics.render()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -364,21 +418,32 @@ def uvicorn_config(app: RecommendationService, host: str, port: int) -> Any:
     )
 
 
-def run_server(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Serve until interrupted (what ``flixlake serve`` and ``python -m flixlake.serving.app`` call)."""
+def run_server(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until interrupted (what ``flixlake serve`` and ``python -m flixlake.serving.app`` call).
+
+    ``sock``: the listening socket, bound by the caller as early as it could; bound here first
+    thing otherwise. Either way it listens before the catalog and views are read.
+    """
     import uvicorn
 
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    if sock is None:
+        sock = bind(host, port)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
     logging.getLogger("serving").setLevel(logging.INFO)
-    host = host or settings.serving.host
-    port = port or settings.serving.port
     # a background thread that wants the GIL gets it for at most 1 ms (default 5 ms) at a time
     sys.setswitchinterval(0.001)
     app = create_app(settings, port=port)
-    uvicorn.Server(uvicorn_config(app, host, port)).run()
+    uvicorn.Server(uvicorn_config(app, host, port)).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,16 @@ class ServingMetrics:
             "Telemetry records waiting in the service's buffer.",
             registry=r,
         )
+        self.ready = Gauge(
+            "flixlake_serving_ready",
+            "1 when /health/ready says ready (batch views loaded, speed views read lately).",
+            registry=r,
+        )
+        self.catalog_movies = Gauge(
+            "flixlake_serving_catalog_movies",
+            "Movies in the service's catalog (bounded by serving.max_catalog_movies).",
+            registry=r,
+        )
         self.errors = Counter(
             "flixlake_serving_internal_errors",
             "Unexpected errors while answering (the answer fell back, never a 5xx).",

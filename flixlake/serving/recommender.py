@@ -12,8 +12,11 @@ The merge rule for a user routed to a variant (and so to one model's batch view)
    first;
 2. if fewer than ``results`` remain, or the model does not know the user (unknown or new user) or
    the variant has no batch view at all: trending movies (``speed_trending``, shortest window
-   first, by watchers), then the movies most frequent in the model's batch view — never one the
-   user has seen or one already listed.
+   first, by watchers), then the movies most frequent in the model's batch view, then the
+   catalog's static list — never one the user has seen or one already listed.
+
+Every fallback movie is a catalog movie (the ``movies`` table), so an answer is never empty once
+the catalog is read, even before any batch view has loaded; before that the service says 503.
 """
 
 from __future__ import annotations
@@ -108,17 +111,21 @@ class Recommender:
         self._variant_models: tuple[str | None, ...] = tuple(None for _ in experiment.variants)
         self._activity = EMPTY_ACTIVITY
         self._trending = np.zeros(0, np.int32)
+        self._static = np.zeros(0, np.int32)
         self.experiment = experiment
         self.state = self._compose(experiment)
 
     # -- writers (background threads) -----------------------------------------------------------
     def _compose(self, experiment: Experiment) -> ServingState:
         views = tuple(self._views.get(m) if m else None for m in self._variant_models)
-        trending = self._trending.tolist()
+        trending = self._trending[: self.fallback_candidates].tolist()
+        static = self._static[: self.fallback_candidates].tolist()
         fallbacks = []
         for view in views:
             popular = view.popular.tolist() if view is not None else []
-            candidates = tuple(dict.fromkeys(trending + popular))[: self.fallback_candidates]
+            candidates = tuple(dict.fromkeys(trending + popular + static))[
+                : self.fallback_candidates
+            ]
             body = self.catalog.join(list(candidates[: self.results]))
             fallbacks.append(Fallback(candidates, body))
         return ServingState(
@@ -149,6 +156,13 @@ class Recommender:
                 self._activity = activity
             if trending is not None:
                 self._trending = trending
+            self.state = state = self._compose(self.experiment)
+        return state
+
+    def install_catalog(self, static: np.ndarray) -> ServingState:
+        """Serve ``static`` (catalog indices) as the fallback of last resort."""
+        with self._lock:
+            self._static = static
             self.state = state = self._compose(self.experiment)
         return state
 

@@ -6,6 +6,7 @@ install it with a single reference assignment, so a request never waits for a lo
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -23,12 +24,14 @@ from flixlake.serving.recommender import NO_MODEL, Recommender
 from flixlake.serving.views import (
     ACTIVITY_VIEW,
     BATCH_VIEW,
+    MOVIES_TABLE,
     TRENDING_VIEW,
     BatchView,
     SpeedActivity,
     TableWatcher,
     activity_from_table,
     load_batch_view,
+    load_catalog,
     newest_update,
     read_view,
     trending_order,
@@ -74,14 +77,17 @@ class ViewRefresher:
         self.metrics = metrics
         self.clock = clock
         self.status: dict[str, ViewStatus] = {
+            MOVIES_TABLE: ViewStatus(),
             BATCH_VIEW: ViewStatus(),
             ACTIVITY_VIEW: ViewStatus(),
             TRENDING_VIEW: ViewStatus(),
         }
         self._watchers = {
-            name: TableWatcher(lake, name) for name in (MODELS_TABLE, ACTIVITY_VIEW, TRENDING_VIEW)
+            name: TableWatcher(lake, name)
+            for name in (MOVIES_TABLE, MODELS_TABLE, ACTIVITY_VIEW, TRENDING_VIEW)
         }
         self._stop = threading.Event()
+        self._catalog_checked = threading.Event()
         self._models_checked = threading.Event()
         self._speed_checked = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -119,6 +125,10 @@ class ViewRefresher:
             thread.join(timeout)
         self._threads.clear()
 
+    def wait_catalog(self, timeout: float) -> bool:
+        """Block until the catalog was read once (or ``timeout``); True when it was."""
+        return self._catalog_checked.wait(timeout)
+
     def wait_ready(self, timeout: float) -> bool:
         """Block until the first registry check and speed refresh finished (or ``timeout``)."""
         deadline = time.monotonic() + timeout
@@ -126,6 +136,10 @@ class ViewRefresher:
         return ok and self._speed_checked.wait(max(0.0, deadline - time.monotonic()))
 
     def _speed_loop(self) -> None:
+        # speed views are looked up in the catalog: read them once it is there
+        while not self._catalog_checked.wait(0.1):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             started = time.monotonic()
             self.refresh_speed()
@@ -136,9 +150,33 @@ class ViewRefresher:
 
     def _model_loop(self) -> None:
         while not self._stop.is_set():
+            self.refresh_catalog()
+            self._catalog_checked.set()
             self.refresh_models()
             self._models_checked.set()
             self._stop.wait(self.config.model_poll_seconds)
+
+    # -- the catalog ------------------------------------------------------------------------------
+    def refresh_catalog(self) -> None:
+        """Add new rows of the ``movies`` table; speed views are then re-read against it."""
+        before = len(self.recommender.catalog)
+        static = self._read_view(
+            MOVIES_TABLE,
+            self.clock(),
+            lambda table, _: load_catalog(self.lake, self.recommender.catalog, table),
+        )
+        if static is None:
+            return
+        self.recommender.install_catalog(static)
+        if self.recommender.catalog.refused:
+            self._degraded(
+                "catalog_full",
+                f"the catalog holds serving.max_catalog_movies="
+                f"{self.recommender.catalog.capacity} movies; newer ones are not served",
+            )
+        if len(self.recommender.catalog) > before:
+            for name in (ACTIVITY_VIEW, TRENDING_VIEW):  # ids that were unknown may be known now
+                self._watchers[name].done(None)
 
     # -- speed views ----------------------------------------------------------------------------
     def refresh_speed(self) -> None:
@@ -180,9 +218,22 @@ class ViewRefresher:
             self.lake,
             ACTIVITY_VIEW,
             table,
-            ["user_id", "watched_movies", "rated_movies", "model_version", "updated_at"],
+            [
+                "user_id",
+                "watched_movies",
+                "rated_movies",
+                "last_seen",
+                "model_version",
+                "updated_at",
+            ],
         )
-        activity = activity_from_table(data, self.recommender.catalog, version)
+        activity = activity_from_table(
+            data,
+            self.recommender.catalog,
+            version,
+            max_users=self.config.max_activity_users,
+            max_seen=self.config.max_seen_per_user,
+        )
         self.status[ACTIVITY_VIEW].newest_update = activity.newest_update
         return activity
 
@@ -194,7 +245,7 @@ class ViewRefresher:
             ["window_seconds", "movie_id", "watchers", "updated_at"],
         )
         self.status[TRENDING_VIEW].newest_update = newest_update(data)
-        return trending_order(data, self.recommender.catalog)
+        return trending_order(data, self.recommender.catalog, self.config.fallback_candidates)
 
     # -- batch views ----------------------------------------------------------------------------
     def refresh_models(self) -> None:
@@ -231,6 +282,7 @@ class ViewRefresher:
         status.last_ok = self.clock()
         if views != loaded or tuple(m if m in views else NO_MODEL for m in resolved) != wanted:
             state = self.recommender.install_views(resolved, views)
+            gc.freeze()  # the loaded objects never need scanning again: shorter GC pauses
             self.metrics.swaps.inc()
             self._publish_model_gauges()
             log.info(
@@ -314,9 +366,36 @@ class ViewRefresher:
             self._warned.discard(name)
             log.info("%s is available again", name)
 
-    # -- /health --------------------------------------------------------------------------------
+    # -- /health ----------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready to take traffic: every variant's batch view loaded and the speed views read
+        lately. The reasons say what is missing, without internals (no addresses, no errors)."""
+        now = self.clock()
+        state = self.recommender.state
+        reasons = []
+        if len(self.recommender.catalog) == 0:
+            reasons.append("no movie catalog read yet")
+        missing = [
+            v.name
+            for v, view in zip(state.experiment.variants, state.views, strict=True)
+            if not view
+        ]
+        if missing:
+            reasons.append(f"no batch view loaded for variant(s) {', '.join(missing)}")
+        limit = self.config.ready_max_view_age_seconds
+        for name in (ACTIVITY_VIEW, TRENDING_VIEW):
+            status = self.status[name]
+            if not status.available:
+                reasons.append(f"speed view {name} not read yet")
+            elif status.age(now) > limit:
+                reasons.append(
+                    f"speed view {name} not confirmed current for {status.age(now):.0f}s"
+                )
+        return not reasons, reasons
+
     def health(self) -> dict[str, Any]:
-        """Model versions, loaded users and view ages as JSON-ready data."""
+        """Model versions, loaded users and view ages as JSON-ready data (no internals: no
+        addresses, host names or error text; those go to the log)."""
         now = self.clock()
         state = self.recommender.state
         variants = {
@@ -324,34 +403,23 @@ class ViewRefresher:
             for v, m in zip(state.experiment.variants, state.model_versions, strict=True)
         }
         loaded = {
-            view.model_version: {
-                "users": view.n_users,
-                "rows": view.rows,
-                "megabytes": round(view.nbytes / 1e6, 1),
-                "load_seconds": round(view.load_seconds, 2),
-                "age_seconds": round(now - view.loaded_at, 1),
-            }
+            view.model_version: {"users": view.n_users, "age_seconds": round(now - view.loaded_at)}
             for view in state.views
             if view is not None
         }
-        views = {
-            name: {
-                "available": s.available,
-                "delta_version": s.version,
-                "age_seconds": round(s.age(now), 1),
-                "staleness_seconds": round(s.staleness(now), 1) if s.newest_update else None,
-                "error": s.error,
-            }
+        views: dict[str, dict[str, Any]] = {
+            name: {"available": s.available, "age_seconds": round(s.age(now), 1)}
             for name, s in self.status.items()
         }
-        views[BATCH_VIEW]["models_table_version"] = views[BATCH_VIEW].pop("delta_version")
-        views[BATCH_VIEW].pop("staleness_seconds")
+        for name in (ACTIVITY_VIEW, TRENDING_VIEW):
+            staleness = self.status[name].staleness(now)
+            views[name]["staleness_seconds"] = round(staleness, 1) if staleness >= 0 else None
         views[ACTIVITY_VIEW]["users"] = state.activity.n_users
-        views[ACTIVITY_VIEW]["cutoff_model"] = state.activity.cutoff_model
         views[TRENDING_VIEW]["movies"] = int(state.trending.shape[0])
-        degraded = not loaded or not all(s.available for s in self.status.values())
+        ready, reasons = self.readiness()
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "ok" if ready else "degraded",
+            "reasons": reasons,
             "experiment": state.experiment.name,
             "variants": variants,
             "batch_views": loaded,

@@ -30,13 +30,19 @@ import pyarrow.fs as pa_fs
 from deltalake import DeltaTable
 
 from flixlake.lake.store import Lake, table_dir
-from flixlake.lake.tables import BATCH_RECOMMENDATIONS, SPEED_TRENDING, SPEED_USER_ACTIVITY
+from flixlake.lake.tables import (
+    BATCH_RECOMMENDATIONS,
+    MOVIES,
+    SPEED_TRENDING,
+    SPEED_USER_ACTIVITY,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH_VIEW = BATCH_RECOMMENDATIONS.name
 ACTIVITY_VIEW = SPEED_USER_ACTIVITY.name
 TRENDING_VIEW = SPEED_TRENDING.name
+MOVIES_TABLE = MOVIES.name
 _INT16_MAX = np.iinfo(np.int16).max
 _SCAN_ROWS = 1 << 16  # rows per scanned batch while loading (bigger: +55 MB peak)
 _READAHEAD = 1  # batches decoded ahead (pyarrow's default, 16 x 4 files, costs ~1 GB here)
@@ -46,26 +52,35 @@ _CHUNK_ROWS = 1 << 16  # users per normalisation step (keeps each GIL hold short
 class MovieCatalog:
     """Append-only movie-id table shared by all views: index -> id (``str`` and UTF-8 bytes).
 
+    Only the lake's catalog (the ``movies`` table) and published batch views add movies, and at
+    most ``capacity``: what the stream feeds (speed views) is looked up, never added, so a flood
+    of made-up movie ids can neither grow the service's memory nor reach an answer.
+
     Indices never change, so a view built earlier stays valid; request threads read ``names``
     without a lock (list appends are atomic and an index is handed out only after its append).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self.capacity = capacity
         self._lock = threading.Lock()
         self._index: dict[str, int] = {}
         self.ids: list[str] = []
         self.names: list[bytes] = []
+        self.refused = 0  # ids not added because the catalog was full
         self._arrow = pa.array([], pa.string())
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def indices(self, movie_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """The catalog index of every string (null -> -1), adding ids not seen before."""
+    def indices(self, movie_ids: pa.Array | pa.ChunkedArray, add: bool = False) -> np.ndarray:
+        """The catalog index of every string; -1 for null and (unless ``add``) unknown ids.
+
+        ``add=True`` (the movies table, batch views) appends unknown ids while there is room.
+        """
         if isinstance(movie_ids, pa.ChunkedArray):
             movie_ids = movie_ids.combine_chunks()
         if pa.types.is_dictionary(movie_ids.type):
-            mapping = self.indices(movie_ids.dictionary)
+            mapping = self.indices(movie_ids.dictionary, add)
             codes = movie_ids.indices.fill_null(-1).to_numpy(zero_copy_only=False)
             out = np.where(codes >= 0, mapping[np.maximum(codes, 0)], -1)
             return out.astype(np.int32, copy=False)
@@ -73,25 +88,52 @@ class MovieCatalog:
             movie_ids = movie_ids.cast(pa.string())
         with self._lock:
             found = pc.index_in(movie_ids, value_set=self._arrow)
-            if found.null_count > movie_ids.null_count:
+            if add and found.null_count > movie_ids.null_count:
                 new = pc.unique(
                     movie_ids.filter(pc.and_(pc.is_null(found), pc.is_valid(movie_ids)))
                 )
                 added = []
                 for movie_id in new.to_pylist():
-                    if movie_id not in self._index:
-                        added.append(movie_id)
-                        self.ids.append(movie_id)
-                        self.names.append(movie_id.encode("utf-8"))
-                        self._index[movie_id] = len(self.names) - 1
-                self._arrow = pa.concat_arrays([self._arrow, pa.array(added, pa.string())])
-                found = pc.index_in(movie_ids, value_set=self._arrow)
+                    if movie_id in self._index:
+                        continue
+                    if len(self.names) >= self.capacity:
+                        self.refused += 1
+                        continue
+                    added.append(movie_id)
+                    self.ids.append(movie_id)
+                    self.names.append(movie_id.encode("utf-8"))
+                    self._index[movie_id] = len(self.names) - 1
+                if added:
+                    self._arrow = pa.concat_arrays([self._arrow, pa.array(added, pa.string())])
+                    found = pc.index_in(movie_ids, value_set=self._arrow)
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
     def join(self, indices: list[int]) -> bytes:
         """The comma-separated answer for these movie indices."""
         names = self.names
         return b",".join([names[i] for i in indices])
+
+
+def load_catalog(lake: Lake, catalog: MovieCatalog, table: DeltaTable | None = None) -> np.ndarray:
+    """Add the ``movies`` table to ``catalog``; returns its static list (catalog indices).
+
+    The static list is the fallback of last resort, so that an answer is never empty while the
+    catalog has movies: movies with metadata (the real catalog) before ids only seen in logs,
+    each in catalog order (``movie_idx``).
+    """
+    if table is None:
+        if not lake.exists(MOVIES_TABLE):
+            return np.zeros(0, np.int32)
+        table = lake.table(MOVIES_TABLE)
+    data = read_view(lake, MOVIES_TABLE, table, ["movie_idx", "movie_id", "title"])
+    if data.num_rows == 0:
+        return np.zeros(0, np.int32)
+    no_title = pc.is_null(data["title"])
+    ordered = data.append_column("no_title", no_title).sort_by(
+        [("no_title", "ascending"), ("movie_idx", "ascending")]
+    )
+    indices = catalog.indices(ordered["movie_id"], add=True)
+    return indices[indices >= 0].astype(np.int32, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,13 +322,13 @@ class _DictionaryDecoder:
 
     def indices(self, column: pa.Array) -> np.ndarray:
         if not pa.types.is_dictionary(column.type):
-            return self.catalog.indices(column)
+            return self.catalog.indices(column, add=True)
         dictionary = column.dictionary
         if self._dictionary is None or not (
             dictionary is self._dictionary or dictionary.equals(self._dictionary)
         ):
             self._dictionary = dictionary
-            self._mapping = self.catalog.indices(dictionary)
+            self._mapping = self.catalog.indices(dictionary, add=True)
         codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         return np.where(codes >= 0, self._mapping[np.maximum(codes, 0)], -1).astype(np.int32)
 
@@ -365,13 +407,25 @@ def _epoch(value: pa.Scalar) -> float | None:
 
 
 def activity_from_table(
-    table: pa.Table, catalog: MovieCatalog, version: int | None = None
+    table: pa.Table,
+    catalog: MovieCatalog,
+    version: int | None = None,
+    max_users: int | None = None,
+    max_seen: int | None = None,
 ) -> SpeedActivity:
-    """``speed_user_activity`` rows -> :class:`SpeedActivity` (watched and rated merged)."""
+    """``speed_user_activity`` rows -> :class:`SpeedActivity` (watched and rated merged).
+
+    Bounded: at most ``max_users`` users (the most recently seen, when ``last_seen`` is read)
+    and ``max_seen`` catalog movies per user; movies not in the catalog are dropped.
+    """
     if table.num_rows == 0:
         return SpeedActivity(
             EMPTY_ACTIVITY.users, EMPTY_ACTIVITY.offsets, EMPTY_ACTIVITY.movies, version
         )
+    if max_users is not None and table.num_rows > max_users:
+        if "last_seen" in table.column_names:
+            table = table.sort_by([("last_seen", "descending"), ("user_id", "ascending")])
+        table = table.slice(0, max_users)
     user_ids = table["user_id"].to_numpy().astype(np.int64, copy=False)
     users, row_user = np.unique(user_ids, return_inverse=True)
     movie_parts: list[np.ndarray] = []
@@ -390,9 +444,18 @@ def activity_from_table(
         movies, owners = movies[keep], owners[keep]
         order = np.lexsort((movies, owners))
         movies, owners = movies[order], owners[order]
+        if movies.shape[0]:  # a movie both watched and rated counts once
+            distinct = np.r_[True, (movies[1:] != movies[:-1]) | (owners[1:] != owners[:-1])]
+            movies, owners = movies[distinct], owners[distinct]
     else:
         movies, owners = np.zeros(0, np.int32), np.zeros(0, np.int64)
     offsets = np.searchsorted(owners, np.arange(users.shape[0] + 1)).astype(np.int64)
+    if max_seen is not None and movies.shape[0]:
+        rank = np.arange(movies.shape[0]) - offsets[owners]
+        keep = rank < max_seen
+        if not keep.all():
+            movies, owners = movies[keep], owners[keep]
+            offsets = np.searchsorted(owners, np.arange(users.shape[0] + 1)).astype(np.int64)
     newest = _epoch(pc.max(table["updated_at"])) if "updated_at" in table.column_names else None
     cutoff = None
     if "model_version" in table.column_names and table.num_rows:
@@ -402,8 +465,9 @@ def activity_from_table(
     )
 
 
-def trending_order(table: pa.Table, catalog: MovieCatalog) -> np.ndarray:
-    """One ranked list: the shortest window first, each by watchers (desc), ties by movie id."""
+def trending_order(table: pa.Table, catalog: MovieCatalog, limit: int | None = None) -> np.ndarray:
+    """One ranked list of catalog movies: the shortest window first, each by watchers (desc),
+    ties by movie id; at most ``limit``. Ids the catalog does not know are never served."""
     if table.num_rows == 0:
         return np.zeros(0, np.int32)
     ordered = table.sort_by(
@@ -412,7 +476,8 @@ def trending_order(table: pa.Table, catalog: MovieCatalog) -> np.ndarray:
     movies = catalog.indices(ordered["movie_id"])
     movies = movies[movies >= 0]
     _, first = np.unique(movies, return_index=True)
-    return movies[np.sort(first)].astype(np.int32, copy=False)
+    ranked = movies[np.sort(first)].astype(np.int32, copy=False)
+    return ranked if limit is None else ranked[:limit]
 
 
 def newest_update(table: pa.Table) -> float | None:

@@ -23,8 +23,11 @@ sends (``wakeups`` in the summary counts loop iterations).
 
 With ``serve_url`` a visit that asks for recommendations calls ``GET {serve_url}/recommend/<id>``
 (800 ms timeout; failures are counted, never fatal) and watches the best-liked recommended movie
-with a probability growing with its affinity, so the system's recommendations feed back. The
-service writes its own telemetry line then, so the simulator writes none for that request.
+with a probability growing with its affinity, so the system's recommendations feed back. Like
+the course's infrastructure, the simulator then logs that request's ``recommendation request``
+line itself: the status and the response time it measured, the list it got, or for a failed
+call status 0 and the error (``java.net.ConnectException: Connection refused``, ``...Read timed
+out``) — the lines availability monitoring reads. (The service logs to a topic of its own.)
 
 Faults (:func:`parse_faults`, e.g. ``bad=0.01,out_of_order=0.01,burst=0.05,unknown=0.01,
 poison=0.001``): ``bad`` adds one of generate's :data:`~flixlake.sim.generate.BAD_KINDS` after a good
@@ -43,9 +46,11 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
+import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +138,17 @@ class _Visit:
     rated: bool
     reco: list[str] | None  # served list to log as telemetry (None: no line)
     step: int = 0  # -1 reco line, 0..minutes-1 watch lines, minutes: rating
+    asked: ServedReco | None = None  # the service's answer (with serve_url), logged as it was
+
+
+@dataclass(frozen=True)
+class ServedReco:
+    """What one call to the service gave, as the course's infrastructure logs it."""
+
+    status: int  # HTTP status; 0 when there was no HTTP answer (refused, timed out, reset)
+    ms: int  # measured response time
+    result: list[str]  # the movie ids, or the error text as one item
+    server: str  # host:port asked
 
 
 @dataclass
@@ -155,6 +171,31 @@ def fetch_recommendations(
     with urllib.request.urlopen(url, timeout=timeout) as response:
         body = response.read().decode("utf-8", errors="replace")
     return [m.strip() for m in body.strip().split(",") if m.strip()]
+
+
+def ask_service(serve_url: str, user_id: int, timeout: float = RECO_TIMEOUT_S) -> ServedReco:
+    """One call as the course's infrastructure makes it; never raises (a failure is logged)."""
+    server = urllib.parse.urlsplit(serve_url).netloc or serve_url
+    started = time.perf_counter()
+    status, result = 200, []
+    try:
+        result = fetch_recommendations(serve_url, user_id, timeout)
+    except urllib.error.HTTPError as exc:
+        status, result = exc.code, [f"HTTP {exc.code} {exc.reason}"]
+    except Exception as exc:  # refused, timed out, reset: what the course logs as status 0
+        status, result = 0, [_java_style(exc)]
+    ms = round((time.perf_counter() - started) * 1000)
+    return ServedReco(status, ms, result, server)
+
+
+def _java_style(exc: BaseException) -> str:
+    """The error text the course's (Java) infrastructure logs for a failed call."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ConnectionRefusedError):
+        return "java.net.ConnectException: Connection refused"
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return "java.net.SocketTimeoutException: Read timed out"
+    return f"java.io.IOException: {type(reason).__name__}".replace(",", ";")
 
 
 class Simulator:
@@ -237,18 +278,18 @@ class Simulator:
             chosen.extend(extra.tolist())
         return np.array(chosen, dtype=np.int64)
 
-    def _served(self, users: np.ndarray) -> list[list[str] | None]:
-        """Ask the service for each user's list (in parallel); None where it failed."""
+    def _served(self, users: np.ndarray) -> list[ServedReco]:
+        """Ask the service for each user's list (in parallel); failures are answers too."""
         assert self._pool is not None and self.serve_url is not None
         url = self.serve_url
-        futures = [self._pool.submit(fetch_recommendations, url, int(u) + 1) for u in users]
-        out: list[list[str] | None] = []
+        futures = [self._pool.submit(ask_service, url, int(u) + 1) for u in users]
+        out: list[ServedReco] = []
         for fut in futures:
-            try:
-                out.append(fut.result(timeout=RECO_TIMEOUT_S + 1.0))
+            asked = fut.result()  # ask_service never raises and times out by itself
+            out.append(asked)
+            if asked.status == 200:
                 self.reco_ok += 1
-            except Exception:  # any failure of the service is only counted
-                out.append(None)
+            else:
                 self.reco_failed += 1
         return out
 
@@ -264,11 +305,14 @@ class Simulator:
         movies = self.chooser.sample(users, self.rng, self.seen)
         has_reco = self.rng.random(n) < VISIT_RECO_PROB
         recos: list[list[str] | None] = [None] * n
+        asked: list[ServedReco | None] = [None] * n
         if self.serve_url is not None:
             asking = np.flatnonzero(has_reco)
             served = self._served(users[asking]) if asking.size else []
-            for i, ids in zip(asking.tolist(), served, strict=True):
-                known = [self.movie_index[m] for m in (ids or []) if m in self.movie_index]
+            for i, answer in zip(asking.tolist(), served, strict=True):
+                asked[i], recos[i] = answer, answer.result
+                ids = answer.result if answer.status == 200 else []
+                known = [self.movie_index[m] for m in ids if m in self.movie_index]
                 if not known:
                     continue
                 cand = np.array(known, dtype=np.int64)
@@ -297,6 +341,7 @@ class Simulator:
                 rated=bool(rated[i]),
                 reco=recos[i],
                 step=-1 if recos[i] is not None else 0,
+                asked=asked[i],
             )
             heapq.heappush(self.queue, (now, next(self.seq), visit))
         self.visits += n
@@ -312,9 +357,13 @@ class Simulator:
         scale = self.minute_seconds / 60.0
         if visit.step < 0:
             assert visit.reco is not None
-            ms = int(np.clip(np.rint(self.rng.lognormal(np.log(120.0), 0.6)), 3, 3000))
-            server = RECO_SERVERS[int(self.rng.integers(0, len(RECO_SERVERS)))]
-            kind, line = "reco", format_reco(when, uid, server, 200, visit.reco, ms)
+            if visit.asked is not None:  # the call this visit made, as it went
+                a = visit.asked
+                kind, line = "reco", format_reco(when, uid, a.server, a.status, a.result, a.ms)
+            else:
+                ms = int(np.clip(np.rint(self.rng.lognormal(np.log(120.0), 0.6)), 3, 3000))
+                server = RECO_SERVERS[int(self.rng.integers(0, len(RECO_SERVERS)))]
+                kind, line = "reco", format_reco(when, uid, server, 200, visit.reco, ms)
             nxt = due + max(1.0, float(self.rng.integers(3, 90)) * scale)
         elif visit.step < visit.minutes:
             kind, line = "watch", format_watch(when, uid, movie_id, visit.step)

@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pytest
 import uvicorn
 
+from flixlake.batch.catalog import upsert_movies
 from flixlake.config import Settings, load_settings
 from flixlake.contract.kafka import create_topic, free_port
 from flixlake.contract.logformat import EventType, parse_line
@@ -75,8 +77,9 @@ def popular(model: str) -> list[str]:
 
 
 def fallback(model: str | None, seen: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Trending, then the model's popular movies, then the catalog (movie_idx order: sorted ids)."""
     out: list[str] = []
-    for m in TRENDING_ORDER + (popular(model) if model else []):
+    for m in TRENDING_ORDER + (popular(model) if model else []) + sorted(MOVIES):
         if m not in out and m not in seen:
             out.append(m)
     return out[:K]
@@ -84,7 +87,9 @@ def fallback(model: str | None, seen: set[str] = frozenset()) -> list[str]:  # t
 
 # -- writing the tiny lake -------------------------------------------------------------------------
 def publish(lake: Lake, version: str, published_at: dt.datetime, with_view: bool = True) -> None:
-    """What the publish step leaves behind: the batch view partition, then the models row."""
+    """What compaction and the publish step leave behind: the movies, the batch view partition,
+    then the models row."""
+    upsert_movies(lake, MOVIES)
     if with_view:
         rows = [
             {
@@ -189,10 +194,13 @@ class Service:
 
 
 @contextlib.contextmanager
-def running(settings: Settings) -> Iterator[Service]:
+def running(settings: Settings, loaded: bool = True) -> Iterator[Service]:
+    """The service, started; with ``loaded``, once it serves a batch view (it answers before)."""
     service = Service(settings)
     service.start()
     try:
+        if loaded:
+            wait_for(lambda: json.loads(service.get("/health")[2])["batch_views"], timeout=60)
         yield service
     finally:
         service.stop()
@@ -202,7 +210,6 @@ def serving_settings(tmp_path: Path, **serving: Any) -> Settings:
     overrides: dict[str, Any] = {
         "speed_refresh_seconds": 0.2,
         "model_poll_seconds": 0.3,
-        "startup_wait_seconds": 20,
         "telemetry": {"enabled": False},
     }
     overrides.update(serving)
@@ -326,31 +333,45 @@ def test_unknown_users_get_trending_then_popular(served_lake: tuple[Settings, La
     assert unknown == 1
 
 
-def test_without_a_lake_it_still_answers_and_says_so(tmp_path: Path) -> None:
+def test_without_a_lake_it_says_503_then_answers_from_the_catalog(tmp_path: Path) -> None:
+    """Never an empty 200: nothing to recommend is a 503 with Retry-After; once the catalog is
+    there every answer has movies, even while no batch view is loaded."""
     settings = serving_settings(tmp_path, startup_wait_seconds=5)
     assert not settings.lake_root.exists()
-    with running(settings) as service:
+    with running(settings, loaded=False) as service:
         empty = service.get("/recommend/5")
+        head = service.request("/recommend/5", "HEAD")
         health = json.loads(service.get("/health")[2])
-        no_view = service.metric("flixlake_serving_fallbacks_total", reason="no_batch_view")
+        ready = service.get("/health/ready")
+        refused = service.metric(
+            "flixlake_serving_requests_total", endpoint="recommend", status="503"
+        )
         available = service.metric("flixlake_serving_view_available", view="speed_trending")
-        # a published model whose batch view is missing, and trending appears
+        # a published model whose batch view is missing, the catalog, and trending appear
         lake = Lake(settings.lake_root)
         publish(lake, "m9", T0, with_view=False)
         write_trending(lake)
-        trending = wait_for(lambda: (r := service.get("/recommend/5"))[2] and r)
+        trending = wait_for(lambda: (r := service.get("/recommend/5"))[0] == 200 and r)
+        full = wait_for(
+            lambda: (r := service.get("/recommend/5"))[2].split(",")[:3] == TRENDING_ORDER and r
+        )
         health_after = json.loads(service.get("/health")[2])
-    assert empty[0] == 200 and empty[2] == ""
-    assert empty[1]["x-model-version"] == "none"
+        ready_after = service.get("/health/ready")
+    assert empty[0] == 503 and empty[1]["retry-after"] == "1" and "catalog" in empty[2]
+    assert head[0] == 503 and head[2] == ""
     assert health["status"] == "degraded"
     assert health["views"]["batch_recommendations"]["available"] is False
     assert health["variants"]["control"]["model_version"] == "none"
-    assert no_view == 1 and available == 0
-    assert trending[0] == 200
-    assert trending[2].split(",") == TRENDING_ORDER  # all it has: 3 trending movies
-    assert trending[1]["x-recommendation-source"] == "fallback"
+    assert ready[0] == 503 and json.loads(ready[2])["status"] == "not ready"
+    assert refused == 2 and available == 0  # the GET and the HEAD, both counted as 503
+    assert trending[2] != ""
+    assert full[2].split(",") == fallback(None)  # trending, then the catalog's static list
+    assert len(full[2].split(",")) == K
+    assert full[1]["x-recommendation-source"] == "fallback"
     assert health_after["views"]["speed_trending"]["available"] is True
     assert health_after["variants"]["control"]["model_version"] == "none"
+    assert ready_after[0] == 503  # still no batch view: not ready for a load balancer
+    assert any("batch view" in r for r in json.loads(ready_after[2])["reasons"])
 
 
 BAD_REQUESTS = [
@@ -371,7 +392,6 @@ BAD_REQUESTS = [
     ("POST", "/recommend/1", 405),
     ("PUT", "/recommend/1", 405),
     ("DELETE", "/recommend/1", 405),
-    ("HEAD", "/recommend/1", 405),
     ("POST", "/health", 405),
 ]
 
@@ -402,10 +422,81 @@ def test_bad_requests_get_a_clear_4xx(served_lake: tuple[Settings, Lake]) -> Non
         if method != "HEAD":
             assert body and "\n" not in body.strip(), (method, path, body)
         if expected == 405:
-            assert headers.get("allow") == "GET"
+            assert headers.get("allow") == "GET, HEAD"
     assert garbage.startswith(b"HTTP/1.1 400"), garbage[:80]
     assert still_fine[0] == 200 and still_fine[2].split(",") == m1_list(3)[:K]
     assert counted == sum(1 for _, p, s in BAD_REQUESTS if s == 400 and p.startswith("/recommend"))
+
+
+def test_head_works_wherever_get_does(served_lake: tuple[Settings, Lake]) -> None:
+    settings, _ = served_lake
+    with running(settings) as service:
+        pairs = {
+            path: (service.request(path, "GET"), service.request(path, "HEAD"))
+            for path in ("/recommend/7", "/health/live", "/health", "/metrics")
+        }
+        answers = service.metric(
+            "flixlake_serving_requests_total", endpoint="recommend", status="200"
+        )
+    for path, ((get_status, get_headers, get_body), (status, headers, body)) in pairs.items():
+        assert status == get_status == 200, path
+        assert body == "", path  # no body, ...
+        assert headers["content-type"] == get_headers["content-type"], path  # ... same headers
+        if path == "/recommend/7":
+            assert (
+                headers["content-length"]
+                == get_headers["content-length"]
+                == str(len(get_body.encode()))
+            )
+            assert headers["x-model-version"] == "m1"
+    assert answers == 1  # a HEAD is not an answer: not counted, not logged as one
+
+
+def test_health_reveals_no_internals_and_ready_means_loaded_and_fresh(
+    tmp_path: Path,
+) -> None:
+    """/health/live is 200 from the start; /health/ready is 503 until a batch view is loaded and
+    the speed views are read, then 200; neither /health nor /health/ready shows Kafka
+    addresses, host names or exception text, even while a view cannot be read."""
+    secret_port = free_port()
+    settings = serving_settings(
+        tmp_path,
+        telemetry={
+            "enabled": True,
+            "bootstrap_servers": f"127.0.0.1:{secret_port}",
+            "server_name": "secret-host.example:8082",
+            "buffer_records": 10,
+        },
+    )
+    lake = Lake(settings.lake_root)
+    publish(lake, "m1", T0)
+    broken = settings.lake_root / "speed_user_activity" / "_delta_log"
+    broken.mkdir(parents=True)
+    (broken / "00000000000000000000.json").write_text("{not json: FancyDecodeError")
+    with running(settings) as service:
+        live = service.get("/health/live")
+        not_ready = wait_for(lambda: (r := service.get("/health/ready"))[0] == 503 and r)
+        texts = [service.get("/health")[2], not_ready[2]]
+        errors = wait_for(
+            lambda: service.metric(
+                "flixlake_serving_refresh_errors_total", view="speed_user_activity"
+            )
+        )
+        texts.append(service.get("/health")[2])
+        shutil.rmtree(settings.lake_root / "speed_user_activity")
+        write_activity(lake, {1: (["movie-001"], [])})
+        write_trending(lake)
+        ready = wait_for(lambda: (r := service.get("/health/ready"))[0] == 200 and r, timeout=30)
+        texts.append(service.get("/health")[2])
+    assert live == (200, live[1], "live")
+    reasons = json.loads(not_ready[2])["reasons"]
+    assert any("speed_user_activity" in r for r in reasons)
+    assert any("speed_trending" in r for r in reasons)
+    assert errors >= 1  # the read really failed (and was logged), yet nothing of it is shown
+    for text in texts:
+        for secret in (str(secret_port), "secret-host", socket.gethostname(), "Error", "json"):
+            assert secret not in text, (secret, text)
+    assert json.loads(ready[2]) == {"status": "ready", "reasons": []}
 
 
 def test_a_new_model_is_swapped_in_without_failing_a_request(
@@ -724,7 +815,6 @@ def test_the_live_loop_kafka_watch_to_answer_to_delta_to_lineage(
             "serving": {
                 "speed_refresh_seconds": 0.2,
                 "model_poll_seconds": 0.3,
-                "startup_wait_seconds": 20,
                 "telemetry": {"enabled": True, "served_topic": served_topic},
             },
         },
@@ -765,6 +855,7 @@ def test_the_live_loop_kafka_watch_to_answer_to_delta_to_lineage(
     rows = {r["request_id"]: r for r in served.to_pylist()}
     first = rows[before[1]["x-request-id"]]
     assert first["user_id"] == 1 and first["items"] == ranked[:K]
+    assert first["answer_source"] == before[1]["x-recommendation-source"] == "batch"
     assert (first["model_version"], first["variant"], first["experiment"]) == (
         "m1",
         "control",

@@ -98,7 +98,15 @@ def test_simulate_counts_unreachable_service(broker: BrokerProcess, topic: str) 
     assert summary["sent"] == 200
     assert summary["reco_requests"]["failed"] > 0
     assert summary["reco_requests"]["ok"] == 0
-    assert summary["lines"]["reco"] == 0  # the service logs its own telemetry
+    # like the course's infrastructure, each failed call is logged: status 0 and the error
+    recos = [
+        parse_line(r.value)
+        for r in _read_all(broker.bootstrap, topic, 200)
+        if b"recommendation request" in r.value
+    ]
+    assert len(recos) == summary["lines"]["reco"] > 0
+    assert all(e.ok and e.reco_status == 0 and e.reco_results is None for e in recos)
+    assert all(e.reco_error and "Connection refused" in e.reco_error for e in recos)
 
 
 @pytest.mark.parametrize(

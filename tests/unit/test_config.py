@@ -33,3 +33,36 @@ def test_unknown_key_is_rejected(tmp_path: Path) -> None:
 def test_unknown_environment_lists_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="known environments"):
         load_settings("nope", home=tmp_path)
+
+
+def test_answers_are_capped_at_the_contracts_20_ids(tmp_path: Path) -> None:
+    assert load_settings("test", home=tmp_path).serving.results == 20
+    with pytest.raises(ConfigError, match=r"serving\.results: Input should be less than or equal"):
+        load_settings("test", home=tmp_path, overrides={"serving": {"results": 21}})
+
+
+@pytest.mark.parametrize("env", ["local", "test", "compose"])
+def test_the_service_logs_to_a_topic_of_its_own_not_the_courses(tmp_path: Path, env: str) -> None:
+    settings = load_settings(env, home=tmp_path)
+    assert settings.serving.telemetry.log_topic not in (settings.kafka.topic, "movielog")
+    assert settings.serving.telemetry.log_topic != settings.serving.telemetry.served_topic
+
+
+def test_a_bad_pushgateway_url_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"monitoring\.pushgateway_url"):
+        load_settings(
+            "test", home=tmp_path, overrides={"monitoring": {"pushgateway_url": "localhost 9091"}}
+        )
+
+
+def test_search_ranges_and_regularisation_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"batch\.als\.search\.rank"):
+        load_settings(
+            "test", home=tmp_path, overrides={"batch": {"als": {"search": {"rank": [64, 8]}}}}
+        )
+    with pytest.raises(ConfigError, match=r"batch\.als\.grid\.0\.reg_param"):
+        load_settings(
+            "test",
+            home=tmp_path,
+            overrides={"batch": {"als": {"grid": [{"rank": 8, "reg_param": 0, "alpha": 1}]}}},
+        )

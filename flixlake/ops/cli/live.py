@@ -31,7 +31,8 @@ def broker(
 ) -> None:
     """Run the embedded Kafka-compatible broker (tansu) with its topics until Ctrl-C.
 
-    Topics: kafka.topic (the MLiP log) and serving.telemetry.served_topic (served answers).
+    Topics: kafka.topic (the MLiP log), serving.telemetry.served_topic (served answers) and
+    serving.telemetry.log_topic (the service's own MLiP lines).
     """
     from flixlake.contract.kafka import BrokerError, port_of
     from flixlake.ops.broker import serve_broker
@@ -43,7 +44,10 @@ def broker(
             settings.kafka.topic,
             settings.kafka.partitions,
             log_path=settings.home / "broker.log",
-            more_topics=[settings.serving.telemetry.served_topic],
+            more_topics=[
+                settings.serving.telemetry.served_topic,
+                settings.serving.telemetry.log_topic,
+            ],
         )
     except BrokerError as exc:
         raise fail(str(exc)) from None
@@ -85,10 +89,24 @@ def serve(
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Serve GET /recommend/<userid>, merging the published batch view with the speed views."""
+    """Serve GET /recommend/<userid>, merging the published batch view with the speed views.
+
+    The port listens before the service is even imported: no connection is ever refused while
+    it starts (they wait, then get fallback answers until the batch view is loaded).
+    """
+    from flixlake.serving.listen import take
+
+    settings = settings_or_exit(env, home)
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    try:
+        sock = take(host, port)  # bound by the launcher before this module was even imported
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
     from flixlake.serving.app import run_server
 
-    run_server(settings_or_exit(env, home), host=host, port=port)
+    run_server(settings, host=host, port=port, sock=sock)
 
 
 @app.command()
@@ -220,3 +238,56 @@ def demo(
         )
         code = run_demo(settings, console, options)
     raise typer.Exit(code)
+
+
+@app.command()
+def monitor(
+    host: Annotated[
+        str | None, typer.Option(help="bind address (default: monitoring.exporter_host)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (default: monitoring.exporter_port, 9108)")
+    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Export availability (from the log topic), model staleness and online quality to Prometheus."""
+    from flixlake.monitoring.exporter import run_exporter
+
+    settings = settings_or_exit(env, home)
+    try:
+        run_exporter(settings, host, port, bootstrap_servers)
+    except OSError as exc:
+        raise fail(f"cannot listen: {exc.strerror or exc}") from None
+
+
+@app.command("alert-receiver")
+def alert_receiver(
+    port: Annotated[
+        int | None, typer.Option(help="port (default: monitoring.receiver_port)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON-lines file (default: $FLIXLAKE_HOME/monitoring/alerts.jsonl)"),
+    ] = None,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Receive Alertmanager's webhook notifications on loopback and keep them (the on-call person)."""
+    from flixlake.ops.alert_receiver import AlertReceiver
+
+    settings = settings_or_exit(env, home)
+    path = out or settings.home / "monitoring" / "alerts.jsonl"
+    bind_port = port or settings.monitoring.receiver_port
+    try:
+        server = AlertReceiver(path).server("127.0.0.1", bind_port)
+    except OSError as exc:
+        raise fail(f"cannot listen on 127.0.0.1:{bind_port}: {exc.strerror or exc}") from None
+    err.print(f"alert receiver on http://127.0.0.1:{bind_port}/alerts, keeping them in {path}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -195,9 +195,82 @@ def test_the_status_line_adds_up_batches_and_reads_the_service_metrics(
     assert "bronze +400 (2 quarantined), lag 1.2s" in status.line()
 
 
+def test_the_status_line_shows_the_last_minutes_availability_from_the_exporter(
+    tmp_path: Path, metrics_url: str
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flixlake.monitoring.availability import AvailabilityMeter
+
+    registry = CollectorRegistry()  # as the exporter serves it
+    meter = AvailabilityMeter(registry)
+    t = dt.datetime(2026, 11, 22, 8, 0, 10)
+    for second, status, ms in (
+        (0, 200, 90),
+        (5, 200, 950),
+        (9, 0, 800),
+        (20, 200, 40),
+        (70, 200, 5),
+    ):
+        meter.observe(t + dt.timedelta(seconds=second), status, ms)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        exporter = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        status = LiveStatus(tmp_path / "a.log", tmp_path / "b.log", metrics_url, "q", exporter)
+        line = status.line()
+    finally:
+        server.shutdown()
+    assert line.endswith("│ availability 50.0% of 4")  # 08:00: 2 of 4 ok (one slow, one failed)
+
+
 def test_airflow_is_told_its_own_port_for_the_execution_api(tmp_path: Path) -> None:
     env = _airflow_env({"PATH": "/venv/bin"}, tmp_path / "airflow", 18080)
     assert env["AIRFLOW__API__PORT"] == "18080"
-    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:18080/execution/"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"  # not on every interface
     assert env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "False"  # only the demo's run
     assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
+
+
+def test_the_airflow_password_is_never_printed_only_where_it_is(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from flixlake.ops.demo import LiveDemo, LiveOptions
+
+    class NoProcesses:  # stands in for the supervisor: starts nothing, everything is ready
+        def __init__(self) -> None:
+            self.started: list[tuple[str, list[str], dict[str, str]]] = []
+
+        def start(self, name: str, command: list[str], env: dict[str, str], **_: Any) -> Any:
+            self.started.append((name, command, env))
+            return object()
+
+        def wait_ready(self, *_: Any, **__: Any) -> float:
+            return 0.0
+
+    options = LiveOptions(3000, 600, 30, 7, 200.0, 18080, 18082)
+    console = _console()
+    processes = NoProcesses()
+    demo = LiveDemo(settings, console, options, processes)  # type: ignore[arg-type]
+    demo.password_file.parent.mkdir(parents=True)
+    demo.password_file.write_text(json.dumps({"admin": "s3cret-Pa55"}))
+    demo.start_airflow()
+    shown = console.export_text()
+    assert "s3cret-Pa55" not in shown
+    assert str(demo.password_file) in shown.replace("\n", "")
+    assert "http://127.0.0.1:18080" in shown
+    ((_, _, env),) = processes.started
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from flixlake.config import load_settings
+from flixlake.batch.catalog import upsert_movies
+from flixlake.config import Settings, load_settings
+from flixlake.lake.store import lake_from_settings
 from flixlake.serving.app import create_app
 from flixlake.serving.ratelimit import AccountRateLimiter
 
@@ -75,6 +77,14 @@ def _get(app: Any, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
     return start["status"], dict(start["headers"]), body["body"]
 
 
+def _app_with_catalog(settings: Settings) -> Any:
+    """The service with a catalog read, so it answers 200 (before that it says 503)."""
+    upsert_movies(lake_from_settings(settings), [f"movie-{i}" for i in range(30)])
+    app = create_app(settings)
+    app.refresher.refresh_catalog()
+    return app
+
+
 def test_the_service_answers_a_flooding_account_with_429(tmp_path: Path) -> None:
     settings = load_settings(
         "test",
@@ -84,7 +94,7 @@ def test_the_service_answers_a_flooding_account_with_429(tmp_path: Path) -> None
             "attacks": {"rate_limit": {"enabled": True, "requests_per_minute": 6, "burst": 2}},
         },
     )
-    app = create_app(settings)
+    app = _app_with_catalog(settings)
     statuses = [_get(app, "/recommend/42")[0] for _ in range(2)]
     status, headers, body = _get(app, "/recommend/42")
     assert statuses == [200, 200]
@@ -100,5 +110,5 @@ def test_the_limit_is_off_when_disabled(tmp_path: Path) -> None:
     settings = load_settings(
         "test", home=tmp_path, overrides={"serving": {"telemetry": {"enabled": False}}}
     )
-    app = create_app(settings)  # conf/test.yaml turns the limiter off
+    app = _app_with_catalog(settings)  # conf/test.yaml turns the limiter off
     assert {_get(app, "/recommend/42")[0] for _ in range(30)} == {200}
