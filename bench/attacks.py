@@ -46,7 +46,7 @@ ALS = {  # one fit per model: the grid's one point, no search beyond it, no time
         "als": {
             "max_iter": 10,
             "grid": [{"rank": 16, "reg_param": 0.05, "alpha": 10.0}],
-            "search": {"trials": 1},
+            "search": {"trials": 1, "rank": [8, 64]},  # the test env's range stops at 8
             "fit_budget_seconds": 3600,
         },
     }

@@ -28,7 +28,7 @@ END = dt.date(2026, 11, 22)
 ATTACKS = [
     "push:accounts=20,day=3",
     "bandwagon:accounts=20,filler=6,day=3",
-    "flood:accounts=2,requests=200,day=3",
+    "flood:accounts=2,requests=400,day=3",  # ~200 an hour each: twice the limit
 ]
 QUICK_ALS = {
     "batch": {
