@@ -160,7 +160,7 @@ def main() -> int:
     spark.stop()
 
     print()
-    print("detection (each scenario is its own history; precision counts every genuine suspect)")
+    print("detection (one history per scenario; precision counts every genuine suspect in it)")
     print(
         f"{'scenario':10} {'kind':10} {'attackers':>9} {'detected':>8} {'recall':>8} "
         f"{'precision':>9} {'false pos.':>10}  rules that fired (flagged/attackers)"
