@@ -1,10 +1,10 @@
 """The flixlake batch layer on a schedule: one spark-submit job per step, in pipeline order.
 
-compact_silver -> quality_gate -> train_model -> evaluate_model -> register_model ->
-publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date <day>``. Every job is
+compact_silver -> quality_gate -> detect_attacks -> train_model -> evaluate_model ->
+register_model -> publish_batch_view, each ``spark-submit <repo>/jobs/<task>.py --run-date <day>``. Every job is
 idempotent for its run date, so Airflow retries and manual reruns are safe. Exit codes
 (:mod:`flixlake.ops.jobs`): 0 done; 2 a user error (bad date, missing table or step); 3 a gate
-refused (the quality gate, or publish: the chosen candidate regresses from the current model);
+refused (the quality gate, the attack detector suspecting too many accounts, or publish: the chosen candidate regresses from the current model);
 4 training could not fit any ALS candidate (one-line reason; traces in
 ``runs/<day>/train.log``); 1 anything else. Any non-zero code fails its task and nothing
 downstream runs, so the current model keeps serving.

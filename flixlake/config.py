@@ -434,6 +434,69 @@ class ServingConfig(_Frozen):
     telemetry: TelemetryConfig = TelemetryConfig()
 
 
+class DetectionConfig(_Frozen):
+    """Batch detection of attacker accounts (:mod:`flixlake.audit.detect`)."""
+
+    lookback_days: int = Field(7, gt=0)  # accounts active in these days up to D are scored
+    new_account_days: int = Field(7, gt=0)  # an account this young at an event is "new"
+    burst_windows: tuple[str, ...] = Field(("1h", "24h"), min_length=1)  # sliding, step 1/4
+    burst_min_accounts: int = Field(10, gt=1)  # new accounts giving one movie the same stars
+    burst_min_share: float = Field(0.5, gt=0, le=1)  # ... of the movie's raters in the window
+    neighbours: int = Field(10, gt=0)  # degree of similarity: mean of the top-k similarities
+    max_raters_per_group: int = Field(300, gt=1)  # similarity pairs: raters per (movie, stars)
+    min_ratings: int = Field(5, gt=0)  # profile outliers need at least this many ratings
+    outlier_score: float = Field(0.6, gt=0, lt=1)  # isolation-forest anomaly score threshold
+    flood_requests_per_hour: int = Field(120, gt=0)
+    trees: int = Field(200, gt=0)
+    seed: int = 42
+
+    @field_validator("burst_windows")
+    @classmethod
+    def _valid_windows(cls, windows: tuple[str, ...]) -> tuple[str, ...]:
+        for window in windows:
+            duration_seconds(window)
+        return windows
+
+
+class MitigationConfig(_Frozen):
+    """What the batch layer does with suspected accounts."""
+
+    exclude_from_training: bool = True
+    max_excluded_fraction: float = Field(0.1, gt=0, le=1)  # of scored accounts; more: gate fails
+
+
+class RateLimitConfig(_Frozen):
+    """Per-account limit on ``GET /recommend/<userid>`` (generic cell rate: a token bucket)."""
+
+    enabled: bool = True
+    requests_per_minute: float = Field(60.0, gt=0)
+    burst: int = Field(20, gt=0)  # requests a quiet account may make at once
+
+
+class StreamDetectionConfig(_Frozen):
+    """Attack alerts over the stream's micro-batches (:mod:`flixlake.audit.stream`)."""
+
+    max_events_per_minute: int = Field(30, gt=0)  # per account, any event kind
+    max_requests_per_hour: int = Field(120, gt=0)  # per account, recommendation requests
+    burst_window: str = "1h"  # per movie: new accounts rating it within this window
+    burst_min_accounts: int = Field(10, gt=1)
+    burst_min_share: float = Field(0.5, gt=0, le=1)
+    new_account_hours: int = Field(24, gt=0)  # first seen this recently (and unknown to batch)
+
+    @field_validator("burst_window")
+    @classmethod
+    def _valid_window(cls, window: str) -> str:
+        duration_seconds(window)
+        return window
+
+
+class AttacksConfig(_Frozen):
+    detection: DetectionConfig = DetectionConfig()
+    mitigation: MitigationConfig = MitigationConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    stream: StreamDetectionConfig = StreamDetectionConfig()
+
+
 class MonitoringConfig(_Frozen):
     """Prometheus, Alertmanager, the Pushgateway and flixlake's own exporter (``flixlake monitor``)."""
 
@@ -468,6 +531,7 @@ class Settings(_Frozen):
     airflow: AirflowConfig = AirflowConfig()
     serving: ServingConfig = ServingConfig()
     online: OnlineConfig = OnlineConfig()
+    attacks: AttacksConfig = AttacksConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     audit: AuditConfig = AuditConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()

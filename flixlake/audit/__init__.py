@@ -1,4 +1,5 @@
-"""Oversight jobs over the lake: drift of every input, fairness and exposure per model version.
+"""Oversight jobs over the lake: drift of every input, fairness and exposure per model version,
+attacks on the model.
 
 * :mod:`~flixlake.audit.distances` — PSI and Jensen-Shannon distance between two count vectors,
   pooling of rare categories (pure numpy/scipy);
@@ -10,5 +11,13 @@
 * :mod:`~flixlake.audit.export` — Prometheus gauges (a registry to push, and a textfile);
 * :mod:`~flixlake.audit.report` — one HTML page with plots per model version;
 * :mod:`~flixlake.audit.job` — ``run_audit``, the daily step (``jobs/audit.py``,
-  ``dags/flixlake_audit.py``).
+  ``dags/flixlake_audit.py``);
+* :mod:`~flixlake.audit.profiles` — account profiles for attack detection (RDMA, WDMA, degree of
+  similarity, length variance, account age vs volume, target share; Spark transforms);
+* :mod:`~flixlake.audit.detect` — the batch step "detect" (``jobs/detect_attacks.py``): profiles
+  scored by an isolation forest plus rating-burst and request-flood rules, ``suspected_accounts``;
+* :mod:`~flixlake.audit.stream` — attack alert rules over a micro-batch's parsed events and small
+  state (rate windows, new-account bursts), for the speed layer;
+* :mod:`~flixlake.audit.measure` — detection precision/recall per attack kind on labelled
+  injections, a target movie's exposure in served top-k lists.
 """

@@ -2,7 +2,9 @@
 
 Each step is ``run_<step>(spark, lake, settings, run_date) -> dict`` in its own module and has a
 thin spark-submit entry point in ``jobs/``; Airflow runs the entry points, ``flixlake batch``
-runs the same functions in one Spark session.
+runs the same functions in one Spark session. Steps are named by string and imported when they
+run, so the list may name a step of a package above ``batch`` (``audit``'s attack detection)
+without the batch layer importing it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ BATCH_STEPS: tuple[Step, ...] = (
     ),
     Step(
         "quality", "quality_gate", "flixlake.batch.quality:run_quality_gate", "silver quality gate"
+    ),
+    Step(
+        "detect",
+        "detect_attacks",
+        "flixlake.audit.detect:run_detect",
+        "suspected attacker accounts",
     ),
     Step(
         "train",

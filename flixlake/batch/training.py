@@ -3,7 +3,9 @@
 ``run_train(spark, lake, settings, run_date)`` (batch step "train"):
 
 1. reads ``watch_sessions`` and ``ratings`` at the Delta versions pinned by the "compact"
-   manifest and turns them into per-window confidences (:mod:`flixlake.batch.features`);
+   manifest, leaves out the accounts the "detect" step suspected
+   (:mod:`flixlake.batch.screening`) and turns them into per-window confidences
+   (:mod:`flixlake.batch.features`);
 2. search (:func:`search_params`): a seeded Optuna TPE study over confidence mode (log /
    binary), alpha, rank and regularisation (ranges in ``batch.als.search``), the
    ``batch.als.grid`` points tried first. Each trial fits ALS on the data before the validation
@@ -32,7 +34,8 @@ Manifest "train" (stable; read by evaluate, register and publish)::
     {"model_version": "als-20261122-1a2b3c4d",      # als-{D:%Y%m%d}-{sha256(inputs+params)[:8]}
      "run_date": "2026-11-22", "algorithm": "als-implicit",
      "params": {"rank", "reg_param", "alpha", "confidence", "max_iter", "seed", "implicit_prefs",
-                "nonnegative", "minutes_cap", "rating_weight", "refit_on_full_history"},
+                "nonnegative", "minutes_cap", "rating_weight", "refit_on_full_history",
+                "screening": flixlake.batch.screening.Exclusions.record()},
      "search": [{"trial", "source": "grid" | "tpe", "rank", "reg_param", "alpha", "confidence",
                  "status": "ok" | "failed", "ndcg", "n_users", "seconds", "projected_fit_s",
                  "error"}, ...],
@@ -40,7 +43,8 @@ Manifest "train" (stable; read by evaluate, register and publish)::
                         "stopped_by_budget", "fit_budget_seconds", "chosen_trial", "chosen",
                         "skipped"},
      "windows": TimeWindows.to_dict(),              # ISO dates, see flixlake.batch.features
-     "input_versions": {"watch_sessions": v, "ratings": v, "movies": v, "bronze_events": v},
+     "input_versions": {"watch_sessions": v, "ratings": v, "movies": v, "bronze_events": v,
+                        "suspected_accounts": v (when the detect step ran)},
      "refit_on_full_history": bool,
      "artifact_path": ".../runs/2026-11-22/model",
      "factors": {"final": {"users": path, "items": path}, "eval": {"users": path, "items": path}},
@@ -92,6 +96,7 @@ from flixlake.batch.features import (
 from flixlake.batch.metrics import ndcg_at_k
 from flixlake.batch.recommenders import ALS as ALS_KIND
 from flixlake.batch.recommenders import model_version_for as recommender_version
+from flixlake.batch.screening import exclusions_df, load_exclusions, without_accounts
 from flixlake.batch.topn import ItemIndex
 from flixlake.config import AlsParams, SearchConfig, Settings
 from flixlake.lake import runs
@@ -449,6 +454,13 @@ def run_train(
 
     t0 = time.perf_counter()
     watch_sessions, ratings = load_windowed_inputs(spark, lake, versions, windows)
+    exclusions = load_exclusions(lake, settings, run_date)  # suspected attackers stay out
+    if exclusions.version is not None:
+        versions["suspected_accounts"] = exclusions.version
+    if exclusions.user_ids:
+        excluded = exclusions_df(spark, exclusions)
+        watch_sessions = without_accounts(watch_sessions, excluded)
+        ratings = without_accounts(ratings, excluded)
     pairs = windowed_interactions(
         watch_sessions,
         ratings,
@@ -556,6 +568,7 @@ def run_train(
         "minutes_cap": batch.confidence.minutes_cap,
         "rating_weight": batch.confidence.rating_weight,
         "refit_on_full_history": batch.refit_on_full_history,
+        "screening": exclusions.record(),
         # the windows shape the eval model: another config, another version
         "window_days": {
             "history": batch.history_days,

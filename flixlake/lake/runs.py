@@ -15,7 +15,7 @@ from typing import Any
 
 from flixlake.config import Settings
 
-STEPS = ("compact", "quality", "train", "evaluate", "register", "publish")
+STEPS = ("compact", "quality", "detect", "train", "evaluate", "register", "publish")
 
 
 class MissingStepError(RuntimeError):

@@ -530,6 +530,55 @@ MAINTENANCE_RUNS = TableSpec(
     ),
 )
 
+SUSPECTED_ACCOUNTS = TableSpec(
+    name="suspected_accounts",
+    owner="jobs.detect_attacks",
+    description=(
+        "Accounts the batch attack detector suspects on a run date: which rule fired, the "
+        "isolation-forest anomaly score, a readable reason, the profile features, and whether "
+        "training excludes the account's events."
+    ),
+    schema=pa.schema(
+        [
+            _f("run_date", pa.date32(), False),
+            _f("user_id", pa.int64(), False),
+            _f("kind", pa.string(), False),  # rating_burst | profile_outlier | request_flood
+            _f("score", pa.float64(), False),  # anomaly score in [0, 1], higher = odder
+            _f("reason", pa.string(), False),
+            _f("features", pa.string(), False),  # JSON: the account's profile features
+            _f("excluded", pa.bool_(), False),  # training leaves the account's events out
+            _f("first_seen", TS),
+            _f("last_seen", TS),
+            _f("detected_at", TS, False),
+        ]
+    ),
+    keys=("run_date", "user_id"),
+)
+
+ATTACK_ALERTS = TableSpec(
+    name="attack_alerts",
+    owner="streaming.speed_layer (rules of flixlake.audit.stream)",
+    description=(
+        "Stream alerts per micro-batch: accounts over a rate limit, request floods, and movies "
+        "that many new accounts rate alike within a window."
+    ),
+    schema=pa.schema(
+        [
+            _f("rule", pa.string(), False),  # account_rate | request_rate | rating_burst
+            _f("user_id", pa.int64()),  # account rules
+            _f("movie_id", pa.string()),  # rating_burst
+            _f("window_start", TS, False),
+            _f("window_end", TS, False),
+            _f("observed", pa.int64(), False),
+            _f("threshold", pa.int64(), False),
+            _f("accounts", pa.list_(pa.int64())),  # rating_burst: the new accounts in it
+            _f("details", pa.string(), False),
+            _f("batch_id", pa.int64(), False),
+            _f("detected_at", TS, False),
+        ]
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -553,6 +602,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         AUDIT_FAIRNESS,
         AUDIT_REQUIREMENTS,
         MAINTENANCE_RUNS,
+        SUSPECTED_ACCOUNTS,
+        ATTACK_ALERTS,
     )
 }
 

@@ -12,7 +12,9 @@ Endpoints: ``/recommend/<userid>`` (text/plain; headers ``X-Request-Id``, ``X-Mo
 read), ``/health`` (JSON summary), ``/metrics`` (Prometheus); HEAD works wherever GET does.
 Malformed requests get a one-line 4xx explanation: 400 for a missing, non-numeric, zero, negative
 or out-of-range user id (1..2147483647, as in the log contract), 404 for unknown paths or extra
-segments, 405 for methods other than GET and HEAD. The health endpoints reveal no internals (no
+segments, 405 for methods other than GET and HEAD. An account asking faster than
+``attacks.rate_limit`` allows gets 429 with ``Retry-After`` (:mod:`flixlake.serving.ratelimit`).
+The health endpoints reveal no internals (no
 Kafka addresses, host names or error text: those go to the log).
 
 Never an empty 200: until the catalog (the ``movies`` table) is read there is nothing to
@@ -38,6 +40,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -52,6 +55,7 @@ from flixlake.experiments.routing import Experiment
 from flixlake.lake.store import Lake, lake_from_settings
 from flixlake.serving.listen import bind
 from flixlake.serving.monitoring import METRICS_CONTENT_TYPE, ServingMetrics
+from flixlake.serving.ratelimit import AccountRateLimiter
 from flixlake.serving.recommender import NO_MODEL, Answer, Recommender
 from flixlake.serving.refresh import ViewRefresher
 from flixlake.serving.telemetry import TelemetryShipper
@@ -134,6 +138,10 @@ class RecommendationService:
                 experiment=settings.serving.experiment.name,
                 capacity=telemetry.buffer_records,
             )
+        limit = settings.attacks.rate_limit
+        self.limiter = (
+            AccountRateLimiter(limit.requests_per_minute, limit.burst) if limit.enabled else None
+        )
         self._request_prefix = uuid.uuid4().hex[:12]
         self._request_numbers = itertools.count(1)
         self._header_cache: dict[str, bytes] = {}
@@ -208,6 +216,19 @@ class RecommendationService:
         except BadRequest as exc:
             await self._error(send, "recommend", exc)
             return
+        if self.limiter is not None:
+            wait = self.limiter.allow(user_id)
+            if wait > 0:  # a flood from this account: refused cheaply, no answer, no telemetry
+                retry = str(max(1, math.ceil(wait))).encode()
+                limited = BadRequest(429, f"too many requests for user {user_id}: retry later")
+                await self._error(
+                    send,
+                    "recommend",
+                    limited,
+                    head=method == "HEAD",
+                    extra_headers=[(b"retry-after", retry)],
+                )
+                return
         request_id = f"{self._request_prefix}-{next(self._request_numbers):x}"
         try:
             answer = self.recommender.recommend(user_id)
@@ -278,9 +299,17 @@ class RecommendationService:
         except Exception:
             return Answer(b"", "none", NO_MODEL, "fallback", "error")
 
-    async def _error(self, send: Send, endpoint: str, exc: BadRequest, head: bool = False) -> None:
+    async def _error(
+        self,
+        send: Send,
+        endpoint: str,
+        exc: BadRequest,
+        head: bool = False,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         body = exc.message.encode("utf-8", "replace")
         headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
+        headers.extend(extra_headers or ())
         if exc.status == 405:
             headers.append((b"allow", b"GET, HEAD"))
         if exc.status == 503:

@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from flixlake.contract.attack_labels import LABELS_FILE, write_labels
 from flixlake.contract.logformat import RejectReason, format_rate, format_reco, format_watch
+from flixlake.sim.attacks import (
+    AttackEvents,
+    AttackSpec,
+    attack_events,
+    history_offsets,
+    labels_for,
+    plan_attacks,
+)
 from flixlake.sim.world import (
     GENDERS,
     OCCUPATIONS,
@@ -253,6 +262,29 @@ def _events_from_visits(
         reco_movies=reco_movies.astype(np.int32),
         reco_ms=reco_ms.astype(np.int32),
         reco_server=reco_server.astype(np.int8),
+    )
+
+
+def with_attack_events(events: DayEvents, extra: AttackEvents) -> DayEvents:
+    """The day's events plus injected attack events, in time order (attack lists cut to width)."""
+    if len(extra) == 0:
+        return events
+    width = events.reco_movies.shape[1]
+    is_reco = extra.kind == RECO
+    value = np.where(is_reco, extra.value + events.reco_movies.shape[0], extra.value)
+    second = np.concatenate([events.second, extra.second.astype(np.int32)])
+    user = np.concatenate([events.user, extra.user.astype(np.int32)])
+    order = np.lexsort((user, second))
+    servers = np.zeros(extra.reco_ms.size, np.int8)  # attack requests reach the first server
+    return DayEvents(
+        second=second[order],
+        user=user[order],
+        kind=np.concatenate([events.kind, extra.kind])[order],
+        movie=np.concatenate([events.movie, extra.movie])[order],
+        value=np.concatenate([events.value, value.astype(np.int32)])[order],
+        reco_movies=np.concatenate([events.reco_movies, extra.reco_movies[:, :width]]),
+        reco_ms=np.concatenate([events.reco_ms, extra.reco_ms]),
+        reco_server=np.concatenate([events.reco_server, servers]),
     )
 
 
@@ -507,6 +539,7 @@ def generate_history(
     *,
     end: dt.date | None = None,
     mean_activity: float = 0.3,
+    attacks: Sequence[AttackSpec] = (),
     regime: str = "lowrank",
     sample_share: float | None = None,
 ) -> dict[str, Any]:
@@ -515,6 +548,8 @@ def generate_history(
     The history ends on ``end`` (default 2026-11-22, so the demo's run date is predictable),
     or starts on ``start`` when that is given instead. ``progress`` gets the lines written.
     ``mean_activity`` is the average visits per user and day (lower it for 1M-user histories).
+    ``attacks`` (:mod:`flixlake.sim.attacks`) are merged into the days' logs, their labels
+    written to ``attack_labels.json`` beside them.
     ``regime`` picks the world's choice model (:mod:`flixlake.sim.world`): "lowrank" (ALS's own
     model class) or "trends" (popularity, recency, bursts, one-off users, 1-2 star raters);
     ``sample_share`` (trends) the share of sessions that are 1-4 minutes of sampling.
@@ -540,6 +575,17 @@ def generate_history(
     calendar = plan_calendar(world, first_date, days, seed)
     bursts = plan_bursts(world, days, seed)
     write_metadata(out, world, calendar)
+    planned = plan_attacks(
+        world, attacks, seed, world.n_users + 1, available=calendar.release_day == 0
+    )
+    offsets = history_offsets(planned, days)
+    injected = attack_events(world, planned, offsets, seed).between(0, days * DAY_SECONDS)
+    labels_path = out / LABELS_FILE
+    if planned:
+        midnight = dt.datetime.combine(first_date, dt.time.min)
+        write_labels(labels_path, labels_for(world, planned, injected, midnight))
+    else:
+        labels_path.unlink(missing_ok=True)  # no stale labels for a history without attacks
 
     seen = SeenPairs(world.n_movies)
     counts = {"watch": 0, "rate": 0, "reco": 0}
@@ -556,10 +602,13 @@ def generate_history(
         events = simulate_day(
             world, calendar, day, chooser, seen, np.random.default_rng([seed, 2, day])
         )
+        events = with_attack_events(
+            events, injected.between(day * DAY_SECONDS, (day + 1) * DAY_SECONDS)
+        )
         counts["watch"] += events.count(WATCH)
         counts["rate"] += events.count(RATE)
         counts["reco"] += events.count(RECO)
-        active[events.user] = True
+        active[events.user[events.user < world.n_users]] = True
         blocks = _day_blocks(
             events,
             date,
@@ -596,4 +645,15 @@ def generate_history(
         "new_users": int(np.count_nonzero(calendar.join_day > 0)),
         "new_movies": int(np.count_nonzero(calendar.release_day > 0)),
         "lines": {**counts, "bad": bad_counts, "bad_total": n_bad, "total": written},
+        "attacks": [
+            {
+                "attack_id": a.attack_id,
+                "kind": a.spec.kind,
+                "target": world.movie_ids[a.target] if a.target >= 0 else None,
+                "accounts": int(a.accounts.size),
+            }
+            for a in planned
+        ],
+        "attack_lines": len(injected),
+        "attack_labels": str(labels_path) if planned else None,
     }

@@ -35,6 +35,10 @@ line, ``out_of_order`` back-dates a good line by 2-30 minutes, ``burst`` makes a
 the rate, ``unknown`` adds a line from a user or for a movie outside the world, ``poison`` adds a
 new account rating the campaign's target movie 5. Each fault message carries a Kafka header
 ``fault=<kind>`` (consumers ignore headers; tests and evaluations can use them).
+
+``attacks`` (:mod:`flixlake.sim.attacks`, ``--attack push:after=5``) run labelled campaigns
+beside the users: their lines are plain MLiP lines without a header, a flood's requests go to
+``serve_url`` (429 answers are counted), and the labels go to a side file.
 """
 
 from __future__ import annotations
@@ -48,15 +52,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flixlake.contract.attack_labels import write_labels
 from flixlake.contract.kafka import BrokerError
 from flixlake.contract.logformat import format_rate, format_reco, format_time, format_watch
+from flixlake.sim.attacks import RATE, RECO, WATCH, AttackSpec, LiveAttacks
 from flixlake.sim.generate import (
     BAD_KINDS,
     RECO_POOL,
@@ -202,6 +209,7 @@ class Simulator:
         serve_url: str | None = None,
         clock: Callable[[], float] = time.time,
         minute_seconds: float = 60.0,
+        attacks: Sequence[AttackSpec] = (),
     ) -> None:
         if minute_seconds <= 0:
             raise ValueError(f"minute_seconds must be positive, got {minute_seconds}")
@@ -236,6 +244,12 @@ class Simulator:
         self.reco_taken = 0
         self.user_limited = False
         self._pool = ThreadPoolExecutor(max_workers=8) if serve_url else None
+        self.attacks = (
+            LiveAttacks(world, attacks, seed, clock(), minute_seconds) if attacks else None
+        )
+        self.attack_counts: dict[str, int] = {"lines": 0, "asked": 0, "answered": 0}
+        self.attack_counts.update({"limited": 0, "failed": 0})
+        self._attack_lock = threading.Lock()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -408,12 +422,60 @@ class Simulator:
         When :meth:`next_lines` returned fewer lines than asked, every user is in a visit and
         nothing more is due before this time: the caller sleeps until then.
         """
-        return self.queue[0][0] if self.queue else None
+        due = [
+            t
+            for t in (self.queue[0][0] if self.queue else None, self._attack_due())
+            if t is not None
+        ]
+        return min(due) if due else None
+
+    def _attack_due(self) -> float | None:
+        return self.attacks.next_due() if self.attacks is not None else None
+
+    def _attack_lines(self, budget: int, now: float) -> list[_Line]:
+        """Attack events due by ``now``: log lines, or flood requests sent to the service."""
+        assert self.attacks is not None
+        out: list[_Line] = []
+        ids = self.world.movie_ids
+        for when, uid, kind, movie, value in self.attacks.due(now, budget):
+            stamp = _utc(when)
+            if kind == WATCH:
+                line = format_watch(stamp, uid, ids[movie], value)
+            elif kind == RATE:
+                line = format_rate(stamp, uid, ids[movie], value)
+            elif self.serve_url is not None and self._pool is not None:
+                self.attack_counts["asked"] += 1  # the service logs the request itself
+                future = self._pool.submit(fetch_recommendations, self.serve_url, uid)
+                future.add_done_callback(self._count_flood_answer)
+                continue
+            else:
+                recos = [ids[m] for m in self.attacks.events.reco_movies[value].tolist()]
+                server = RECO_SERVERS[0]
+                line = format_reco(
+                    stamp, uid, server, 200, recos, int(self.attacks.events.reco_ms[value])
+                )
+            assert kind in (WATCH, RATE, RECO)
+            self.attack_counts["lines"] += 1
+            out.append(_Line(str(uid).encode(), line.encode("utf-8"), "attack"))
+        return out
+
+    def _count_flood_answer(self, future: Any) -> None:
+        try:
+            future.result()
+            outcome = "answered"
+        except urllib.error.HTTPError as exc:
+            outcome = "limited" if exc.code == 429 else "failed"
+        except Exception:  # a refused or timed-out request is only counted
+            outcome = "failed"
+        with self._attack_lock:
+            self.attack_counts[outcome] += 1
 
     def next_lines(self, budget: int, now: float) -> list[_Line]:
         """Up to ``budget`` lines due by ``now`` (pending fault lines first, then visits)."""
         out: list[_Line] = []
         f, rng = self.faults, self.fault_rng
+        if self.attacks is not None:
+            out.extend(self._attack_lines(budget, now))
         while len(out) < budget:
             if self.pending:
                 take = min(budget - len(out), len(self.pending))
@@ -465,11 +527,15 @@ def simulate(
     stop: threading.Event | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     minute_seconds: float = 60.0,
+    attacks: Sequence[AttackSpec] = (),
+    attack_labels: Path | None = None,
 ) -> dict[str, Any]:
     """Stream live log lines into ``topic`` at ``rate`` lines/s until ``stop``, Ctrl-C or
     ``events`` lines; returns a summary (sent, by kind, faults, elapsed, rate, reco requests).
 
     ``minute_seconds``: wall-clock seconds between a visit's minute lines (60 = real time).
+    ``attacks`` (:mod:`flixlake.sim.attacks`) run alongside the users; their labels are written
+    to ``attack_labels`` before the first line is sent.
     """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
@@ -481,7 +547,9 @@ def simulate(
     faults = faults or FaultSpec()
     stop = stop or threading.Event()
     world = World.build(n_users, n_movies, seed)
-    sim = Simulator(world, seed, faults, serve_url, minute_seconds=minute_seconds)
+    sim = Simulator(world, seed, faults, serve_url, minute_seconds=minute_seconds, attacks=attacks)
+    if sim.attacks is not None and attack_labels is not None:
+        write_labels(attack_labels, sim.attacks.labels())
     try:
         producer = KafkaProducer(
             bootstrap_servers=bootstrap,
@@ -576,4 +644,5 @@ def simulate(
         "poison_target": sim.poison_target if sim.fault_counts["poison"] else None,
         "interrupted": interrupted,
         "wakeups": wakeups,
+        "attacks": dict(sim.attack_counts) if sim.attacks is not None else None,
     }

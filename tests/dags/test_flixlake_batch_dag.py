@@ -1,4 +1,4 @@
-"""The batch DAG parses cleanly and wires the six spark-submit jobs in pipeline order."""
+"""The batch DAG parses cleanly and wires the seven spark-submit jobs in pipeline order."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 ORDER = [
     "compact_silver",
     "quality_gate",
+    "detect_attacks",
     "train_model",
     "evaluate_model",
     "register_model",

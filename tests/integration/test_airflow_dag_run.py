@@ -1,4 +1,4 @@
-"""A real Airflow DAG run: `airflow dags test flixlake_batch <day after>` runs the six spark-submit
+"""A real Airflow DAG run: `airflow dags test flixlake_batch <day after>` runs the seven spark-submit
 jobs for the day before its logical date.
 
 This is what the scheduler does every night, minus the scheduler: SQLite metadata DB in a temp

@@ -36,6 +36,13 @@ def generate(
     seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 7,
     bad_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="fraction of bad lines")] = 0.0,
     end_date: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD")] = None,
+    attack: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="inject a labelled attack, e.g. push, bandwagon:accounts=30,filler=10, "
+            "flood:requests=500 (repeatable; labels go to attack_labels.json)"
+        ),
+    ] = None,
     regime: Annotated[
         str,
         typer.Option(
@@ -45,12 +52,17 @@ def generate(
     ] = "lowrank",
 ) -> None:
     """Write a synthetic history in the exact MLiP log format (deterministic per seed)."""
+    from flixlake.sim.attacks import AttackSpecError, parse_attack
     from flixlake.sim.generate import generate_history
     from flixlake.sim.world import REGIMES
 
     if regime not in REGIMES:
         raise fail(f"--regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     end = dt.date.fromisoformat(end_date) if end_date else None
+    try:
+        attacks = [parse_attack(a) for a in attack or []]
+    except AttackSpecError as exc:
+        raise fail(str(exc)) from None
     with line_progress() as progress:
         task = progress.add_task("generating", total=None)
         summary = generate_history(
@@ -62,6 +74,7 @@ def generate(
             bad_rate=bad_rate,
             end=end,
             progress=lambda n: progress.update(task, completed=n),
+            attacks=attacks,
             regime=regime,
         )
     console.print_json(json.dumps(summary, default=str))

@@ -137,20 +137,34 @@ def simulate(
             help="wall-clock seconds a watched minute lasts (60: real time; less: more visits)",
         ),
     ] = 60.0,
+    attack: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="run a labelled attack, e.g. push:accounts=30,after=5 or flood:requests=500 "
+            "(repeatable; after = simulated minutes from the start)"
+        ),
+    ] = None,
+    attack_labels: Annotated[
+        Path | None, typer.Option(help="where to write the attacks' labels (JSON)")
+    ] = None,
     bootstrap_servers: BootstrapOpt = None,
     env: EnvOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Stream live MLiP log lines from the synthetic world into the Kafka topic at a steady rate."""
     from flixlake.contract.kafka import BrokerError
+    from flixlake.sim.attacks import AttackSpecError, parse_attack
     from flixlake.sim.simulate import FaultSpecError, parse_faults
     from flixlake.sim.simulate import simulate as run_simulation
 
     settings = settings_or_exit(env, home)
     try:
         spec = parse_faults(faults) if faults else None
-    except FaultSpecError as exc:
+        attacks = [parse_attack(a) for a in attack or []]
+    except (FaultSpecError, AttackSpecError) as exc:
         raise fail(str(exc)) from None
+    if attacks and attack_labels is None:
+        attack_labels = settings.home / "attack_labels.json"
     bootstrap = bootstrap_servers or settings.kafka.bootstrap_servers
     err.print(f"simulating {rate:g} lines/s into {settings.kafka.topic!r} at {bootstrap}")
 
@@ -171,6 +185,8 @@ def simulate(
             serve_url=serve_url,
             progress=report,
             minute_seconds=minute_seconds,
+            attacks=attacks,
+            attack_labels=attack_labels,
         )
     except BrokerError as exc:
         raise fail(str(exc)) from None
