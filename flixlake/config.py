@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -88,15 +88,45 @@ class IngestConfig(_Frozen):
 
 
 class AlsParams(_Frozen):
+    """One point of the ALS search space."""
+
     rank: int = Field(gt=0)
-    reg_param: float = Field(ge=0)
-    alpha: float = Field(gt=0)
+    # > 0: Spark's implicit ALS adds reg_param x (positive pairs) to each normal equation, the
+    # term that keeps it positive definite when the other side's factors are rank-deficient
+    reg_param: float = Field(gt=0)
+    alpha: float = Field(gt=0)  # confidence = 1 + alpha * |value|
+    # value per pair: "log" = ln(1 + minutes) + star bonus (flixlake.batch.features); "binary" =
+    # its sign (+1 liked, -1 disliked), so alpha alone sets how much a pair counts
+    confidence: Literal["log", "binary"] = "log"
+
+
+class SearchConfig(_Frozen):
+    """The hyperparameter search on the validation window (Optuna TPE, seeded)."""
+
+    trials: int = Field(12, ge=1)  # ALS fits on the sampled users, the grid's included
+    budget_seconds: float = Field(240.0, gt=0)  # no new trial starts after this
+    rank: tuple[int, int] = (8, 64)
+    reg_param: tuple[float, float] = (0.01, 1.0)
+    alpha: tuple[float, float] = (1.0, 40.0)
+    confidence: tuple[Literal["log", "binary"], ...] = Field(("log", "binary"), min_length=1)
+
+    @field_validator("rank", "reg_param", "alpha")
+    @classmethod
+    def _a_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < bounds[0] <= bounds[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(bounds)}")
+        return bounds
 
 
 class AlsConfig(_Frozen):
     max_iter: int = Field(10, gt=0)
     seed: int = 42
+    # tried first, in order; the first is also the fallback when no user can validate a search
     grid: tuple[AlsParams, ...] = Field(min_length=1)
+    search: SearchConfig = SearchConfig()
+    # the eval and final fits of the chosen point must fit in this (projected from its search
+    # fit); candidates projected beyond it are recorded but not chosen
+    fit_budget_seconds: float = Field(300.0, gt=0)
 
 
 class ConfidenceConfig(_Frozen):
@@ -106,7 +136,17 @@ class ConfidenceConfig(_Frozen):
 
 class PublishConfig(_Frozen):
     min_lift_over_popularity: float = Field(1.0, ge=0)
+    # ALS NDCG@k must exceed the best baseline's (popularity, item-kNN, EASE) times this
+    min_lift_over_baseline: float = Field(1.0, ge=0)
     max_regression: float = Field(0.05, ge=0, le=1)
+
+
+class BaselinesConfig(_Frozen):
+    """The strong baselines every evaluation runs beside popularity (flixlake.batch.baselines)."""
+
+    knn_neighbours: int = Field(100, gt=0)  # item-kNN: most similar movies kept per movie
+    ease_max_items: int = Field(6000, ge=0)  # EASE's dense movies x movies fits up to this
+    ease_l2: float = Field(250.0, gt=0)  # EASE's ridge lambda
 
 
 class QualityConfig(_Frozen):
@@ -131,12 +171,14 @@ class BatchConfig(_Frozen):
     confidence: ConfidenceConfig = ConfidenceConfig()
     als: AlsConfig
     publish: PublishConfig = PublishConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     quality: QualityConfig = QualityConfig()
 
 
 class AirflowConfig(_Frozen):
     schedule: str = "0 3 * * *"  # flixlake_batch
     online_schedule: str = "@hourly"  # flixlake_online (online evaluation)
+    audit_schedule: str = "0 5 * * *"  # flixlake_audit (drift, fairness, exposure)
     retries: int = Field(2, ge=0)
     retry_delay_minutes: int = Field(5, ge=0)
 
@@ -164,6 +206,100 @@ class OnlineConfig(_Frozen):
 
 
 SERVICE_LOG_TOPIC = "service_requests"  # the service's own MLiP lines (not the course's topic)
+
+
+# -- audit: drift of the inputs, fairness and exposure per model version ------------------------
+DriftInput = Literal[
+    "event_mix",
+    "movie_activity",
+    "genre_activity",
+    "user_activity",
+    "ratings",
+    "request_volume",
+    "answer_sources",
+]
+DRIFT_INPUTS: tuple[DriftInput, ...] = (
+    "event_mix",
+    "movie_activity",
+    "genre_activity",
+    "user_activity",
+    "ratings",
+    "request_volume",
+    "answer_sources",
+)
+SegmentAttribute = Literal["gender", "age", "occupation", "activity"]
+
+
+class DriftLimit(_Frozen):
+    """When one input counts as drifted in a window."""
+
+    max_distance: float = Field(gt=0, le=1)  # Jensen-Shannon distance (base 2) to the reference
+    # volume (events per hour) off by more than this factor either way; None: volume not judged
+    max_volume_change: float | None = Field(default=None, gt=1)
+
+
+class DriftConfig(_Frozen):
+    """Every window of the run date against the ``reference_days`` before it."""
+
+    window: str = "1d"  # windows tile the run date; a whole number of them per day
+    reference_days: int = Field(7, gt=0)
+    # categories expected fewer times than this in a window are pooled ("other"): it bounds the
+    # distance that sampling noise alone gives, whatever the catalog size
+    min_expected: float = Field(5.0, gt=0)
+    min_events: int = Field(200, gt=0)  # a window with fewer observations is shown, not judged
+    inputs: dict[DriftInput, DriftLimit] = Field(
+        default_factory=lambda: {name: DriftLimit(max_distance=0.1) for name in DRIFT_INPUTS}
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _tiles_a_day(cls, window: str) -> str:
+        seconds = duration_seconds(window)
+        if seconds < 3600 or 86400 % seconds:
+            raise ValueError(
+                f"expected 1h..1d dividing a day (1h, 2h, 6h, 1d, ...), got {window!r}"
+            )
+        return window
+
+    @property
+    def window_seconds(self) -> int:
+        return duration_seconds(self.window)
+
+    def limit(self, name: str) -> DriftLimit | None:
+        """The input's limits (None: measured and shown, never judged)."""
+        return next((limit for key, limit in self.inputs.items() if key == name), None)
+
+
+class SystemRequirement(_Frozen):
+    """What users are shown reaches beyond the most popular movies (item exposure)."""
+
+    min_long_tail_share: float = Field(0.2, ge=0, le=1)  # of the slots shown (top serving.results)
+
+
+class ModelRequirement(_Frozen):
+    """No group of users gets a markedly worse model (offline hit rate @k per segment)."""
+
+    attributes: tuple[SegmentAttribute, ...] = Field(("gender", "age", "occupation"), min_length=1)
+    # a segment fails when even its interval's upper bound is below this x the overall hit rate
+    min_quality_ratio: float = Field(0.8, gt=0, le=1)
+    min_segment_users: int = Field(30, gt=0)  # smaller segments are reported, not judged
+
+
+class RequirementsConfig(_Frozen):
+    system: SystemRequirement = SystemRequirement()
+    model: ModelRequirement = ModelRequirement()
+    enforce_in_publish: bool = True  # the publish gate refuses a model that fails either
+
+
+class AuditConfig(_Frozen):
+    """The daily audit (jobs/audit.py, dags/flixlake_audit.py) and the fairness requirements."""
+
+    drift: DriftConfig = DriftConfig()
+    head_share: float = Field(0.2, gt=0, lt=1)  # the most-watched share of movies: the short head
+    calibration_alpha: float = Field(0.01, ge=0, lt=1)  # Steck's smoothing of the list's genre mix
+    confidence: float = Field(0.95, gt=0, lt=1)  # Wilson intervals of per-user hit rates
+    calibration_max_users: int = Field(20_000, gt=0)  # users whose calibration is measured
+    requirements: RequirementsConfig = RequirementsConfig()
 
 
 class TelemetryConfig(_Frozen):
@@ -268,6 +404,7 @@ class Settings(_Frozen):
     serving: ServingConfig = ServingConfig()
     online: OnlineConfig = OnlineConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    audit: AuditConfig = AuditConfig()
 
     @property
     def lake_root(self) -> Path:

@@ -53,6 +53,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StructField, StructType, TimestampType
 
+from flixlake.batch.fairness import exposure, short_head
 from flixlake.contract.logformat import as_utc
 from flixlake.lake.registry import PUBLISHED, ROLLED_BACK, model_rows
 from flixlake.lake.spark_io import read_table
@@ -69,67 +70,11 @@ SERVED = "served"
 PERSONALISED = "personalised"
 WATCHED = "watched"
 KINDS = (SERVED, PERSONALISED, WATCHED)
-HEAD_SHARE = 0.2  # the short head: the most-watched 20 % of the catalog (as in the fairness audit)
+HEAD_SHARE = 0.2  # the short head's default share of the catalog (audit.head_share in config)
 
 
 class NoCyclesError(LookupError):
     """No published model yet: there is no retrain cycle to audit."""
-
-
-# -- LOCAL STAND-INS ---------------------------------------------------------------------------
-# The exposure measures belong to flixlake.batch.fairness (issue 13 items 1/2/7, being built in
-# parallel): gini, short_head and exposure below have its names, arguments and definitions.
-# LEAD: at merge, delete this block and import them from flixlake.batch.fairness instead.
-def gini(counts: np.ndarray) -> float:
-    """Gini coefficient of non-negative counts (NaN when all are zero)."""
-    x = np.sort(np.asarray(counts, dtype=np.float64))
-    n, total = x.size, float(x.sum())
-    if n == 0 or total <= 0:
-        return math.nan
-    ranks = np.arange(1, n + 1, dtype=np.float64)
-    return float(((2 * ranks - n - 1) * x).sum() / (n * total))
-
-
-def short_head(watchers: np.ndarray, head_share: float) -> np.ndarray:
-    """Mask of the head: the ``head_share`` of movies with the most watchers (ties: array order)."""
-    watchers = np.asarray(watchers)
-    n_head = min(watchers.size, math.floor(head_share * watchers.size + 0.5))
-    order = np.argsort(-watchers, kind="stable")
-    head = np.zeros(watchers.size, dtype=bool)
-    head[order[:n_head]] = True
-    return head
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """How counts (slots shown, pairs watched) spread over the catalog."""
-
-    slots: int
-    movies_shown: int
-    catalog_size: int
-    coverage: float
-    gini: float
-    long_tail_share: float
-    avg_popularity: float
-
-
-def exposure(shown: np.ndarray, popularity: np.ndarray, head: np.ndarray) -> Exposure:
-    """Exposure measures from counts per catalog movie, its popularity (0..1) and the head mask."""
-    shown = np.asarray(shown, dtype=np.float64)
-    slots = float(shown.sum())
-    nan = math.nan
-    return Exposure(
-        slots=int(slots),
-        movies_shown=int((shown > 0).sum()),
-        catalog_size=int(shown.size),
-        coverage=float((shown > 0).sum() / shown.size) if shown.size else nan,
-        gini=gini(shown),
-        long_tail_share=float(shown[~head].sum() / slots) if slots else nan,
-        avg_popularity=float((shown * popularity).sum() / slots) if slots else nan,
-    )
-
-
-# -- END OF LOCAL STAND-INS ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

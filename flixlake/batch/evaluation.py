@@ -44,6 +44,8 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from flixlake.batch.baselines import ease, history_rows, interaction_matrix, item_knn
 from flixlake.batch.features import (
     TimeWindows,
     between_dates,
@@ -65,8 +68,14 @@ from flixlake.batch.features import (
 )
 from flixlake.batch.metrics import METRICS, catalog_coverage, ranking_metrics
 from flixlake.batch.topn import ItemIndex
-from flixlake.config import BatchConfig, Settings
+from flixlake.config import BaselinesConfig, BatchConfig, Settings
 from flixlake.lake import runs
+from flixlake.lake.registry import (
+    PUBLISHED,
+    UnknownModelError,
+    current_published_model,
+    get_model,
+)
 from flixlake.lake.spark_io import read_table, spark_schema
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import MODEL_EVALUATIONS, USERS
@@ -74,6 +83,10 @@ from flixlake.lake.tables import MODEL_EVALUATIONS, USERS
 log = logging.getLogger(__name__)
 
 ACTIVITY_LEVELS = ("cold", "new", "normal", "heavy")
+STRONG_BASELINES = ("itemknn", "ease")
+BASELINES = ("popularity", *STRONG_BASELINES)
+INCUMBENT = "incumbent"
+RECOMMENDER_ORDER = {"als": 0, "popularity": 1, "itemknn": 2, "ease": 3, INCUMBENT: 4}
 _EMPTY = np.zeros(0, np.int64)
 # The driver's BLAS may run several threads; bigger blocks than a worker's amortise them.
 _DRIVER_BLOCK_USERS = 256
@@ -102,9 +115,11 @@ def lists_by_user(users: np.ndarray, movies: np.ndarray) -> dict[int, np.ndarray
     """Group aligned ``(user, movie)`` arrays into ``user -> sorted distinct movies``."""
     users = np.asarray(users, dtype=np.int64)
     movies = np.asarray(movies, dtype=np.int64)
+    if users.size == 0:  # an empty window: nobody (np.r_ below would invent one boundary)
+        return {}
     order = np.lexsort((movies, users))
     users, movies = users[order], movies[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else _EMPTY
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     ends = np.r_[starts[1:], users.size]
     return {int(users[a]): np.unique(movies[a:b]) for a, b in zip(starts, ends, strict=True)}
 
@@ -277,6 +292,12 @@ def lift(als_value: float, baseline_value: float) -> float:
     return math.inf if als_value > 0 else 0.0
 
 
+def recommenders_of(segment: Mapping[str, Any]) -> list[str]:
+    """The recommenders scored in a segment entry, in a stable order (ALS first)."""
+    names = [key for key, value in segment.items() if isinstance(value, dict)]
+    return sorted(names, key=lambda name: (RECOMMENDER_ORDER.get(name, 9), name))
+
+
 def evaluation_rows(
     model_version: str, run_date: dt.date, segments: list[dict[str, Any]]
 ) -> pa.Table:
@@ -292,30 +313,45 @@ def evaluation_rows(
             "n_users": int(seg["n_users"]),
         }
         for seg in segments
-        for recommender in ("als", "popularity")
+        for recommender in recommenders_of(seg)
         for metric in (*METRICS, "coverage")
     ]
     return pa.Table.from_pylist(rows, schema=MODEL_EVALUATIONS.schema)
 
 
-# -- the batch step ------------------------------------------------------------------------------
-def run_evaluate(
-    spark: SparkSession, lake: Lake, settings: Settings, run_date: dt.date
-) -> dict[str, Any]:
-    """Batch step "evaluate": ALS vs. popularity @k on the test window, per segment."""
-    t_total = time.perf_counter()
+# -- the evaluation set: same users, same window for every recommender ---------------------------
+@dataclass
+class EvaluationSet:
+    """Who is evaluated on a model's test window, what they saw before and liked in it."""
+
+    users: np.ndarray  # sampled user ids, sorted
+    segments: pa.Table  # user_id, n_movies, activity, gender, age, occupation (aligned)
+    cold: np.ndarray  # users without training history
+    seen: dict[int, np.ndarray]  # every movie active before the test window (liked or not)
+    liked: dict[int, np.ndarray]  # movies liked (confidence > 0) before the test window
+    relevant: list[np.ndarray]  # new liked movies in the test window, aligned with users
+    popularity: pa.Table  # movie_idx, n_users: distinct watchers before the test window
+    train_users: np.ndarray  # every user's liked pairs before the test window (baselines)
+    train_movies: np.ndarray
+    catalog_size: int
+    versions: dict[str, int | None]
+
+    def popular_lists(self, k: int) -> list[np.ndarray]:
+        return recommend_popular(self.users, popularity_index(self.popularity, k), self.seen)
+
+
+def build_evaluation_set(
+    spark: SparkSession, lake: Lake, settings: Settings, train: Mapping[str, Any]
+) -> EvaluationSet:
+    """The users, histories and relevant movies a model of the ``train`` manifest is scored on.
+
+    Deterministic for the same manifest (hash-ordered samples of pinned Delta versions), so a
+    later step can rebuild it and score another model on exactly the same users and window.
+    """
     batch = settings.batch
-    k = batch.k
     seed = batch.als.seed
-    train = runs.read_manifest(settings, run_date, "train")
-    model_version = str(train["model_version"])
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", model_version):
-        raise ValueError(f"train manifest has a malformed model_version {model_version!r}")
     windows = TimeWindows.from_dict(train["windows"])
     versions: dict[str, int | None] = dict(train["input_versions"])
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
     watch_sessions, ratings = load_windowed_inputs(spark, lake, train["input_versions"], windows)
     pairs = windowed_interactions(
         watch_sessions,
@@ -344,64 +380,235 @@ def run_evaluate(
     )
     segments_table = sample.orderBy("user_id").toArrow()
     users = np.asarray(segments_table.column("user_id").to_numpy(), dtype=np.int64)
+    train_pairs = window_interactions(pairs, "train")
     seen, relevant_by_user = collect_seen_and_relevant(
-        window_interactions(pairs, "train"), new_liked_pairs(pairs, "test", "train"), sample
+        train_pairs, new_liked_pairs(pairs, "test", "train"), sample
     )
+    liked_table = (
+        train_pairs.where(F.col("confidence") > 0).select("user_id", "movie_idx").toArrow()
+    )
+    train_users = np.asarray(liked_table.column("user_id").to_numpy(), np.int64)
+    train_movies = np.asarray(liked_table.column("movie_idx").to_numpy(), np.int64)
     popularity = watch_popularity(pairs, "train").toArrow()
-    timings["prepare_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    factor_paths = train["factors"]["eval"]
-    known_users = sample.where(F.col("activity") != "cold").select(F.col("user_id").alias("id"))
-    user_ids, user_matrix = factor_arrays(
-        spark.read.parquet(factor_paths["users"]).join(F.broadcast(known_users), "id", "left_semi")
-    )
-    item_ids, item_matrix = factor_arrays(spark.read.parquet(factor_paths["items"]))
-    pop_lists = recommend_popular(users, popularity_index(popularity, k), seen)
-    als_lists = recommend_from_factors(
-        users, user_ids, user_matrix, ItemIndex.build(item_ids, item_matrix, k), seen
-    )
-    cold = np.asarray(segments_table.column("activity").to_pylist(), dtype=object) == "cold"
-    fallback = np.array([lst.size == 0 for lst in als_lists]) & ~cold
-    als_lists = [
-        pop if lst.size == 0 else lst for lst, pop in zip(als_lists, pop_lists, strict=True)
-    ]
-    relevant_lists = [relevant_by_user.get(int(u), _EMPTY) for u in users]
+    sample.unpersist()
+    pairs.unpersist()
     catalog_size = lake.read("movies", versions["movies"], columns=["movie_idx"]).num_rows
-    per_user = {
-        "als": ranking_metrics(als_lists, relevant_lists, k),
-        "popularity": ranking_metrics(pop_lists, relevant_lists, k),
-    }
-    lists = {"als": als_lists, "popularity": pop_lists}
-    segments: list[dict[str, Any]] = [
+    cold = np.asarray(segments_table.column("activity").to_pylist(), dtype=object) == "cold"
+    in_sample = np.isin(train_users, users)
+    return EvaluationSet(
+        users=users,
+        segments=segments_table,
+        cold=np.asarray(cold, dtype=bool),
+        seen=seen,
+        liked=lists_by_user(train_users[in_sample], train_movies[in_sample]),
+        relevant=[relevant_by_user.get(int(u), _EMPTY) for u in users],
+        popularity=popularity,
+        train_users=train_users,
+        train_movies=train_movies,
+        catalog_size=int(catalog_size),
+        versions=versions,
+    )
+
+
+def factor_lists(
+    spark: SparkSession, eval_set: EvaluationSet, paths: Mapping[str, str], k: int
+) -> list[np.ndarray]:
+    """Best unseen movies of the sampled users from saved factors (empty without factors)."""
+    known = spark.createDataFrame([(int(u),) for u in eval_set.users[~eval_set.cold]], "id long")
+    user_ids, user_matrix = factor_arrays(
+        spark.read.parquet(str(paths["users"])).join(F.broadcast(known), "id", "left_semi")
+    )
+    item_ids, item_matrix = factor_arrays(spark.read.parquet(str(paths["items"])))
+    if item_ids.size == 0:
+        return [_EMPTY] * eval_set.users.size
+    return recommend_from_factors(
+        eval_set.users,
+        user_ids,
+        user_matrix,
+        ItemIndex.build(item_ids, item_matrix, k),
+        eval_set.seen,
+    )
+
+
+def baseline_lists(
+    eval_set: EvaluationSet, cfg: BaselinesConfig, k: int
+) -> dict[str, list[np.ndarray]]:
+    """Lists of the strong baselines for the sampled users: item-kNN, and EASE where it fits."""
+    n_items = int(
+        max(
+            eval_set.catalog_size,
+            int(eval_set.train_movies.max(initial=-1)) + 1,
+        )
+    )
+    if eval_set.train_users.size == 0 or eval_set.users.size == 0:
+        return {name: [_EMPTY] * eval_set.users.size for name in STRONG_BASELINES}
+    _, rows = np.unique(eval_set.train_users, return_inverse=True)
+    matrix = interaction_matrix(rows, eval_set.train_movies, n_items)
+    history = history_rows(eval_set.users, eval_set.liked, n_items)
+    seen = [eval_set.seen.get(int(u), _EMPTY) for u in eval_set.users]
+    scorers = [item_knn(matrix, cfg.knn_neighbours)]
+    if n_items <= cfg.ease_max_items:
+        scorers.append(ease(matrix, cfg.ease_l2))
+    else:
+        log.info("EASE skipped: %d movies > batch.baselines.ease_max_items", n_items)
+    return {scorer.name: scorer.recommend(history, seen, k) for scorer in scorers}
+
+
+def _with_fallback(lists: list[np.ndarray], popular: list[np.ndarray]) -> list[np.ndarray]:
+    return [pop if lst.size == 0 else lst for lst, pop in zip(lists, popular, strict=True)]
+
+
+def score_lists(
+    eval_set: EvaluationSet, lists: Mapping[str, list[np.ndarray]], k: int
+) -> list[dict[str, Any]]:
+    """Per segment and recommender: mean metrics @k and coverage (first entry: ``all``)."""
+    per_user = {name: ranking_metrics(lst, eval_set.relevant, k) for name, lst in lists.items()}
+    return [
         {
             "segment": name,
             "n_users": int(mask.sum()),
-            **{rec: summarize(per_user[rec], lists[rec], mask, catalog_size) for rec in lists},
+            **{
+                rec: summarize(per_user[rec], lists[rec], mask, eval_set.catalog_size)
+                for rec in lists
+            },
         }
-        for name, mask in segment_masks(segments_table).items()
+        for name, mask in segment_masks(eval_set.segments).items()
     ]
-    timings["score_s"] = time.perf_counter() - t0
+
+
+def incumbent_factors(
+    model: Mapping[str, Any], windows: TimeWindows, batch: BatchConfig
+) -> tuple[dict[str, str] | None, str]:
+    """Which saved factors of a published model may be scored on ``windows``' test window.
+
+    Its final factors if they were trained before the test window starts, else its eval factors
+    if those were, else none (it saw the window: no fair comparison). Returns (paths, why).
+    """
+    run_date = model["run_date"]
+    if isinstance(run_date, str):
+        run_date = dt.date.fromisoformat(run_date)
+    folder = Path(str(model["artifact_path"]))
+    options = (
+        ("final", run_date),
+        ("eval", run_date - dt.timedelta(days=batch.eval_days)),
+    )
+    for which, trained_until in options:
+        paths = {"users": str(folder / which / "user_factors"),
+                 "items": str(folder / which / "item_factors")}  # fmt: skip
+        if trained_until < windows.test_start and all(Path(p).exists() for p in paths.values()):
+            return paths, f"{which} factors (trained until {trained_until})"
+    return None, (
+        f"its factors under {folder} are missing or were trained on this test window "
+        f"({windows.test_start}..{windows.test_end})"
+    )
+
+
+def find_incumbent(lake: Lake, model_version: str) -> dict[str, Any] | None:
+    """The published model a new one would replace (on a rerun: the one it replaced then)."""
+    try:
+        this = get_model(lake, model_version)
+    except UnknownModelError:
+        this = None
+    already = this is not None and this["status"] == PUBLISHED and this["published_at"] is not None
+    return current_published_model(
+        lake,
+        exclude=model_version,
+        published_before=this["published_at"] if already and this is not None else None,
+    )
+
+
+def rescore_incumbent(
+    spark: SparkSession,
+    settings: Settings,
+    eval_set: EvaluationSet,
+    windows: TimeWindows,
+    incumbent: Mapping[str, Any] | None,
+) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
+    """The incumbent's lists on this evaluation set, and a note of what was (not) scored."""
+    if incumbent is None:
+        return None, {"model_version": None, "scored": False, "why": "no published model"}
+    paths, why = incumbent_factors(incumbent, windows, settings.batch)
+    note: dict[str, Any] = {
+        "model_version": incumbent["model_version"],
+        "scored": paths is not None,
+        "why": why,
+    }
+    if paths is None:
+        return None, note
+    popular = eval_set.popular_lists(settings.batch.k)
+    lists = _with_fallback(factor_lists(spark, eval_set, paths, settings.batch.k), popular)
+    return lists, note
+
+
+# -- the batch step ------------------------------------------------------------------------------
+def run_evaluate(
+    spark: SparkSession, lake: Lake, settings: Settings, run_date: dt.date
+) -> dict[str, Any]:
+    """Batch step "evaluate": ALS vs. popularity, item-kNN, EASE and the incumbent @k."""
+    t_total = time.perf_counter()
+    batch = settings.batch
+    k = batch.k
+    train = runs.read_manifest(settings, run_date, "train")
+    model_version = str(train["model_version"])
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", model_version):
+        raise ValueError(f"train manifest has a malformed model_version {model_version!r}")
+    windows = TimeWindows.from_dict(train["windows"])
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    eval_set = build_evaluation_set(spark, lake, settings, train)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pop_lists = eval_set.popular_lists(k)
+    als_raw = factor_lists(spark, eval_set, train["factors"]["eval"], k)
+    fallback = np.array([lst.size == 0 for lst in als_raw], dtype=bool) & ~eval_set.cold
+    lists: dict[str, list[np.ndarray]] = {
+        "als": _with_fallback(als_raw, pop_lists),
+        "popularity": pop_lists,
+    }
+    timings["score_als_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for name, found in baseline_lists(eval_set, batch.baselines, k).items():
+        lists[name] = _with_fallback(found, pop_lists)
+    timings["baselines_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    incumbent_lists, incumbent = rescore_incumbent(
+        spark, settings, eval_set, windows, find_incumbent(lake, model_version)
+    )
+    if incumbent_lists is not None:
+        lists[INCUMBENT] = incumbent_lists
+    timings["incumbent_s"] = time.perf_counter() - t0
+    segments = score_lists(eval_set, lists, k)
 
     overall = segments[0]
+    baselines = {name: overall[name] for name in BASELINES if name in overall}
+    best = max(baselines, key=lambda name: (baselines[name]["ndcg"], -BASELINES.index(name)))
+    if incumbent_lists is not None:
+        incumbent.update(overall[INCUMBENT])
     summary: dict[str, Any] = {
         "model_version": model_version,
         "run_date": run_date.isoformat(),
         "k": k,
         "als": overall["als"],
         "popularity": overall["popularity"],
+        "baselines": baselines,
+        "best_baseline": best,
         "lift_ndcg": lift(overall["als"]["ndcg"], overall["popularity"]["ndcg"]),
+        "lift_ndcg_best_baseline": lift(overall["als"]["ndcg"], baselines[best]["ndcg"]),
+        "incumbent": incumbent,
         "segments": segments,
         "windows": windows.to_dict(),
-        "input_versions": versions,
+        "input_versions": eval_set.versions,
         "counts": {
-            "users_evaluated": int(users.size),
-            "users_with_history": int((~cold).sum()),
-            "cold_users": int(cold.sum()),
+            "users_evaluated": int(eval_set.users.size),
+            "users_with_history": int((~eval_set.cold).sum()),
+            "cold_users": int(eval_set.cold.sum()),
             "als_fallback_users": int(fallback.sum()),
-            "relevant_pairs": int(sum(len(r) for r in relevant_lists)),
-            "catalog_size": int(catalog_size),
-            "popular_movies": int(popularity.num_rows),
+            "relevant_pairs": int(sum(len(r) for r in eval_set.relevant)),
+            "catalog_size": eval_set.catalog_size,
+            "popular_movies": int(eval_set.popularity.num_rows),
+            "baseline_train_pairs": int(eval_set.train_users.size),
         },
     }
     if overall["n_users"] == 0:
@@ -413,8 +620,6 @@ def run_evaluate(
         f"model_version = '{model_version}'",
     )
     timings["write_s"] = time.perf_counter() - t0
-    sample.unpersist()
-    pairs.unpersist()
     timings["total_s"] = time.perf_counter() - t_total
     summary["timings"] = {key: round(value, 3) for key, value in timings.items()}
     runs.write_manifest(settings, run_date, "evaluate", summary)

@@ -12,6 +12,13 @@ Confidence of one (user, movie) pair over a window (``conf/base.yaml`` ``batch.c
 Pairs with confidence <= 0 still count as *seen* (never recommended again), but only pairs with
 confidence > 0 count as *relevant* in a later evaluation window.
 
+Users and movies without any pair of confidence > 0 (a user who only gave 1-2 stars, a movie only
+disliked) are left out of ALS (:func:`with_positive_signal`): Spark regularises each of them by
+``reg_param x (their positive pairs)`` = 0, so their normal equations are positive definite only
+if the other side's factors span every dimension -- on real data they often do not
+(``SingularMatrixException: LAPACK.dppsv ... not positive definite``). Such users get no
+factors (they are served like new users) and their pairs still count as seen.
+
 :class:`TimeWindows` fixes the windows relative to the run date ``D`` (all inclusive):
 test = the last ``eval_days`` days up to ``D``; validation = ``validation_days`` before it;
 training data starts ``history_days`` before ``D``.
@@ -20,7 +27,7 @@ training data starts ``history_days`` before ``D``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -180,6 +187,32 @@ def interactions_df(
         watch_sessions_df, ratings_df, confidence_cfg, {"all": (None, None)}
     )
     return window_interactions(windowed, "all")
+
+
+def with_positive_signal(interactions_df: DataFrame) -> DataFrame:
+    """Pairs of users and movies that have at least one pair with confidence > 0.
+
+    What ALS may be fitted on: every user and movie left has a positive regularisation term.
+    Removing users cannot take a movie's positive pair (it belongs to a kept user) and vice
+    versa, so one pass each is enough.
+    """
+    positive = interactions_df.where(F.col("confidence") > 0)
+    return interactions_df.join(positive.select("user_id").distinct(), "user_id", "left_semi").join(
+        positive.select("movie_idx").distinct(), "movie_idx", "left_semi"
+    )
+
+
+def with_confidence_mode(mode: str) -> Callable[[DataFrame], DataFrame]:
+    """Transform: ``"log"`` keeps the confidence, ``"binary"`` keeps only its sign (+1 / -1 / 0)."""
+    if mode not in ("log", "binary"):
+        raise ValueError(f"confidence mode must be 'log' or 'binary', got {mode!r}")
+
+    def transform(interactions_df: DataFrame) -> DataFrame:
+        if mode == "log":
+            return interactions_df
+        return interactions_df.withColumn("confidence", F.signum("confidence").cast("float"))
+
+    return transform
 
 
 def new_liked_pairs(pairs_df: DataFrame, later: str, earlier: str) -> DataFrame:

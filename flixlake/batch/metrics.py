@@ -7,6 +7,8 @@ Each per-user function takes the recommended list (best first) and the set of re
 * recall@k = hits in the first k / |relevant|;
 * NDCG@k = DCG / ideal DCG, gains 1 / log2(position + 1), ideal = min(k, |relevant|) hits;
 * AP@k = sum of precision@i at each hit position i <= k / min(k, |relevant|) (MAP = its mean);
+* hit rate@k = 1 when any of the first k is relevant, else 0 (its mean: the share of users hit;
+  a per-user 0/1, so a segment's hit rate gets a binomial (Wilson) interval in the audit);
 * catalog coverage = distinct items recommended over all lists / catalog size.
 
 A user with no relevant items scores 0 everywhere; evaluation only samples users with some.
@@ -18,7 +20,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-METRICS = ("ndcg", "precision", "recall", "map")
+METRICS = ("ndcg", "precision", "recall", "map", "hit_rate")
 
 
 def _as_array(items: Collection[int] | np.ndarray) -> np.ndarray:
@@ -81,6 +83,13 @@ def average_precision_at_k(
     return float(precisions[hits].sum() / min(k, n_relevant))
 
 
+def hit_rate_at_k(
+    recommended: Sequence[int] | np.ndarray, relevant: Collection[int] | np.ndarray, k: int
+) -> float:
+    """1.0 when the first k hold any relevant item: the user was served something they liked."""
+    return float(_hits(recommended, relevant, k).any())
+
+
 def catalog_coverage(lists: Iterable[Sequence[int] | np.ndarray], catalog_size: int) -> float:
     """Share of the catalog that appears in at least one list."""
     if catalog_size <= 0:
@@ -96,7 +105,7 @@ def ranking_metrics(
     relevant: Sequence[Collection[int] | np.ndarray],
     k: int,
 ) -> dict[str, np.ndarray]:
-    """Per-user ndcg, precision, recall and map arrays (aligned with the inputs)."""
+    """Per-user ndcg, precision, recall, map and hit_rate arrays (aligned with the inputs)."""
     if len(recommended) != len(relevant):
         raise ValueError("recommended and relevant differ in length")
     functions = {
@@ -104,6 +113,7 @@ def ranking_metrics(
         "precision": precision_at_k,
         "recall": recall_at_k,
         "map": average_precision_at_k,
+        "hit_rate": hit_rate_at_k,
     }
     return {
         name: np.array(

@@ -101,8 +101,24 @@ def headline_metrics(evaluate: dict[str, Any]) -> dict[str, Any]:
         "k": evaluate.get("k"),
         "als": evaluate.get("als") or {},
         "popularity": evaluate.get("popularity") or {},
+        "baselines": evaluate.get("baselines") or {},
+        "best_baseline": evaluate.get("best_baseline"),
         "lift_ndcg": evaluate.get("lift_ndcg"),
+        "lift_ndcg_best_baseline": evaluate.get("lift_ndcg_best_baseline"),
+        "incumbent": evaluate.get("incumbent") or {},
     }
+
+
+def params_with_search(train: dict[str, Any]) -> dict[str, Any]:
+    """The model's params plus the whole search that chose them (summary and every trial)."""
+    params = dict(train.get("params") or {})
+    if "search" in train or "search_summary" in train:
+        params["search"] = {
+            **(train.get("search_summary") or {}),
+            "trials": train.get("search") or [],
+            "fit_failures": train.get("fit_failures") or [],
+        }
+    return params
 
 
 # -- the batch step ------------------------------------------------------------------------------
@@ -125,7 +141,7 @@ def run_register(
         "model_version": model_version,
         "run_date": run_date,
         "algorithm": str(train.get("algorithm", "als")),
-        "params": train.get("params") or {},
+        "params": params_with_search(train),
         "metrics": headline_metrics(evaluate),
         "input_versions": input_versions_from_manifests(compact, train, evaluate),
         "git_commit": git_commit(),

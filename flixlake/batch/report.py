@@ -21,8 +21,15 @@ from flixlake.lake.registry import model_lineage
 from flixlake.lake.runs import MissingStepError, parse_run_date, read_manifest
 from flixlake.lake.store import Lake
 
-RECOMMENDERS = ("als", "popularity")
-_COLORS = {"als": "#1f77b4", "popularity": "#bbbbbb"}
+RECOMMENDERS = ("als", "popularity", "itemknn", "ease", "incumbent")
+_COLORS = {
+    "als": "#1f77b4",
+    "popularity": "#bbbbbb",
+    "itemknn": "#ff7f0e",
+    "ease": "#2ca02c",
+    "incumbent": "#9467bd",
+}
+_BASELINES = ("popularity", "itemknn", "ease")
 _OVERALL = "all"
 _PARAM_NAMES = ("rank", "reg_param", "alpha", "max_iter")
 
@@ -52,6 +59,37 @@ def _from_headline(metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, flo
             if metric != "n_users" and isinstance(value, int | float):
                 overall.setdefault(metric, {})[recommender] = float(value)
     return {_OVERALL: overall} if overall else {}
+
+
+def recommenders_in(table: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The recommenders present in a metric table, in reporting order (ALS first)."""
+    found = {r for segment in table.values() for values in segment.values() for r in values}
+    return [r for r in RECOMMENDERS if r in found] + sorted(found - set(RECOMMENDERS))
+
+
+def baseline_verdict(metrics: dict[str, Any], k: Any) -> str | None:
+    """One plain sentence: does ALS beat the best baseline on this window, and which one is it."""
+    als = (metrics.get("als") or {}).get("ndcg")
+    baselines = metrics.get("baselines") or {"popularity": metrics.get("popularity") or {}}
+    scores = {
+        name: float(values["ndcg"])
+        for name, values in baselines.items()
+        if isinstance((values or {}).get("ndcg"), int | float)
+    }
+    if not isinstance(als, int | float) or not scores:
+        return None
+    best = max(scores, key=lambda name: scores[name])
+    listed = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+    if als > scores[best]:
+        return (
+            f"<p class='pass'>ALS beats every baseline: NDCG@{esc(k)} {als:.4f} vs the best, "
+            f"{esc(best)} {scores[best]:.4f} ({esc(listed)}).</p>"
+        )
+    return (
+        f"<p class='fail'>A baseline beats ALS on this window: {esc(best)} NDCG@{esc(k)} "
+        f"{scores[best]:.4f} vs ALS {als:.4f} ({esc(listed)}). The gate does not publish ALS "
+        "when a baseline is better; baselines are measured, not served.</p>"
+    )
 
 
 def _ndcg_metric(metrics: Iterable[str]) -> str | None:
@@ -95,7 +133,7 @@ def plot_overall(table: dict[str, dict[str, dict[str, float]]], k: Any, path: Pa
     metrics = sorted(overall)
     if not metrics:
         return None
-    values = {r: [overall[m].get(r, math.nan) for m in metrics] for r in RECOMMENDERS}
+    values = {r: [overall[m].get(r, math.nan) for m in metrics] for r in recommenders_in(table)}
     return _grouped_bars(path, f"Overall ranking metrics @{k}", metrics, values, "value")
 
 
@@ -113,7 +151,8 @@ def plot_segments(
     counts = users or {}
     labels = [f"{s} (n={counts[(s, 'als')]})" if (s, "als") in counts else s for s in segments]
     values = {
-        r: [table[s].get(metric, {}).get(r, math.nan) for s in segments] for r in RECOMMENDERS
+        r: [table[s].get(metric, {}).get(r, math.nan) for s in segments]
+        for r in recommenders_in(table)
     }
     return _grouped_bars(path, f"{metric} @{k} per user segment", labels, values, metric)
 
@@ -131,7 +170,7 @@ def _flatten(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def plot_search(search: list[dict[str, Any]], path: Path) -> Path | None:
     """The hyperparameter candidates' validation NDCG, to see how clear the choice was."""
-    rows = [_flatten(e) for e in search if isinstance(e, dict)]
+    rows = [_flatten(e) for e in search if isinstance(e, dict) and e.get("status", "ok") == "ok"]
     score_key = next(
         (
             k
@@ -208,7 +247,13 @@ def write_evaluation_report(
     k = metrics.get("k") or settings.batch.k
     table = metric_table(evaluations) or _from_headline(metrics)
     users = _segment_users(evaluations)
-    search = _search_from_train(settings, model["run_date"], model_version)
+    recorded = (model["params"] or {}).get("search")
+    search = (
+        list(recorded.get("trials") or [])
+        if isinstance(recorded, dict)
+        else _search_from_train(settings, model["run_date"], model_version)
+    )
+    recommenders = recommenders_in(table)
 
     stem = f"evaluation_{_safe(model_version)}"
     plots = [
@@ -244,24 +289,49 @@ def write_evaluation_report(
             f"{'better' if better else 'not better'}</span> than the baseline "
             f"(lift {esc(metrics.get('lift_ndcg'))}).</p>"
         )
+    verdict = baseline_verdict(metrics, k)
+    if verdict:
+        parts.append(verdict)
+    incumbent = metrics.get("incumbent") or {}
+    if incumbent.get("model_version"):
+        scored = (
+            f"NDCG@{esc(k)} {esc(incumbent.get('ndcg'))} on the same users and window"
+            if incumbent.get("scored")
+            else f"not re-scored: {esc(incumbent.get('why'))}"
+        )
+        parts.append(
+            f"<p>Current model {esc(incumbent['model_version'])}: {scored} "
+            f"({esc(incumbent.get('why'))}).</p>"
+        )
     parts += [f"<img src='{p.name}' alt='{esc(p.stem)}'>" for p in plots if p is not None]
     for segment in sorted(table, key=lambda s: (s != _OVERALL, s)):
         rows = [
-            [m, *[table[segment][m].get(r) for r in RECOMMENDERS]] for m in sorted(table[segment])
+            [m, *[table[segment][m].get(r) for r in recommenders]] for m in sorted(table[segment])
         ]
-        n = ", ".join(f"{r}: {users[(segment, r)]}" for r in RECOMMENDERS if (segment, r) in users)
+        n = ", ".join(f"{r}: {users[(segment, r)]}" for r in recommenders if (segment, r) in users)
         parts.append(f"<h3>segment {esc(segment)}{f' (users {esc(n)})' if n else ''}</h3>")
-        parts.append(html_table(["metric", *RECOMMENDERS], rows))
+        parts.append(html_table(["metric", *recommenders], rows))
 
+    params = {key: v for key, v in (model["params"] or {}).items() if key != "search"}
     parts.append("<h2>Hyperparameters</h2>")
-    parts.append(html_kv(_flatten(model["params"])) if model["params"] else "<p>none recorded</p>")
+    parts.append(html_kv(_flatten(params)) if params else "<p>none recorded</p>")
     parts.append("<h2>Search results (validation window)</h2>")
+    if isinstance(recorded, dict):
+        chosen = recorded.get("chosen")
+        parts.append(
+            f"<p>{esc(recorded.get('method'))}: {esc(recorded.get('trials_run'))} of "
+            f"{esc(recorded.get('trials'))} trials ({esc(recorded.get('failed'))} failed"
+            f"{', stopped by the time budget' if recorded.get('stopped_by_budget') else ''}); "
+            f"chosen: trial {esc(recorded.get('chosen_trial'))} {esc(chosen)}"
+            f"{'; search skipped: ' + esc(recorded.get('skipped')) if recorded.get('skipped') else ''}"
+            f"</p>"
+        )
     if search:
         flat = [_flatten(s) for s in search]
-        headers = sorted({key for row in flat for key in row})
+        headers = list(dict.fromkeys(key for row in flat for key in row))
         parts.append(html_table(headers, [[row.get(h) for h in headers] for row in flat]))
     else:
-        parts.append("<p>no search results recorded in the train manifest</p>")
+        parts.append("<p>no search results recorded</p>")
 
     parts.append("<h2>Provenance</h2>")
     parts.append(html_kv({"git commit": model["git_commit"], **model["library_versions"]}))

@@ -8,11 +8,22 @@ the speed layer validates each with :class:`ServedRecord` before landing it in
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 _MAX_ID = 2**63 - 1
+# Where an answer's movies came from: the model's list as is, with watched movies dropped, filled
+# up with trending/popular movies, only trending/popular movies (no batch-view entry), or drawn at
+# random from the catalog (an exploration variant: no model behind it).
+AnswerSource = Literal["batch", "batch_filtered", "batch_filled", "fallback", "explore"]
+ANSWER_SOURCES: tuple[AnswerSource, ...] = (
+    "batch",
+    "batch_filtered",
+    "batch_filled",
+    "fallback",
+    "explore",
+)
 
 
 class ServedRecord(BaseModel):
@@ -30,6 +41,7 @@ class ServedRecord(BaseModel):
     latency_ms: float = Field(ge=0)
     server: str = ""
     experiment: str = "default"  # records from before experiments were named
+    answer_source: AnswerSource | None = None  # None: records from before answers carried it
 
 
 def validation_reason(exc: ValidationError) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
@@ -104,9 +105,13 @@ class Lake:
         return {n: self.version(n) for n in (names or ALL_TABLES)}
 
     def ensure(self, name: str) -> DeltaTable:
-        """Create the table empty with its registered schema if it does not exist."""
+        """Create the table empty with its registered schema if it does not exist.
+
+        A table written before the registry gained a nullable column gets that column added
+        (old rows read it as null), so a lake survives the schema growing.
+        """
+        spec = table_spec(name)
         if not self.exists(name):
-            spec = table_spec(name)
             DeltaTable.create(
                 self.path(name),
                 spec.schema,
@@ -116,7 +121,13 @@ class Lake:
                 description=spec.description,
                 storage_options=self.storage_options,
             )
-        return self.table(name)
+        table = self.table(name)
+        present = set(table.schema().to_arrow().names)
+        added = [f for f in spec.schema if f.name not in present and f.nullable]
+        if added:
+            table.alter.add_columns([DeltaField.from_arrow(f) for f in added])
+            table = self.table(name)
+        return table
 
     # -- reading ------------------------------------------------------------------------------
     def read(

@@ -325,6 +325,9 @@ SERVED_RECOMMENDATIONS = TableSpec(
             _f("ingest_batch", pa.string(), False),
             _f("ingested_at", TS, False),
             _f("served_date", pa.date32(), False),
+            # batch | batch_filtered | batch_filled | fallback | explore; null in records from
+            # before it
+            _f("answer_source", pa.string()),
         ]
     ),
     partition_by=("served_date",),
@@ -356,6 +359,91 @@ ONLINE_EVALUATIONS = TableSpec(
     keys=("served_hour", "experiment", "model_version", "variant", "user_id"),
 )
 
+AUDIT_DRIFT = TableSpec(
+    name="audit_drift",
+    owner="jobs.audit",
+    description=(
+        "Drift of each input per window of a run date against the reference days before it: "
+        "distances (Jensen-Shannon, PSI), volume ratio and the verdict."
+    ),
+    schema=pa.schema(
+        [
+            _f("run_date", pa.date32(), False),
+            _f("input", pa.string(), False),  # event_mix, movie_activity, ... (audit.drift.inputs)
+            _f("window_start", TS, False),
+            _f("window_end", TS, False),
+            _f("reference_start", TS, False),
+            _f("reference_end", TS, False),
+            _f("observations", pa.float64(), False),  # what the distribution counts, in the window
+            _f("reference_observations", pa.float64(), False),
+            _f("events", pa.int64(), False),  # underlying events (lines, requests, answers)
+            _f("reference_events", pa.int64(), False),
+            _f("volume_ratio", pa.float64()),  # events per hour vs the reference's
+            _f("categories", pa.int32(), False),  # after pooling rare ones
+            _f("js_distance", pa.float64()),  # raw Jensen-Shannon distance, base 2
+            _f("expected_noise", pa.float64()),  # what sampling alone gives at these counts
+            _f("distance", pa.float64()),  # sqrt(max(0, js^2 - noise^2)): judged
+            _f("psi", pa.float64()),
+            _f("largest_shift", pa.string()),  # "<category>: <reference share> -> <window share>"
+            _f("max_distance", pa.float64()),
+            _f("max_volume_change", pa.float64()),
+            _f("judged", pa.bool_(), False),  # enough observations to judge
+            _f("drifted", pa.bool_(), False),
+            _f("computed_at", TS, False),
+        ]
+    ),
+    keys=("run_date", "input", "window_start"),
+)
+
+AUDIT_FAIRNESS = TableSpec(
+    name="audit_fairness",
+    owner="jobs.audit",
+    description=(
+        "Per run date and model version: hit rate per user segment with intervals (offline, "
+        "online), exposure and calibration of its batch view and of what was served."
+    ),
+    schema=pa.schema(
+        [
+            _f("run_date", pa.date32(), False),
+            _f("model_version", pa.string(), False),
+            _f("scope", pa.string(), False),  # offline | online | batch_view | served
+            _f("segment", pa.string(), False),  # all, gender=F, activity=heavy, ...
+            _f(
+                "metric", pa.string(), False
+            ),  # hit_rate, long_tail_share, gini, calibration_kl, ...
+            _f("value", pa.float64()),
+            _f("ci_low", pa.float64()),  # interval at audit.confidence (hit rates only)
+            _f("ci_high", pa.float64()),
+            _f("n_users", pa.int64(), False),
+            _f("computed_at", TS, False),
+        ]
+    ),
+    keys=("run_date", "model_version", "scope", "segment", "metric"),
+)
+
+AUDIT_REQUIREMENTS = TableSpec(
+    name="audit_requirements",
+    owner="jobs.audit",
+    description=(
+        "The system (long-tail exposure) and model (hit rate per segment) requirements, per run "
+        "date, model version and evidence: met or not, observed value and threshold."
+    ),
+    schema=pa.schema(
+        [
+            _f("run_date", pa.date32(), False),
+            _f("model_version", pa.string(), False),
+            _f("requirement", pa.string(), False),  # system | model
+            _f("evidence", pa.string(), False),  # batch_view | served | offline | online
+            _f("passed", pa.bool_(), False),
+            _f("observed", pa.float64()),
+            _f("threshold", pa.float64(), False),
+            _f("details", pa.string(), False),
+            _f("computed_at", TS, False),
+        ]
+    ),
+    keys=("run_date", "model_version", "requirement", "evidence"),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -375,6 +463,9 @@ ALL_TABLES: dict[str, TableSpec] = {
         SPEED_NEW_USERS,
         SERVED_RECOMMENDATIONS,
         ONLINE_EVALUATIONS,
+        AUDIT_DRIFT,
+        AUDIT_FAIRNESS,
+        AUDIT_REQUIREMENTS,
     )
 }
 

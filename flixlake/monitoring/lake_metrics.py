@@ -94,8 +94,9 @@ def read_figures(lake: Lake, now: float) -> LakeFigures:
             since = newest - dt.timedelta(hours=24)
             for r in table:
                 key = (r["experiment"], r["variant"], r["model_version"])
-                if r["served_hour"] == newest:
-                    figures.hour[key] = (r["served"], r["converted"])
+                if r["served_hour"] == newest:  # one row per user: add them up
+                    served, converted = figures.hour.get(key, (0, 0))
+                    figures.hour[key] = (served + r["served"], converted + r["converted"])
                 if r["served_hour"] > since:
                     served, converted = figures.day.get(key, (0, 0))
                     figures.day[key] = (served + r["served"], converted + r["converted"])

@@ -3,7 +3,8 @@
 A job file only names its step function; this parses ``--run-date`` (or ``--until`` for jobs
 that evaluate up to a point in time), ``--env`` and ``--home``, loads the settings, builds the one
 SparkSession, runs the step and prints its summary as JSON.
-Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails.
+Exit code 0 on success, 2 on a user error (bad date, missing table or step), 3 when a gate fails,
+4 when no model could be trained (the reason in one line; the traces in the run's ``train.log``).
 
 When ``monitoring.pushgateway_url`` is set, every run that got as far as loading its settings
 pushes its outcome, duration and numeric summary (rows, model metrics) to the Pushgateway, group
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flixlake.batch.errors import GateFailedError
+from flixlake.batch.errors import GateFailedError, TrainingError
 from flixlake.config import ConfigError, Settings, load_settings
 from flixlake.contract.logformat import as_utc
 from flixlake.lake.runs import MissingStepError, parse_run_date
@@ -91,6 +92,9 @@ def run_job(
         except GateFailedError as exc:
             print(f"gate failed: {exc}", file=sys.stderr)
             code = 3
+        except TrainingError as exc:
+            print(f"training failed: {exc}", file=sys.stderr)
+            code = 4
         except (MissingTableError, MissingStepError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             code = 2

@@ -46,8 +46,14 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
     evaluation = summaries.get("evaluate", {})
     k = evaluation.get("k", 20)
     rows = []
-    for name in ("als", "popularity"):
-        metrics = evaluation.get(name) or {}
+    recommenders = {"als": evaluation.get("als"), **(evaluation.get("baselines") or {})}
+    if "popularity" not in recommenders:
+        recommenders["popularity"] = evaluation.get("popularity")
+    incumbent = evaluation.get("incumbent") or {}
+    if incumbent.get("scored"):
+        recommenders[f"current ({incumbent.get('model_version')})"] = incumbent
+    for name, found in recommenders.items():
+        metrics = found or {}
         rows.append(
             {
                 "recommender": name,
@@ -56,10 +62,17 @@ def print_batch_summary(summaries: dict[str, dict[str, Any]]) -> None:
                 "users": metrics.get("n_users"),
             }
         )
-    print_table(rows, title="offline evaluation on the held-out window")
+    print_table(rows, title="offline evaluation on the held-out window (same users)")
     publish = summaries.get("publish", {})
     train = summaries.get("train", {})
+    search = train.get("search_summary") or {}
     console.print(f"model {train.get('model_version')} params {train.get('params')}")
+    if search:
+        console.print(
+            f"search: {search.get('trials_run')} of {search.get('trials')} trials "
+            f"({search.get('failed')} failed), chosen trial {search.get('chosen_trial')}: "
+            f"{search.get('chosen')}"
+        )
     console.print(f"published: {publish.get('published')}  {publish.get('reason', '')}")
 
 

@@ -265,6 +265,7 @@ class RecommendationService:
                 answer.variant,
                 answer.model_version,
                 body,
+                answer.source,
             )
 
     def _failed(self, user_id: int) -> Answer:

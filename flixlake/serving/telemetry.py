@@ -4,7 +4,8 @@ Each answer becomes two Kafka messages: the MLiP line (``<time>,<userid>,recomme
 <server>, status <code>, result: <ids>, <n> ms``, rendered by
 :func:`flixlake.contract.logformat.format_reco`)
 on the log topic, and a JSON record (request_id, user_id, variant, model_version, items,
-latency_ms, time, status, server, experiment) on the served-recommendations topic, both keyed by user id.
+latency_ms, time, status, server, experiment, answer_source) on the served-recommendations topic,
+both keyed by user id.
 
 The request path only appends a tuple to a bounded in-memory buffer (full: the record is dropped
 and counted). A background thread of the service encodes the buffer and writes it to a pipe read
@@ -96,13 +97,17 @@ class TelemetryShipper:
         variant: str,
         model_version: str,
         body: bytes,
+        source: str = "",
     ) -> None:
-        """Buffer one answer (constant time; drops and counts when the buffer is full)."""
+        """Buffer one answer (constant time; drops and counts when the buffer is full).
+
+        ``source`` is where its movies came from (batch, batch_filtered, batch_filled, fallback, explore).
+        """
         if len(self._queue) + self._pending_records >= self.capacity:
             self.metrics.dropped_full.inc()
             return
         self._queue.append(
-            (when, user_id, status, latency_ms, request_id, variant, model_version, body)
+            (when, user_id, status, latency_ms, request_id, variant, model_version, source, body)
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -211,10 +216,12 @@ class TelemetryShipper:
     def _encode(self) -> None:
         queue, pending = self._queue, self._pending
         while queue and len(pending) < _MAX_PENDING_BYTES:
-            when, user_id, status, latency, request_id, variant, model, body = queue.popleft()
+            when, user_id, status, latency, request_id, variant, model, source, body = (
+                queue.popleft()
+            )
             pending += (
                 f"{when:.3f}\t{user_id}\t{status}\t{latency:.3f}\t{request_id}\t"
-                f"{_clean(variant)}\t{_clean(model)}\t"
+                f"{_clean(variant)}\t{_clean(model)}\t{_clean(source)}\t"
             ).encode()
             pending += body
             pending += b"\n"
@@ -290,10 +297,15 @@ def _iso(when: float) -> str:
 
 
 def messages(line: bytes, server: str, experiment: str) -> tuple[bytes, bytes, bytes]:
-    """One buffered record -> (key, MLiP log line, JSON record)."""
-    when_s, user_s, status_s, latency_s, request_id, variant, model, body = line.rstrip(
-        b"\n"
-    ).split(b"\t", 7)
+    """One buffered record -> (key, MLiP log line, JSON record).
+
+    A record is ``when, user, status, latency, request id, variant, model, source, body``
+    separated by tabs; one without the source field ships without ``answer_source``.
+    """
+    fields = line.rstrip(b"\n").split(b"\t", 8)
+    if len(fields) == 8:  # no source field
+        fields.insert(7, b"")
+    when_s, user_s, status_s, latency_s, request_id, variant, model, source, body = fields
     when, user_id, status, latency = float(when_s), int(user_s), int(status_s), float(latency_s)
     items = body.decode().split(",") if body else []
     stamp = dt.datetime.fromtimestamp(when, dt.UTC)
@@ -310,6 +322,8 @@ def messages(line: bytes, server: str, experiment: str) -> tuple[bytes, bytes, b
         "server": server,
         "experiment": experiment,
     }
+    if source:
+        record["answer_source"] = source.decode()
     return user_s, mlip.encode(), json.dumps(record, separators=(",", ":")).encode()
 
 

@@ -30,7 +30,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from flixlake.contract.logformat import RejectReason, format_rate, format_reco, format_watch
-from flixlake.sim.world import GENDERS, OCCUPATIONS, MovieChooser, SeenPairs, World
+from flixlake.sim.world import (
+    GENDERS,
+    OCCUPATIONS,
+    SAMPLE_SESSION_SHARE,
+    MovieChooser,
+    SeenPairs,
+    TrendChooser,
+    World,
+)
+
+Chooser = MovieChooser | TrendChooser
 
 DEFAULT_END = dt.date(2026, 11, 22)  # last day of the history unless told otherwise
 MOVIES_FILE = "movies.jsonl"
@@ -84,7 +94,10 @@ class Calendar:
 
 
 def plan_calendar(world: World, first_date: dt.date, days: int, seed: int) -> Calendar:
-    """Decide which users sign up and which movies arrive during the history, and when."""
+    """Decide which users sign up and which movies arrive during the history, and when.
+
+    One-off users (trends regime) come on a uniformly drawn day of the history, once.
+    """
     rng = np.random.default_rng([seed, 1])
     join = np.zeros(world.n_users, dtype=np.int64)
     release = np.zeros(world.n_movies, dtype=np.int64)
@@ -96,6 +109,9 @@ def plan_calendar(world: World, first_date: dt.date, days: int, seed: int) -> Ca
         if n_new_movies > 0:
             arriving = rng.choice(world.n_movies, n_new_movies, replace=False)
             release[arriving] = rng.integers(1, days, n_new_movies)
+    one_off = np.flatnonzero(world.user_one_off)
+    if one_off.size:
+        join[one_off] = np.random.default_rng([seed, 9]).integers(0, days, one_off.size)
     return Calendar(first_date=first_date, days=days, join_day=join, release_day=release)
 
 
@@ -123,7 +139,7 @@ def simulate_day(
     world: World,
     calendar: Calendar,
     day: int,
-    chooser: MovieChooser,
+    chooser: Chooser,
     seen: SeenPairs,
     rng: np.random.Generator,
 ) -> DayEvents:
@@ -133,6 +149,8 @@ def simulate_day(
     visits = rng.poisson(np.where(calendar.join_day <= day, rate, 0.0))
     if day > 0:  # a user who signs up today watches something today
         visits = np.where(calendar.join_day == day, np.maximum(visits, 1), visits)
+    # one-off users (trends regime): one visit on the day they come, never again
+    visits = np.where(world.user_one_off, (calendar.join_day == day).astype(np.int64), visits)
     visits = np.minimum(visits, MAX_VISITS_PER_DAY)
     alive = visits > 0  # still has visits left today (a visit past midnight ends the day)
     clock = np.zeros(world.n_users, dtype=np.int64)  # when the user's last visit ended
@@ -181,7 +199,7 @@ def simulate_day(
 
 def _events_from_visits(
     world: World,
-    chooser: MovieChooser,
+    chooser: Chooser,
     visit: dict[str, NDArray[np.int64]],
     rng: np.random.Generator,
 ) -> DayEvents:
@@ -236,6 +254,44 @@ def _events_from_visits(
         reco_ms=reco_ms.astype(np.int32),
         reco_server=reco_server.astype(np.int8),
     )
+
+
+@dataclass(frozen=True)
+class Bursts:
+    """Bandwagon bursts of the trends regime: movie ``movie[i]`` draws ``gain[i]`` times more
+    from day ``start[i]`` for ``length[i]`` days."""
+
+    movie: NDArray[np.int64]
+    start: NDArray[np.int64]
+    length: NDArray[np.int64]
+    gain: NDArray[np.float64]
+
+
+def plan_bursts(world: World, days: int, seed: int) -> Bursts:
+    """About one burst per 300 movies and day, on movies drawn uniformly (often obscure ones)."""
+    rng = np.random.default_rng([seed, 8])
+    n = max(1, round(days * world.n_movies / 300))
+    return Bursts(
+        movie=rng.integers(0, world.n_movies, n),
+        start=rng.integers(0, days, n),
+        length=rng.integers(2, 6, n),
+        gain=rng.lognormal(np.log(40.0), 0.7, n),
+    )
+
+
+def trend_weights(
+    world: World, calendar: Calendar, bursts: Bursts, day: int
+) -> NDArray[np.float64]:
+    """The trends regime's draw of every movie on ``day``: Zipf x recency x bursts (0: not out)."""
+    weight = world.movie_popularity.copy()  # 1 / popularity rank
+    age = day - calendar.release_day
+    arrived = calendar.release_day > 0
+    weight *= np.where(arrived & (age >= 0), 1.0 + 15.0 * np.exp(-np.maximum(age, 0) / 5.0), 1.0)
+    weight[age < 0] = 0.0
+    active = (bursts.start <= day) & (day < bursts.start + bursts.length)
+    np.multiply.at(weight, bursts.movie[active], bursts.gain[active])
+    weight[age < 0] = 0.0
+    return weight
 
 
 def render_lines(
@@ -451,12 +507,17 @@ def generate_history(
     *,
     end: dt.date | None = None,
     mean_activity: float = 0.3,
+    regime: str = "lowrank",
+    sample_share: float | None = None,
 ) -> dict[str, Any]:
     """Write ``days`` days of synthetic MLiP logs plus metadata to ``out``; returns a summary.
 
     The history ends on ``end`` (default 2026-11-22, so the demo's run date is predictable),
     or starts on ``start`` when that is given instead. ``progress`` gets the lines written.
     ``mean_activity`` is the average visits per user and day (lower it for 1M-user histories).
+    ``regime`` picks the world's choice model (:mod:`flixlake.sim.world`): "lowrank" (ALS's own
+    model class) or "trends" (popularity, recency, bursts, one-off users, 1-2 star raters);
+    ``sample_share`` (trends) the share of sessions that are 1-4 minutes of sampling.
     """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
@@ -468,8 +529,16 @@ def generate_history(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    world = World.build(n_users, n_movies, seed, mean_activity=mean_activity)
+    world = World.build(
+        n_users,
+        n_movies,
+        seed,
+        mean_activity=mean_activity,
+        regime=regime,
+        sample_share=SAMPLE_SESSION_SHARE if sample_share is None else sample_share,
+    )
     calendar = plan_calendar(world, first_date, days, seed)
+    bursts = plan_bursts(world, days, seed)
     write_metadata(out, world, calendar)
 
     seen = SeenPairs(world.n_movies)
@@ -477,10 +546,12 @@ def generate_history(
     bad_counts = dict.fromkeys(BAD_KINDS, 0)
     active = np.zeros(world.n_users, dtype=bool)
     written = 0
-    chooser: MovieChooser | None = None
+    chooser: Chooser | None = None
     for day in range(days):
         date = calendar.date(day)
-        if chooser is None or np.any(calendar.release_day == day):
+        if world.regime == "trends":
+            chooser = TrendChooser(world, trend_weights(world, calendar, bursts, day))
+        elif chooser is None or np.any(calendar.release_day == day):
             chooser = world.chooser(available=calendar.release_day <= day)
         events = simulate_day(
             world, calendar, day, chooser, seen, np.random.default_rng([seed, 2, day])
@@ -516,8 +587,11 @@ def generate_history(
         "days": days,
         "first_date": first_date.isoformat(),
         "last_date": calendar.date(days - 1).isoformat(),
+        "regime": world.regime,
         "users": world.n_users,
         "movies": world.n_movies,
+        "one_off_users": int(world.user_one_off.sum()),
+        "low_raters": int(world.user_low_rater.sum()),
         "active_users": int(active.sum()),
         "new_users": int(np.count_nonzero(calendar.join_day > 0)),
         "new_movies": int(np.count_nonzero(calendar.release_day > 0)),

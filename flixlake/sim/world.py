@@ -14,6 +14,19 @@ users and 27,000 movies builds in seconds and never materializes a users x movie
   for the personal deviation, so sampling costs O(candidates), not O(movies), per choice.
 * How much of a movie a user watches, and the rating they give, grow with the affinity.
 
+That choice model is exactly ALS's model class (a low-rank taste . movie logit), so figures
+measured on it flatter ALS. ``regime="trends"`` (``flixlake generate --regime trends``) is a
+world that is *not* low-rank, shaped like real catalogs:
+
+* choices follow the day's popularity: a steep Zipf base, a boost for movies released in the
+  last weeks (recency) and bandwagon bursts (a movie's draw multiplied for a few days), with a
+  mild genre affinity (the user's cluster's genre profile) as the only personal signal
+  (:class:`TrendChooser`);
+* many one-off users (``user_one_off``: one visit on their join day, never again);
+* 1-2 star raters (``user_low_rater``) whose every rating is 1 or 2;
+* most sessions are short samples (1-4 minutes, ``sample_share``); liking, hence minutes and stars, follows genre
+  affinity plus noise, not the choice model.
+
 >>> world = World.build(n_users=50, n_movies=40, seed=1)
 >>> world.movie_ids[0].endswith(str(world.movie_years[0]))
 True
@@ -142,6 +155,10 @@ _OCC_SHIFT_SPARSE: dict[str, dict[str, float]] = {
     "farmer": {"Western": 1.0},
 }
 
+REGIMES = ("lowrank", "trends")
+ONE_OFF_FRACTION = 0.35  # trends: users with a single visit
+LOW_RATER_FRACTION = 0.06  # trends: users who only give 1-2 stars
+SAMPLE_SESSION_SHARE = 0.6  # trends: sessions that are a few minutes of sampling
 _BLOCK = 131_072  # users per vectorized block (bounds temporary memory)
 _SAMPLE_BLOCK = 8_192  # choices per block in MovieChooser.sample
 _FALLBACK_DRAWS = 3  # extra candidate draws for users who have seen all their candidates
@@ -258,6 +275,10 @@ class World:
     cluster_genres: NDArray[np.float64]  # clusters x len(GENRES), each row sums to 1
     affinity_mean: float
     affinity_std: float
+    regime: str  # "lowrank" (the taste model above) | "trends"
+    sample_share: float  # trends: share of sessions that are a few minutes of sampling
+    user_one_off: NDArray[np.bool_]  # trends: one visit, on the join day
+    user_low_rater: NDArray[np.bool_]  # trends: rates 1-2 stars only
 
     @property
     def n_users(self) -> int:
@@ -283,10 +304,14 @@ class World:
         mean_activity: float = 0.3,
         pop_exponent: float = 0.3,
         affinity_scale: float = 12.0,
+        regime: str = "lowrank",
+        sample_share: float = SAMPLE_SESSION_SHARE,
     ) -> World:
         """Build the world for ``seed``; same arguments, same world."""
         if n_users < 1 or n_movies < 1:
             raise ValueError(f"need at least one user and one movie, got {n_users}, {n_movies}")
+        if regime not in REGIMES:
+            raise ValueError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
         rng = np.random.default_rng([seed, 0])
         genre_vectors = _unit_rows(rng.normal(size=(len(GENRES), dim)))
 
@@ -359,6 +384,10 @@ class World:
         pu = rng.integers(0, n_users, n_pairs)
         pm = rng.integers(0, n_movies, n_pairs)
         sample = np.einsum("ij,ij->i", taste[pu], movie_vectors[pm].astype(np.float32))
+        # the trends regime's user kinds: their own stream, so "lowrank" worlds stay as they were
+        kinds = np.random.default_rng([seed, 7]).random((2, n_users))
+        one_off = kinds[0] < ONE_OFF_FRACTION if regime == "trends" else np.zeros(n_users, bool)
+        low = kinds[1] < LOW_RATER_FRACTION if regime == "trends" else np.zeros(n_users, bool)
         return cls(
             seed=seed,
             pop_exponent=pop_exponent,
@@ -384,6 +413,10 @@ class World:
             cluster_genres=cluster_genres,
             affinity_mean=float(sample.mean()),
             affinity_std=float(sample.std()) or 1.0,
+            regime=regime,
+            sample_share=sample_share,
+            user_one_off=one_off,
+            user_low_rater=low & ~one_off,
         )
 
     def movie_genre_names(self, movie: int) -> list[str]:
@@ -398,10 +431,19 @@ class World:
         """A sampler of movie choices restricted to ``available`` movies (all by default)."""
         return MovieChooser(self, available)
 
+    def genre_affinity(self, users: IntArray, movies: IntArray) -> NDArray[np.float64]:
+        """log of the user's cluster's share of the movie's genres (trends regime's taste)."""
+        profile = self.cluster_genres[self.user_cluster[users].astype(np.int64)]
+        genres = self.movie_genres[movies]
+        share = (profile * genres).sum(axis=-1) / np.maximum(genres.sum(axis=-1), 1)
+        return np.asarray(np.log(share + 0.02), np.float64)
+
     def watch_outcome(
         self, users: IntArray, movies: IntArray, rng: np.random.Generator
     ) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
         """Minutes watched (1..runtime), the rating it would get (1..5) and whether it is rated."""
+        if self.regime == "trends":
+            return self._trends_outcome(users, movies, rng)
         z = (self.affinity(users, movies) - self.affinity_mean) / self.affinity_std
         liking = 0.7 * z + rng.normal(0.0, 0.8, size=len(users))
         completion = 1.0 / (1.0 + np.exp(-2.0 * (liking - 1.8)))
@@ -409,6 +451,23 @@ class World:
         minutes = np.clip(np.ceil(completion * runtime), 1, runtime).astype(np.int64)
         rating = np.clip(np.rint(1.95 + 1.1 * liking), 1, 5).astype(np.int64)
         rated = rng.random(len(users)) < 0.1 + 0.35 * completion
+        return minutes, rating, rated
+
+    def _trends_outcome(
+        self, users: IntArray, movies: IntArray, rng: np.random.Generator
+    ) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
+        n = len(users)
+        liking = 0.6 * (self.genre_affinity(users, movies) + 1.5) + rng.normal(0.0, 1.0, n)
+        runtime = self.movie_runtime[movies].astype(np.int64)
+        sample = rng.random(n) < self.sample_share  # browsed a few minutes and left
+        completion = 1.0 / (1.0 + np.exp(-2.0 * (liking - 0.5)))
+        full = np.ceil(completion * runtime)
+        minutes = np.where(sample, rng.integers(1, 5, n), full)
+        minutes = np.clip(minutes, 1, runtime).astype(np.int64)
+        rating = np.clip(np.rint(3.0 + 0.9 * liking), 1, 5).astype(np.int64)
+        low = self.user_low_rater[users]
+        rating = np.where(low, rng.integers(1, 3, n), rating)
+        rated = rng.random(n) < np.where(sample, 0.05, 0.25) + 0.4 * low
         return minutes, rating, rated
 
 
@@ -538,3 +597,56 @@ class MovieChooser:
         top = np.argpartition(-self.cluster_probs, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(self.cluster_probs, top, axis=1), axis=1)
         return np.take_along_axis(top, order, axis=1)
+
+
+class TrendChooser:
+    """The trends regime's choices on one day: popularity x recency x bursts, then genre taste.
+
+    ``day_weight`` (movies) is the day's draw of each movie; candidates are drawn from it and one
+    is resampled by ``exp(genre_beta * genre_affinity)``, skipping seen movies while candidates
+    last (as :class:`MovieChooser` does). ``top_movies`` is the day's trending list, the same for
+    every cluster.
+    """
+
+    def __init__(self, world: World, day_weight: NDArray[np.float64], genre_beta: float = 1.0):
+        if not (day_weight > 0).any():
+            raise ValueError("no movie is available to choose from")
+        self.world = world
+        self.genre_beta = genre_beta
+        probs = day_weight / day_weight.sum()
+        self.probs = probs
+        cdf = np.cumsum(probs)
+        cdf[-1] = 1.0
+        self._cdf = cdf
+
+    def sample(
+        self,
+        users: IntArray,
+        rng: np.random.Generator,
+        seen: SeenPairs | None = None,
+        n_candidates: int = 16,
+    ) -> IntArray:
+        """One movie per user index in ``users``."""
+        users = np.asarray(users, dtype=np.int64)
+        chosen = np.empty(users.size, dtype=np.int64)
+        for lo in range(0, users.size, _SAMPLE_BLOCK):
+            hi = min(lo + _SAMPLE_BLOCK, users.size)
+            block = users[lo:hi]
+            candidates = np.minimum(
+                np.searchsorted(self._cdf, rng.random((block.size, n_candidates)), side="right"),
+                self.probs.size - 1,
+            )
+            log_w = self.genre_beta * self.world.genre_affinity(block[:, None], candidates)
+            if seen is not None and len(seen):
+                log_w[seen.contains(block[:, None], candidates)] = -np.inf
+            all_seen = np.isneginf(log_w).all(axis=1)
+            log_w[all_seen] = 0.0  # seen them all: watches one again
+            pick = np.argmax(log_w + rng.gumbel(size=log_w.shape), axis=1)
+            chosen[lo:hi] = candidates[np.arange(block.size), pick]
+        return chosen
+
+    def top_movies(self, k: int) -> NDArray[np.int64]:
+        """The day's ``k`` most drawn movies, best first, for every taste cluster."""
+        k = min(k, int((self.probs > 0).sum()))
+        top = np.argsort(-self.probs, kind="stable")[:k]
+        return np.tile(top, (self.world.cluster_taste.shape[0], 1))

@@ -1,7 +1,8 @@
 """End to end on real parts: generate → ingest → the whole batch pipeline on Spark + Delta.
 
-One small synthetic world is generated, ingested and run through every batch step once per test
-module (the shared SparkSession); the tests then check what users and analysts would look at.
+Two small synthetic histories -- the low-rank world and the trends regime (not low-rank: one-off
+users, 1-2 star raters, bursts) -- are generated, ingested and run through every batch step once
+per test module (the shared SparkSession); the tests then check what users and analysts see.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
+from flixlake.batch.errors import GateFailedError
 from flixlake.batch.ingest import ingest_paths
-from flixlake.batch.pipeline import StepResult, run_batch
+from flixlake.batch.pipeline import BATCH_STEPS, StepResult, run_batch
 from flixlake.config import Settings, load_settings
+from flixlake.lake.registry import get_model
 from flixlake.lake.store import Lake
 from flixlake.sim.generate import generate_history
 
@@ -40,7 +43,13 @@ def pipeline(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PipelineRun]:
     home = tmp_path_factory.mktemp("pipeline")
-    settings = load_settings("test", home=home)
+    # These tests follow a published model (provenance, batch view, reruns). With the test
+    # config's tiny search (ranks 2-8, 5 iterations) EASE can beat ALS on this 400-user world,
+    # so only the popularity lift is required here; the best-baseline gate is tested on the
+    # trends history below and in tests/unit/batch/test_publish.py.
+    settings = load_settings(
+        "test", home=home, overrides={"batch": {"publish": {"min_lift_over_baseline": 0.0}}}
+    )
     lake = Lake(settings.lake_root)
     data = home / "data"
     generated = generate_history(data, n_users=400, n_movies=120, days=16, seed=3, bad_rate=0.01)
@@ -123,3 +132,74 @@ def test_rerunning_the_same_date_changes_nothing(
         == pipeline.results["train"].summary["model_version"]
     )
     assert snapshot() == before
+
+
+# -- the trends regime: a history that is not low-rank -------------------------------------------
+@dataclass
+class TrendsRun:
+    settings: Settings
+    lake: Lake
+    generated: dict[str, Any]
+    summaries: dict[str, dict[str, Any]]
+    gate_error: str | None
+
+
+@pytest.fixture(scope="module")
+def trends_pipeline(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TrendsRun]:
+    """A small trends-regime history (one-off users, 1-2 star raters, bursts) through every step."""
+    home = tmp_path_factory.mktemp("trends")
+    settings = load_settings(  # the gate as base.yaml has it: ALS must beat the best baseline
+        "test", home=home, overrides={"batch": {"publish": {"min_lift_over_baseline": 1.0}}}
+    )
+    lake = Lake(settings.lake_root)
+    generated = generate_history(
+        home / "data", n_users=600, n_movies=150, days=20, seed=5, bad_rate=0.01, regime="trends"
+    )
+    ingest_paths(lake, [home / "data"], chunk_lines=50_000)
+    run_date = dt.date.fromisoformat(str(generated["last_date"]))
+    summaries: dict[str, dict[str, Any]] = {}
+    gate_error = None
+    for step in BATCH_STEPS:
+        try:
+            summaries[step.name] = step.load()(spark, lake, settings, run_date)
+        except GateFailedError as exc:
+            gate_error = str(exc)
+            break
+    yield TrendsRun(settings, lake, generated, summaries, gate_error)
+
+
+def test_trends_history_has_the_real_shapes(trends_pipeline: TrendsRun) -> None:
+    generated = trends_pipeline.generated
+    assert generated["regime"] == "trends"
+    assert generated["one_off_users"] > 100 and generated["low_raters"] > 10
+    counts = trends_pipeline.summaries["train"]["counts"]
+    # users whose every pair is a 1-2 star rating are in the window but get no ALS factors
+    assert counts["final_window_users"] > counts["final_users"] > 0
+
+
+def test_trends_pipeline_trains_evaluates_every_baseline_and_gates_on_the_best(
+    trends_pipeline: TrendsRun,
+) -> None:
+    summaries = trends_pipeline.summaries
+    assert {"compact", "quality", "train", "evaluate", "register"} <= set(summaries)
+    train = summaries["train"]
+    assert train["search_summary"]["trials_run"] >= 1 and train["fit_failures"] == []
+    evaluation = summaries["evaluate"]
+    for segment in evaluation["segments"]:
+        assert {"als", "popularity", "itemknn", "ease"} <= set(segment), segment["segment"]
+        sizes = {segment[r]["n_users"] for r in ("als", "popularity", "itemknn", "ease")}
+        assert sizes == {segment["n_users"]}  # same users for every recommender
+    best = evaluation["best_baseline"]
+    best_ndcg = evaluation["baselines"][best]["ndcg"]
+    model = get_model(trends_pipeline.lake, train["model_version"])
+    if evaluation["als"]["ndcg"] > best_ndcg:
+        assert trends_pipeline.gate_error is None
+        assert model["status"] == "published"
+    else:
+        assert trends_pipeline.gate_error is not None
+        assert f"does not beat {best} {best_ndcg:.4f}" in trends_pipeline.gate_error
+        assert model["status"] == "rejected"
+    report = Path(summaries["register"]["report"]).read_text()
+    assert "itemknn" in report and "ease" in report

@@ -132,6 +132,7 @@ def write_lake(lake: Lake) -> None:
                     "experiment": "default",
                     "model_version": "m1",
                     "variant": "control",
+                    "user_id": 1,
                     "served": 200,
                     "converted": 90 + h,
                     "window_seconds": 3600,

@@ -855,6 +855,7 @@ def test_the_live_loop_kafka_watch_to_answer_to_delta_to_lineage(
     rows = {r["request_id"]: r for r in served.to_pylist()}
     first = rows[before[1]["x-request-id"]]
     assert first["user_id"] == 1 and first["items"] == ranked[:K]
+    assert first["answer_source"] == before[1]["x-recommendation-source"] == "batch"
     assert (first["model_version"], first["variant"], first["experiment"]) == (
         "m1",
         "control",

@@ -53,3 +53,16 @@ def test_a_bad_pushgateway_url_names_the_key(tmp_path: Path) -> None:
         load_settings(
             "test", home=tmp_path, overrides={"monitoring": {"pushgateway_url": "localhost 9091"}}
         )
+
+
+def test_search_ranges_and_regularisation_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"batch\.als\.search\.rank"):
+        load_settings(
+            "test", home=tmp_path, overrides={"batch": {"als": {"search": {"rank": [64, 8]}}}}
+        )
+    with pytest.raises(ConfigError, match=r"batch\.als\.grid\.0\.reg_param"):
+        load_settings(
+            "test",
+            home=tmp_path,
+            overrides={"batch": {"als": {"grid": [{"rank": 8, "reg_param": 0, "alpha": 1}]}}},
+        )

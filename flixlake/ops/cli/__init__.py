@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from flixlake.ops.cli import batch, data, experiment, live
+from flixlake.ops.cli import audit, batch, data, experiment, live
 
 app = typer.Typer(
     help="flixlake: movie recommendations on Kafka, Spark and Delta Lake.",
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app)
 app.add_typer(batch.app)
+app.add_typer(audit.app)
 app.add_typer(live.app)
 app.add_typer(experiment.app, name="experiment")
 

@@ -22,7 +22,7 @@ def batch(
     home: HomeOpt = None,
 ) -> None:
     """Run the whole batch pipeline once without Airflow: compact → gate → train → evaluate → register → publish."""
-    from flixlake.batch.errors import GateFailedError
+    from flixlake.batch.errors import GateFailedError, TrainingError
     from flixlake.batch.pipeline import run_batch
     from flixlake.lake.runs import MissingStepError, parse_run_date
     from flixlake.lake.store import Lake, MissingTableError
@@ -45,6 +45,8 @@ def batch(
         )
     except GateFailedError as exc:
         raise fail(f"gate failed, nothing published: {exc}", code=3) from None
+    except TrainingError as exc:
+        raise fail(f"training failed, nothing published: {exc}", code=4) from None
     except (MissingTableError, MissingStepError, ValueError) as exc:
         raise fail(str(exc)) from None
     finally:

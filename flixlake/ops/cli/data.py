@@ -34,10 +34,20 @@ def generate(
     seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 7,
     bad_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="fraction of bad lines")] = 0.0,
     end_date: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD")] = None,
+    regime: Annotated[
+        str,
+        typer.Option(
+            help="lowrank: choices from a taste x movie logit (ALS's own model class); trends: "
+            "popularity, recency and bursts with genre affinity, one-off users, 1-2 star raters"
+        ),
+    ] = "lowrank",
 ) -> None:
     """Write a synthetic history in the exact MLiP log format (deterministic per seed)."""
     from flixlake.sim.generate import generate_history
+    from flixlake.sim.world import REGIMES
 
+    if regime not in REGIMES:
+        raise fail(f"--regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     end = dt.date.fromisoformat(end_date) if end_date else None
     with line_progress() as progress:
         task = progress.add_task("generating", total=None)
@@ -50,7 +60,37 @@ def generate(
             bad_rate=bad_rate,
             end=end,
             progress=lambda n: progress.update(task, completed=n),
+            regime=regime,
         )
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command("import-movielens")
+def import_movielens(
+    out: Annotated[
+        Path, typer.Option(help="output folder for events-*.log, movies.jsonl, users.jsonl")
+    ],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="the recbole 1.2.1 wheel or a folder with ml-100k.{inter,item,user} "
+            "(default: the wheel `make movielens` downloads into .cache/movielens)"
+        ),
+    ] = None,
+) -> None:
+    """Write the public MovieLens 100k ratings as MLiP logs (each rating = a watch session + rate line).
+
+    Then: flixlake ingest OUT && flixlake batch --run-date 1998-04-23. MovieLens terms: research
+    use, no commercial use, cite Harper & Konstan, ACM TiiS 2015.
+    """
+    from flixlake.sim.movielens import DatasetMissingError, convert
+
+    try:
+        with line_progress() as progress:
+            progress.add_task("converting MovieLens 100k", total=None)
+            summary = convert(out, source)
+    except DatasetMissingError as exc:
+        raise fail(str(exc)) from None
     console.print_json(json.dumps(summary, default=str))
 
 

@@ -143,7 +143,6 @@ def experiment_feedback(
 ) -> None:
     """Feedback loops: concentration and popularity of what was served and watched, per retrain."""
     from flixlake.audit.feedback import (
-        HEAD_SHARE,
         NoCyclesError,
         feedback_audit,
         result_rows,
@@ -163,7 +162,7 @@ def experiment_feedback(
         raise fail(f"no published model under {lake.root}: no retrain cycle to audit")
     spark = build_spark_session(settings, app_name="flixlake-feedback-audit")
     try:
-        audit = feedback_audit(spark, lake, name)
+        audit = feedback_audit(spark, lake, name, head_share=settings.audit.head_share)
     except (NoCyclesError, MissingTableError) as exc:
         raise fail(str(exc)) from None
     finally:
@@ -188,6 +187,6 @@ def experiment_feedback(
         f"(user, movie) pairs watched for the first time (recommended: share shown to that user "
         f"before). Popularity is the share of the {audit.reference_users:,} users before the "
         f"first cycle who watched the movie; the long tail is all but their most-watched "
-        f"{HEAD_SHARE:.0%} ({audit.head_size} of {audit.catalog_size} movies). A tightening "
+        f"{settings.audit.head_share:.0%} ({audit.head_size} of {audit.catalog_size} movies). A tightening "
         f"loop: Gini and popularity rise, coverage and long tail fall, cycle after cycle."
     )

@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
@@ -26,12 +25,9 @@ from flixlake.audit.feedback import (
     ALL_USERS,
     Cycle,
     NoCyclesError,
-    exposure,
     feedback_audit,
     first_watches,
-    gini,
     retrain_cycles,
-    short_head,
     trend,
     with_recommended,
 )
@@ -46,26 +42,7 @@ T1 = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.UTC)
 MIN = dt.timedelta(minutes=1)
 
 
-# -- pure measures -------------------------------------------------------------------------------
-def test_gini_by_hand() -> None:
-    assert gini(np.array([1, 1, 1, 1])) == 0.0
-    # sorted [0, 1, 1, 1, 1]: sum((2i - n - 1) x_i) = -2 + 0 + 2 + 4 = 4; 4 / (5 * 4) = 0.2
-    assert gini(np.array([1, 0, 1, 1, 1])) == pytest.approx(0.2)
-    assert gini(np.array([0, 0, 0, 0, 7])) == pytest.approx(0.8)  # (n - 1) / n: one takes all
-    assert math.isnan(gini(np.zeros(3)))
-
-
-def test_exposure_by_hand() -> None:
-    popularity = np.array([1.0, 0.25, 0.25, 0.0, 0.0])
-    head = short_head(np.array([4, 1, 1, 0, 0]), 0.2)
-    assert head.tolist() == [True, False, False, False, False]
-    measured = exposure(np.array([2, 1, 1, 0, 0]), popularity, head)
-    assert measured.slots == 4 and measured.coverage == pytest.approx(0.6)
-    assert measured.gini == pytest.approx(0.5)  # sorted [0,0,1,1,2]: (2 + 8) / (5 * 4)
-    assert measured.long_tail_share == pytest.approx(0.5)
-    assert measured.avg_popularity == pytest.approx((2 * 1.0 + 0.25 + 0.25) / 4)
-
-
+# gini, short_head and exposure are flixlake.batch.fairness's, tested in tests/unit/batch.
 def test_retrain_cycles_follow_publication_and_skip_never_published_models() -> None:
     rows = [
         {"model_version": "m1", "status": "published", "published_at": T1},

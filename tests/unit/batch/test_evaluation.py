@@ -30,6 +30,7 @@ from pyspark.sql import SparkSession
 from flixlake.batch.evaluation import run_evaluate
 from flixlake.config import Settings, load_settings
 from flixlake.lake import runs
+from flixlake.lake.registry import upsert_model
 from flixlake.lake.runs import MissingStepError
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import MODEL_EVALUATIONS, MOVIES, RATINGS, USERS, WATCH_SESSIONS
@@ -192,6 +193,72 @@ def test_popularity_metrics_by_hand(evaluated: dict[str, Any]) -> None:
     assert evaluated["summary"]["lift_ndcg"] == pytest.approx(1.0 / ((ndcg_11 + 1.0) / 4))
 
 
+def test_item_knn_by_hand(evaluated: dict[str, Any]) -> None:
+    """Cosine on liked co-watches: m0~m1 0.707, m3~m4 0.667, m3~m5 0.816, m4~m5 0.408.
+
+    1 -> nothing unseen with a neighbour: popularity [3, 4] (miss); 2 -> [1] (hit 1 of {1, 2});
+    11 -> [5] (hit); 13 -> [4] (hit).
+    """
+    summary = evaluated["summary"]
+    knn = summary["baselines"]["itemknn"]
+    assert knn["n_users"] == 4
+    assert knn["ndcg"] == pytest.approx((0 + 1 / (1 + 1 / log2(3)) + 1 + 1) / 4)
+    assert knn["recall"] == pytest.approx((0 + 0.5 + 1 + 1) / 4)
+    assert 0.0 <= summary["baselines"]["ease"]["ndcg"] <= 1.0
+    assert summary["baselines"]["popularity"] == summary["popularity"]
+    assert summary["best_baseline"] == "itemknn"
+    assert summary["lift_ndcg_best_baseline"] == pytest.approx(1.0 / knn["ndcg"])
+    assert summary["incumbent"] == {
+        "model_version": None,
+        "scored": False,
+        "why": "no published model",
+    }
+
+
+def test_the_incumbent_is_rescored_on_this_window(spark: SparkSession, tmp_path: Path) -> None:
+    """A model published on 11-20 (trained before this test window) with swapped tastes.
+
+    Its own evaluation said NDCG 0.99; on this window's users it recommends the other group's
+    movies: 1 -> [3, 4], 2 -> [3, 4], 11 -> [0, 1], 13 -> [1, 2]: no hit, NDCG 0.
+    """
+    settings = _settings(tmp_path)
+    lake = Lake(settings.lake_root)
+    build_world(lake, settings)
+    live = tmp_path / "live-model"
+    _write_factors(live / "final" / "user_factors", {1: B, 2: B, 11: A, 12: A, 13: A, 14: A})
+    _write_factors(live / "final" / "item_factors", {0: A, 1: A, 2: A, 3: B, 4: B, 5: B})
+    published = dt.datetime(2026, 11, 20, 3, tzinfo=dt.UTC)
+    upsert_model(
+        lake,
+        {
+            "model_version": "als-20261120-live",
+            "run_date": dt.date(2026, 11, 20),
+            "algorithm": "als-implicit",
+            "params": {},
+            "metrics": {"als": {"ndcg": 0.99}, "popularity": {"ndcg": 0.1}},
+            "input_versions": {},
+            "git_commit": None,
+            "library_versions": {},
+            "artifact_path": str(live),
+            "status": "published",
+            "status_reason": None,
+            "registered_at": published,
+            "published_at": published,
+        },
+    )
+    summary = run_evaluate(spark, lake, settings, RUN_DATE)
+    incumbent = summary["incumbent"]
+    assert incumbent["model_version"] == "als-20261120-live" and incumbent["scored"] is True
+    assert incumbent["why"] == "final factors (trained until 2026-11-20)"
+    assert incumbent["n_users"] == summary["als"]["n_users"] == 4
+    assert incumbent["ndcg"] == 0.0
+    assert summary["als"]["ndcg"] == pytest.approx(1.0)
+    rows = lake.read("model_evaluations").to_pylist()
+    assert {
+        r["value"] for r in rows if r["recommender"] == "incumbent" and r["metric"] == "ndcg"
+    } == {0.0}
+
+
 def test_segments_by_activity_and_demographics(evaluated: dict[str, Any]) -> None:
     summary = evaluated["summary"]
     sizes = {s["segment"]: s["n_users"] for s in summary["segments"]}
@@ -231,8 +298,15 @@ def test_manifest_and_table_rows(evaluated: dict[str, Any]) -> None:
     assert summary["input_versions"]["users"] == lake.version("users")
     rows = lake.read("model_evaluations").to_pylist()
     mine = [r for r in rows if r["model_version"] == MODEL]
-    assert len(mine) == 14 * 2 * 5  # segments x recommenders x metrics
-    assert {r["metric"] for r in mine} == {"ndcg", "precision", "recall", "map", "coverage"}
+    assert len(mine) == 14 * 4 * 6  # segments x recommenders (als, popularity, knn, ease) x metrics
+    assert {r["metric"] for r in mine} == {
+        "ndcg",
+        "precision",
+        "recall",
+        "map",
+        "hit_rate",
+        "coverage",
+    }
     ndcg_all = {
         r["recommender"]: r["value"]
         for r in mine
@@ -246,7 +320,7 @@ def test_rerun_replaces_this_models_rows(spark: SparkSession, evaluated: dict[st
     lake: Lake = evaluated["lake"]
     again = run_evaluate(spark, lake, evaluated["settings"], RUN_DATE)
     rows = lake.read("model_evaluations").to_pylist()
-    assert len(rows) == 14 * 2 * 5 + 1
+    assert len(rows) == 14 * 4 * 6 + 1  # segments x recommenders x metrics, + als-other
     assert again["als"] == evaluated["summary"]["als"]
 
 

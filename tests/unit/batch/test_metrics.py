@@ -10,6 +10,7 @@ import pytest
 from flixlake.batch.metrics import (
     average_precision_at_k,
     catalog_coverage,
+    hit_rate_at_k,
     ndcg_at_k,
     precision_at_k,
     ranking_metrics,
@@ -70,3 +71,10 @@ def test_ranking_metrics_are_per_user_and_aligned() -> None:
     assert got["recall"].tolist() == pytest.approx([1.0, 0.0])
     assert got["ndcg"].tolist() == pytest.approx([1 / log2(3), 0.0])
     assert got["map"].tolist() == pytest.approx([0.5, 0.0])
+    assert got["hit_rate"].tolist() == [1.0, 0.0]
+
+
+def test_hit_rate_is_one_when_any_of_the_first_k_is_relevant() -> None:
+    assert hit_rate_at_k([5, 6, 7], {7, 99}, 3) == 1.0
+    assert hit_rate_at_k([5, 6, 7], {7, 99}, 2) == 0.0  # the hit is at position 3
+    assert hit_rate_at_k([5, 6], set(), 2) == 0.0

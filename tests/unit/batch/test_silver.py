@@ -322,3 +322,27 @@ def test_missing_or_empty_bronze_is_a_clear_error(
         run_compact(spark, lake, settings, dt.date(2026, 11, 18))
     assert issubclass(NothingToCompactError, ValueError)
     assert not lake.exists("watch_sessions")
+
+
+def test_failure_telemetry_and_unicode_ids_reach_silver(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    ingest(
+        lake,
+        [
+            "2026-11-20T09:00:00,4,GET /data/m/léon+the+professional+1994/0.mpg",
+            "2026-11-20T09:00:30,4,GET /rate/léon+the+professional+1994=5",
+            "2026-11-20T11:00:00,5,recommendation request 17645-team01.isri.cmu.edu:8082, "
+            "status 0, result: java.net.SocketTimeoutException: Read timed out, 800 ms",
+        ],
+        "b1",
+    )
+    assert lake.read("quarantine_events").num_rows == 0
+    run_compact(spark, lake, settings, D20)
+    assert [r["movie_id"] for r in lake.read("movies").to_pylist()] == [
+        "léon+the+professional+1994"
+    ]
+    assert [(r["user_id"], r["rating"]) for r in lake.read("ratings").to_pylist()] == [(4, 5)]
+    assert _rows(lake, "reco_requests") == [
+        (_t(20, 11, 0), 5, "17645-team01.isri.cmu.edu:8082", 0, None, 0, 800.0, D20)
+    ]

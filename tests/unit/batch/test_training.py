@@ -151,10 +151,20 @@ def test_manifest_records_versions_windows_params_and_search(world: dict[str, An
         "eval_train_end": "2026-11-20",
         "final_train_end": "2026-11-22",
     }
-    assert [(s["rank"], s["n_users"]) for s in train["search"]] == [(8, 24), (4, 24)]
-    assert all(0.0 <= s["ndcg"] <= 1.0 for s in train["search"])
-    best = max(train["search"], key=lambda s: s["ndcg"])
-    assert train["params"]["rank"] == best["rank"]
+    search = train["search"]
+    assert [(s["source"], s["status"], s["n_users"]) for s in search] == [
+        ("grid", "ok", 24),
+        ("grid", "ok", 24),
+        ("tpe", "ok", 24),
+    ]
+    assert [s["rank"] for s in search[:2]] == [8, 4]  # the grid first, as configured
+    assert 2 <= search[2]["rank"] <= 8 and search[2]["confidence"] in ("log", "binary")
+    assert all(0.0 <= s["ndcg"] <= 1.0 for s in search)
+    best = max(search, key=lambda s: (s["ndcg"], -s["trial"]))
+    assert train["search_summary"]["chosen_trial"] == best["trial"]
+    chosen = {k: best[k] for k in ("rank", "reg_param", "alpha", "confidence")}
+    assert train["search_summary"]["chosen"] == chosen
+    assert {k: train["params"][k] for k in chosen} == chosen
     assert train["params"]["max_iter"] == 5
     assert set(train["timings"]) >= {"search_s", "fit_eval_s", "fit_final_s", "total_s"}
 
@@ -219,7 +229,12 @@ def test_without_refit_the_eval_model_is_the_final_one(spark: SparkSession, tmp_
     settings = load_settings(
         "test",
         home=tmp_path,
-        overrides={"batch": {"refit_on_full_history": False, "als": {"max_iter": 2, "grid": grid}}},
+        overrides={
+            "batch": {
+                "refit_on_full_history": False,
+                "als": {"max_iter": 2, "grid": grid, "search": {"trials": 1}},
+            }
+        },
     )
     lake = Lake(settings.lake_root)
     build_world(lake, settings)

@@ -45,6 +45,67 @@ def test_reco_line_keeps_the_served_list() -> None:
 
 
 @pytest.mark.parametrize(
+    ("line", "status", "error"),
+    [
+        (
+            "2026-11-22T08:54:03,9,recommendation request 17645-team01.isri.cmu.edu:8082, "
+            "status 0, result: java.net.SocketTimeoutException: Read timed out, 800 ms",
+            0,
+            "java.net.SocketTimeoutException: Read timed out",
+        ),
+        (
+            "2026-11-22T08:54:03,9,recommendation request s1:8082, status 0, "
+            "result: java.net.ConnectException: Connection refused (Connection refused), 6 ms",
+            0,
+            "java.net.ConnectException: Connection refused (Connection refused)",
+        ),
+        (
+            "2026-11-22T08:54:03,9,recommendation request s1:8082, status 500, "
+            "result: Internal Server Error, 12 ms",
+            500,
+            "Internal Server Error",
+        ),
+    ],
+)
+def test_failure_telemetry_is_a_reco_event_without_a_result_list(
+    line: str, status: int, error: str
+) -> None:
+    event = parse_line(line)
+    assert event.ok, event.reject_reason
+    assert event.event_type is EventType.RECO
+    assert event.reco_status == status
+    assert event.reco_results is None
+    assert event.reco_error == error
+    assert event.reco_response_ms is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "movie"),
+    [
+        (
+            "2026-11-22T08:54:03,42,GET /rate/léon+the+professional+1994=4",
+            "léon+the+professional+1994",
+        ),
+        ("2026-11-22T08:54:03,42,GET /data/m/á+köldum+klaka+1995/3.mpg", "á+köldum+klaka+1995"),
+        ("2026-11-22T08:54:03,42,GET /rate/千と千尋の神隠し+2001=5", "千と千尋の神隠し+2001"),
+    ],
+)
+def test_movie_ids_accept_unicode_letters(line: str, movie: str) -> None:
+    event = parse_line(line)
+    assert event.ok, event.reject_reason
+    assert event.movie_id == movie
+
+
+def test_served_unicode_ids_stay_a_result_list() -> None:
+    event = parse_line(
+        "2026-11-22T08:54:03,9,recommendation request s:8082, status 200, "
+        "result: léon+the+professional+1994, heat+1995, 40 ms"
+    )
+    assert event.reco_results == ("léon+the+professional+1994", "heat+1995")
+    assert event.reco_error is None
+
+
+@pytest.mark.parametrize(
     ("line", "reason"),
     [
         (b"2026-11-22T08:54:03,42,GET /data/m/\xff\xfe/1.mpg", RejectReason.INVALID_UTF8),
@@ -60,6 +121,17 @@ def test_reco_line_keeps_the_served_list() -> None:
         ("2026-11-22T08:54:03,42,GET /data/m/heat+1995/-1.mpg", RejectReason.BAD_MINUTE),
         ("2026-11-22T08:54:03,42,GET /data/m/heat+1995/1.mp", RejectReason.BAD_MINUTE),
         ("2026-11-22T08:54:03,42,GET /data/m/ /1.mpg", RejectReason.BAD_MOVIE),
+        ("2026-11-22T08:54:03,42,GET /rate/heat_1995=4", RejectReason.BAD_MOVIE),
+        ("2026-11-22T08:54:03,42,GET /rate/+heat+1995=4", RejectReason.BAD_MOVIE),
+        ("2026-11-22T08:54:03,42,GET /data/m/héat 1995/1.mpg", RejectReason.BAD_MOVIE),
+        (
+            "2026-11-22T08:54:03,42,recommendation request x, status 2000, result: a, 5 ms",
+            RejectReason.BAD_RECO,
+        ),
+        (
+            "2026-11-22T08:54:03,42,recommendation request x, status 0, result: timed out",
+            RejectReason.BAD_RECO,
+        ),
         ("2026-11-22T08:54:03,42,recommendation request x, status ok", RejectReason.BAD_RECO),
         ("2026-11-22T08:54:03,42,GET /data/m/heat+19" + "9" * 9000, RejectReason.TOO_LONG),
     ],
@@ -85,7 +157,7 @@ def test_reco_with_empty_result_list_is_valid() -> None:
         "2026-11-22T08:54:03,9,recommendation request s:8082, status 500, result: , 3 ms"
     )
     assert event.ok
-    assert event.reco_results == ()
+    assert (event.reco_results, event.reco_error) == (None, "")
 
 
 @pytest.mark.parametrize(
@@ -118,7 +190,8 @@ def test_failed_calls_are_valid_telemetry_without_result_ids(
     event = parse_line(line)
     assert event.ok, event.reject_reason
     assert event.event_type == EventType.RECO
-    assert (event.reco_status, event.reco_results, event.reco_response_ms) == (status, (), ms)
+    assert (event.reco_status, event.reco_results, event.reco_response_ms) == (status, None, ms)
+    assert event.reco_error and event.reco_error in line
 
 
 def test_a_200_whose_result_is_not_movie_ids_is_still_bad() -> None:

@@ -143,7 +143,15 @@ def test_register_records_provenance(
     assert row["status"] == "registered"
     assert row["published_at"] is None
     assert row["git_commit"] == "0123abcd"
-    assert json.loads(row["params"]) == {"rank": 8, "reg_param": 0.1, "alpha": 10.0}
+    params = json.loads(row["params"])
+    assert {k: params[k] for k in ("rank", "reg_param", "alpha")} == {
+        "rank": 8,
+        "reg_param": 0.1,
+        "alpha": 10.0,
+    }
+    # the whole search that chose them lands in the models row too
+    assert [t["ndcg"] for t in params["search"]["trials"]] == [0.21, 0.17]
+    assert params["search"]["fit_failures"] == []
     assert json.loads(row["metrics"])["als"]["ndcg"] == 0.25
     assert json.loads(row["metrics"])["popularity"]["ndcg"] == 0.2
     # bronze from compact, silver as compacted, but the version training pinned wins (movies 1)

@@ -59,11 +59,12 @@ def test_lake_figures_give_staleness_and_watch_through_per_variant(tmp_path: Pat
     published = dt.datetime(2026, 11, 20, 3, tzinfo=dt.UTC)
     record_published_model(lake, "m1", published.date(), published)
     hour = dt.datetime(2026, 11, 22, 10, tzinfo=dt.UTC)
-    rows = [
-        (hour, "control", "m1", 100, 30),
-        (hour - dt.timedelta(hours=1), "control", "m1", 100, 50),
-        (hour - dt.timedelta(hours=30), "control", "m1", 100, 90),  # outside the 24 h
-        (hour, "treatment", "m2", 10, 5),
+    rows = [  # one row per user and hour (users are what experiments randomise)
+        (hour, "control", "m1", 1, 60, 10),
+        (hour, "control", "m1", 2, 40, 20),
+        (hour - dt.timedelta(hours=1), "control", "m1", 1, 100, 50),
+        (hour - dt.timedelta(hours=30), "control", "m1", 1, 100, 90),  # outside the 24 h
+        (hour, "treatment", "m2", 3, 10, 5),
     ]
     lake.append(
         "online_evaluations",
@@ -74,13 +75,14 @@ def test_lake_figures_give_staleness_and_watch_through_per_variant(tmp_path: Pat
                     "experiment": "default",
                     "model_version": m,
                     "variant": v,
+                    "user_id": u,
                     "served": n,
                     "converted": c,
                     "window_seconds": 3600,
                     "computed_at": hour,
                     "served_date": h.date(),
                 }
-                for h, v, m, n, c in rows
+                for h, v, m, u, n, c in rows
             ],
             schema=ONLINE_EVALUATIONS.schema,
         ),

@@ -17,7 +17,8 @@ def test_a_refused_call_is_logged_as_status_0_with_the_error() -> None:
     assert asked.result == ["java.net.ConnectException: Connection refused"]
     line = format_reco(dt.datetime(2026, 11, 22, 8), 42, asked.server, 0, asked.result, asked.ms)
     event = parse_line(line)
-    assert event.ok and event.reco_status == 0 and event.reco_results == ()
+    assert event.ok and event.reco_status == 0 and event.reco_results is None
+    assert event.reco_error == "java.net.ConnectException: Connection refused"
 
 
 def test_an_answer_is_logged_with_its_status_ids_and_server() -> None:
