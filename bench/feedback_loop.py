@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/feedback_loop.py
     .venv/bin/python bench/feedback_loop.py --cycles 5 --events 60000 --explore-percent 20
+    .venv/bin/python bench/feedback_loop.py --arms baseline,debias
 
-Two arms from the same starting point (a synthetic history ending yesterday and the first model
-trained on it), with the same seeds: *baseline*, where every user gets the current model, and
-*explore*, where ``--explore-percent`` of users get uniform random answers from the catalog
-(the mitigation, and the control group). Each arm starts the broker, the speed layer and the
+Three arms from the same starting point (a synthetic history ending yesterday and the first model
+trained on it), with the same seeds: *baseline*, where every user gets the current model;
+*debias*, where every retrain's batch view is re-ranked against popularity with weight
+``--popularity-weight`` (:mod:`flixlake.batch.debias`; the shared first model is not, so cycle
+0 is the same in every arm and the mitigation acts from cycle 1); and *explore*, where
+``--explore-percent`` of users get uniform random answers from the catalog (a mitigation of the
+data the next model learns from, and the control group). Each arm starts the broker, the speed layer and the
 service the way a user does, then for each cycle runs ``flixlake simulate --serve-url ...
 --minute-seconds ... --events N``, waits until the speed layer has landed every line and answer,
 and retrains in this process (``run_batch``) on everything so far; the service swaps the new
@@ -44,11 +48,16 @@ from flixlake.ops.feedback_loop import CONTROL, EXPLORE_VARIANT, ArmResult, Loop
 from flixlake.ops.spark import build_spark_session
 
 MEASURES = ("gini", "coverage", "long_tail_share", "avg_popularity")
+ARMS = ("baseline", "debias", "explore")
 # the batch settings of every retrain: one ALS setting (the search is not what is studied here)
 BATCH = {
     "eval_days": 2,
     "validation_days": 2,
-    "als": {"max_iter": 8, "grid": [{"rank": 16, "reg_param": 0.1, "alpha": 10.0}]},
+    "als": {
+        "max_iter": 8,
+        "grid": [{"rank": 16, "reg_param": 0.1, "alpha": 10.0}],
+        "search": {"trials": 1},
+    },
 }
 
 
@@ -69,7 +78,8 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def print_arm(arm: ArmResult) -> None:
     audit = arm.audit
     print(
-        f"\n== arm {arm.name}: {arm.explore_percent:g}% exploration, {len(arm.cycles)} cycles, "
+        f"\n== arm {arm.name}: {arm.explore_percent:g}% exploration, popularity weight "
+        f"{arm.popularity_weight:g}, {len(arm.cycles)} cycles, "
         f"{arm.seconds / 60:.1f} min; reference: {audit.reference_users:,} users before the "
         f"first model, short head {audit.head_size} of {audit.catalog_size} movies"
     )
@@ -97,10 +107,11 @@ def print_arm(arm: ArmResult) -> None:
 
 
 def compare(arms: dict[str, ArmResult]) -> None:
-    if len(arms) < 2:
+    if "baseline" not in arms or len(arms) < 2:
         return
-    base, mitigated = arms["baseline"].audit, arms["explore"].audit
-    print("\n== before (baseline) and after (exploration), same seeds: first -> last cycle")
+    base = arms["baseline"].audit
+    others = {n: a.audit for n, a in arms.items() if n != "baseline"}
+    print("\n== before (baseline) and after each mitigation, same seeds: first -> last cycle")
     for group, kind in (
         (CONTROL, SERVED),
         (CONTROL, PERSONALISED),
@@ -109,30 +120,34 @@ def compare(arms: dict[str, ArmResult]) -> None:
         (ALL_USERS, WATCHED),
     ):
         for m in MEASURES:
-            b, e = base.series(group, kind, m), mitigated.series(group, kind, m)
-            print(
-                f"  {group:<8} {kind:<12} {m:<16} baseline {fmt(b[0])} -> {fmt(b[-1])} "
-                f"({trend(b):+.4f}/cycle)   explore {fmt(e[0])} -> {fmt(e[-1])} "
-                f"({trend(e):+.4f}/cycle)"
+            b = base.series(group, kind, m)
+            line = f"  {group:<8} {kind:<12} {m:<16} baseline {fmt(b[0])} -> {fmt(b[-1])} "
+            line += f"({trend(b):+.4f}/cycle)"
+            for name, audit in others.items():
+                e = audit.series(group, kind, m)
+                line += f"   {name} {fmt(e[0])} -> {fmt(e[-1])} ({trend(e):+.4f}/cycle)"
+            print(line)
+    if "explore" in arms:
+        mitigated = arms["explore"].audit
+        gap = [
+            c - x
+            for c, x in zip(
+                mitigated.series(CONTROL, WATCHED, "avg_popularity"),
+                mitigated.series(EXPLORE_VARIANT, WATCHED, "avg_popularity"),
+                strict=True,
             )
-    gap = [
-        c - x
-        for c, x in zip(
-            mitigated.series(CONTROL, WATCHED, "avg_popularity"),
-            mitigated.series(EXPLORE_VARIANT, WATCHED, "avg_popularity"),
-            strict=True,
+        ]
+        print(
+            "  watched popularity, model users minus explorers (what the loop adds), per cycle: "
+            + " ".join(fmt(g) for g in gap)
         )
-    ]
-    print(
-        "  watched popularity, model users minus explorers (what the loop adds), per cycle: "
-        + " ".join(fmt(g) for g in gap)
-    )
 
 
 def as_json(arm: ArmResult) -> dict[str, Any]:
     audit: FeedbackAudit = arm.audit
     return {
         "explore_percent": arm.explore_percent,
+        "popularity_weight": arm.popularity_weight,
         "minutes": round(arm.seconds / 60, 1),
         "cycles": [
             {
@@ -167,9 +182,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=defaults.rate)
     parser.add_argument("--minute-seconds", type=float, default=defaults.minute_seconds)
     parser.add_argument("--explore-percent", type=float, default=20.0)
-    parser.add_argument("--arms", choices=["both", "baseline", "explore"], default="both")
+    parser.add_argument(
+        "--popularity-weight", type=float, default=0.5, help="the debias arm's re-ranking weight"
+    )
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"comma-separated, in this order: {','.join(ARMS)}",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "var-bench" / "feedback-loop")
     args = parser.parse_args()
+    wanted = [a for a in ARMS if a in args.arms.split(",")]
+    if not wanted:
+        parser.error(f"--arms: name one or more of {', '.join(ARMS)}")
     options = LoopOptions(
         users=args.users,
         movies=args.movies,
@@ -195,25 +220,29 @@ def main() -> None:
     def say(text: str) -> None:
         print(f"  {(time.monotonic() - began) / 60:5.1f} min  {text}", flush=True)
 
+    settings_of = {
+        "baseline": (0.0, 0.0),
+        "debias": (0.0, args.popularity_weight),
+        "explore": (args.explore_percent, 0.0),
+    }
     arms: dict[str, ArmResult] = {}
+    results = root / "results.json"
     try:
-        wanted = [("baseline", 0.0), ("explore", args.explore_percent)]
-        for name, percent in wanted:
-            if args.arms in ("both", name):
-                arms[name] = run_arm(root, name, options, percent, spark, say)
-                say(f"arm {name} done; {machine()}")
+        for name in wanted:
+            percent, weight = settings_of[name]
+            arms[name] = run_arm(root, name, options, percent, spark, say, weight)
+            say(f"arm {name} done; {machine()}")
+            print_arm(arms[name])  # each arm as soon as it is done: a stop keeps what ran
+            results.write_text(
+                json.dumps(
+                    {"options": str(options), "arms": {n: as_json(a) for n, a in arms.items()}},
+                    default=str,
+                    indent=1,
+                )
+            )
     finally:
         spark.stop()
-    for arm in arms.values():
-        print_arm(arm)
     compare(arms)
-    (root / "results.json").write_text(
-        json.dumps(
-            {"options": str(options), "arms": {n: as_json(a) for n, a in arms.items()}},
-            default=str,
-            indent=1,
-        )
-    )
     print(
         f"\nend: {machine()}; {(time.monotonic() - began) / 60:.1f} min; figures in {root / 'results.json'}"
     )

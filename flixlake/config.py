@@ -157,6 +157,12 @@ class QualityConfig(_Frozen):
     volume_reference_days: int = Field(7, gt=0)  # days before a run's days: its volume reference
 
 
+class DebiasConfig(_Frozen):
+    """Popularity re-ranking of each user's candidates (flixlake.batch.debias); 0: off."""
+
+    popularity_weight: float = Field(0.0, ge=0, le=10)
+
+
 class BatchConfig(_Frozen):
     history_days: int = Field(3650, gt=0)
     eval_days: int = Field(3, gt=0)
@@ -173,6 +179,7 @@ class BatchConfig(_Frozen):
     publish: PublishConfig = PublishConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     quality: QualityConfig = QualityConfig()
+    debias: DebiasConfig = DebiasConfig()
 
 
 class AirflowConfig(_Frozen):

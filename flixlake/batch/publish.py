@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from flixlake.batch.debias import relative_popularity, with_popularity_penalty
 from flixlake.batch.errors import GateFailedError
 from flixlake.batch.evaluation import (
     build_evaluation_set,
@@ -169,13 +170,13 @@ def build_batch_view(
     model: dict[str, Any],
     factors: dict[str, str],
     top_n: int,
+    popularity_weight: float = 0.0,
 ) -> DataFrame:
-    """Top-N per user from a model's final factors, seen movies excluded, as batch view rows."""
+    """Top-N per user from a model's final factors, seen movies excluded, as batch view rows;
+    re-ranked against popularity when ``popularity_weight`` > 0 (:mod:`flixlake.batch.debias`)."""
     versions = model["input_versions"]
-    seen = seen_pairs(
-        read_table(spark, lake, "watch_sessions", versions.get("watch_sessions")),
-        read_table(spark, lake, "ratings", versions.get("ratings")),
-    )
+    watch_sessions = read_table(spark, lake, "watch_sessions", versions.get("watch_sessions"))
+    seen = seen_pairs(watch_sessions, read_table(spark, lake, "ratings", versions.get("ratings")))
     movies = read_table(spark, lake, "movies", versions.get("movies"))
     recs = top_n_per_user(
         spark,
@@ -184,6 +185,8 @@ def build_batch_view(
         seen,
         top_n,
     )
+    if popularity_weight > 0:
+        recs = with_popularity_penalty(recs, relative_popularity(watch_sessions), popularity_weight)
     return recs.transform(with_movie_ids(movies)).transform(
         with_model_version(model["model_version"])
     )
@@ -270,7 +273,14 @@ def run_publish(
     if not published:
         _refuse(lake, settings, run_date, model_version, reason)
 
-    view = build_batch_view(spark, lake, model, train["factors"]["final"], settings.batch.top_n)
+    view = build_batch_view(
+        spark,
+        lake,
+        model,
+        train["factors"]["final"],
+        settings.batch.top_n,
+        settings.batch.debias.popularity_weight,
+    )
     rows = write_table(
         view,
         lake,

@@ -11,14 +11,17 @@ and publishes; the service swaps the new model in before the next cycle starts. 
 
 Every arm starts from the same point (:func:`prepare_start`): a synthetic history ending
 yesterday, ingested, and the first model trained on it — copied, so arms differ only in their
-experiment split (e.g. none vs. 20 % exploration) and meet the same simulated users with the same
+mitigation (none; 20 % of users in an exploration variant; every retrain's batch view re-ranked
+against popularity, :mod:`flixlake.batch.debias`) and meet the same simulated users with the same
 seeds (cycle ``c`` of every arm uses ``--stream-seed seed * 1000 + c``).
 
 What the experiment's configuration changes, and why (:func:`experiment_overrides`):
 
 * every retrain is published (``batch.publish.min_lift_over_popularity: 0``,
-  ``max_regression: 1``): the experiment studies what retraining on your own effects does, so
-  a gate must not stop a cycle; the gate's figures are still recorded in ``models``;
+  ``min_lift_over_baseline: 0``, ``max_regression: 1``, ``audit.requirements.enforce_in_publish:
+  false``): the experiment studies what retraining on your own effects does, so a gate must not
+  stop a cycle (a tightening loop is exactly what would fail the long-tail requirement); the
+  gate's figures and checks are still recorded in ``models``;
 * ``batch.quality.min_volume_ratio: 0``: cycles are minutes apart, so a run date's partial day
   is no volume drop;
 * ``batch.refit_on_full_history: true``: the published model learns from the latest cycle.
@@ -103,6 +106,7 @@ class CycleRun:
 class ArmResult:
     name: str
     explore_percent: float
+    popularity_weight: float
     home: Path
     lake_root: Path
     cycles: list[CycleRun]
@@ -111,7 +115,10 @@ class ArmResult:
 
 
 def experiment_overrides(
-    options: LoopOptions, explore_percent: float, ports: Mapping[str, int] | None = None
+    options: LoopOptions,
+    explore_percent: float,
+    ports: Mapping[str, int] | None = None,
+    popularity_weight: float = 0.0,
 ) -> dict[str, Any]:
     """The configuration of one arm (see the module docstring for why each key)."""
     variants: list[dict[str, Any]] = [
@@ -124,9 +131,15 @@ def experiment_overrides(
     overrides: dict[str, Any] = {
         "batch": {
             "refit_on_full_history": True,
-            "publish": {"min_lift_over_popularity": 0.0, "max_regression": 1.0},
+            "publish": {
+                "min_lift_over_popularity": 0.0,
+                "min_lift_over_baseline": 0.0,
+                "max_regression": 1.0,
+            },
             "quality": {"min_volume_ratio": 0.0},
+            "debias": {"popularity_weight": popularity_weight},
         },
+        "audit": {"requirements": {"enforce_in_publish": False}},
         "serving": {"experiment": {"name": options.experiment, "variants": variants}},
         "monitoring": {"pushgateway_url": None},
     }
@@ -293,15 +306,19 @@ class Arm:
         explore_percent: float,
         spark: Any,
         say: Callable[[str], None] = print,
+        popularity_weight: float = 0.0,
     ) -> None:
         self.name = name
         self.options = options
         self.explore_percent = explore_percent
+        self.popularity_weight = popularity_weight
         self.spark = spark
         self.say = say
         self.home = root / name
         self.ports = {"broker": free_port(), "service": free_port()}
-        self.overrides = experiment_overrides(options, explore_percent, self.ports)
+        self.overrides = experiment_overrides(
+            options, explore_percent, self.ports, popularity_weight
+        )
         self.conf = self.home / "conf"
         self.settings = arm_settings(self.home, options, self.overrides)
         self.lake = Lake(self.settings.lake_root)
@@ -328,6 +345,7 @@ class Arm:
         return ArmResult(
             self.name,
             self.explore_percent,
+            self.popularity_weight,
             self.home,
             self.settings.lake_root,
             cycles,
@@ -493,7 +511,10 @@ def run_arm(
     explore_percent: float,
     spark: Any,
     say: Callable[[str], None] = print,
+    popularity_weight: float = 0.0,
 ) -> ArmResult:
-    """One arm from the shared starting point (prepared first if needed)."""
+    """One arm from the shared starting point (prepared first if needed): ``explore_percent`` of
+    users in the exploration variant, and every retrain's batch view re-ranked against
+    popularity with ``popularity_weight`` (0: off; the shared first model is never re-ranked)."""
     start = prepare_start(root, options, spark, say)
-    return Arm(root, name, options, explore_percent, spark, say).run(start)
+    return Arm(root, name, options, explore_percent, spark, say, popularity_weight).run(start)

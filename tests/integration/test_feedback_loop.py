@@ -29,7 +29,15 @@ OPTIONS = LoopOptions(
     rate=500.0,
     minute_seconds=1.0,
     base_env="test",
-    extra={"batch": {"als": {"max_iter": 3, "grid": [{"rank": 4, "reg_param": 0.1, "alpha": 10}]}}},
+    extra={
+        "batch": {
+            "als": {
+                "max_iter": 3,
+                "grid": [{"rank": 4, "reg_param": 0.1, "alpha": 10}],
+                "search": {"trials": 1},
+            }
+        }
+    },
 )
 
 
