@@ -65,6 +65,7 @@ from flixlake.sim.generate import generate_history
 
 START_DIR = "start"  # the shared starting point: history + first model
 CONTROL = "control"
+STREAM_RESTARTS = 3  # speed-layer restarts an arm allows (it resumes from its checkpoint)
 EXPLORE_VARIANT = "explore"
 
 
@@ -328,6 +329,7 @@ class Arm:
         self.bin = Path(sys.executable).parent
         self.supervisor = Supervisor(self.home / "logs")
         self.service: Child | None = None
+        self.stream_restarts = 0
 
     def run(self, start: Path) -> ArmResult:
         began = time.monotonic()
@@ -367,24 +369,7 @@ class Arm:
             [settings.kafka.topic, telemetry.served_topic, telemetry.log_topic]
         ):
             create_topic(self.bootstrap, topic, settings.kafka.partitions)
-        query = f"{settings.streaming.query_name}_{self.name}"
-        stream = self.supervisor.start(
-            "speed-layer",
-            [
-                str(self.bin / "spark-submit"),
-                "--driver-memory",
-                settings.spark.driver_memory,
-                str(PROJECT_ROOT / "streaming" / "speed_layer.py"),
-                f"--bootstrap-servers={self.bootstrap}",
-                f"--query-name={query}",
-            ],
-            env=self.env,
-            cwd=PROJECT_ROOT,
-            signal_to="python",
-            stop_timeout=150,
-        )
-        metadata = settings.checkpoint_root / query / "metadata"
-        self.supervisor.wait_ready(stream, metadata.exists, timeout=600, what="streaming")
+        self.start_stream()
         service = self.supervisor.start(
             "service",
             [
@@ -402,6 +387,29 @@ class Arm:
         )
         self.service = service
         say(f"[{self.name}] broker, speed layer and service up; serving {model_version}")
+
+    def start_stream(self) -> None:
+        """The speed layer, until its query has a checkpoint (a restart resumes from it)."""
+        settings = self.settings
+        query = f"{settings.streaming.query_name}_{self.name}"
+        name = "speed-layer" + (f"-{self.stream_restarts}" if self.stream_restarts else "")
+        stream = self.supervisor.start(
+            name,  # a log of its own per start: a restart keeps the failed run's
+            [
+                str(self.bin / "spark-submit"),
+                "--driver-memory",
+                settings.spark.driver_memory,
+                str(PROJECT_ROOT / "streaming" / "speed_layer.py"),
+                f"--bootstrap-servers={self.bootstrap}",
+                f"--query-name={query}",
+            ],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            signal_to="python",
+            stop_timeout=150,
+        )
+        metadata = settings.checkpoint_root / query / "metadata"
+        self.supervisor.wait_ready(stream, metadata.exists, timeout=600, what="streaming")
 
     def cycles(self, first_model: str) -> list[CycleRun]:
         options, say = self.options, self.say
@@ -486,6 +494,19 @@ class Arm:
             if landed >= lines and served >= answers:
                 return landed, served
             died = self.supervisor.exited()
+            stream_died = len(died) == 1 and died[0].name.startswith("speed-layer")
+            if stream_died and self.stream_restarts < STREAM_RESTARTS:
+                # Spark waits a fixed 10 s for a Python worker to connect back, which a busy
+                # machine can miss; the query resumes from its checkpoint, exactly once
+                self.stream_restarts += 1
+                self.say(
+                    f"[{self.name}] the speed layer exited ({died[0].log_path}); "
+                    f"restart {self.stream_restarts} of {STREAM_RESTARTS}"
+                )
+                self.supervisor.children.remove(died[0])
+                self.start_stream()
+                deadline = time.monotonic() + timeout
+                continue
             if died:
                 raise ChildFailedError(
                     f"{died[0].name} exited; log {died[0].log_path}:\n{died[0].log_tail()}"
