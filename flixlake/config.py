@@ -168,6 +168,12 @@ class QualityConfig(_Frozen):
     volume_reference_days: int = Field(7, gt=0)  # days before a run's days: its volume reference
 
 
+class DebiasConfig(_Frozen):
+    """Popularity re-ranking of each user's candidates (flixlake.batch.debias); 0: off."""
+
+    popularity_weight: float = Field(0.0, ge=0, le=10)
+
+
 class BatchConfig(_Frozen):
     history_days: int = Field(3650, gt=0)
     eval_days: int = Field(3, gt=0)
@@ -184,6 +190,7 @@ class BatchConfig(_Frozen):
     publish: PublishConfig = PublishConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     quality: QualityConfig = QualityConfig()
+    debias: DebiasConfig = DebiasConfig()
 
 
 class AirflowConfig(_Frozen):
@@ -389,9 +396,14 @@ class TelemetryConfig(_Frozen):
     server_name: str | None = None  # <server> in the MLiP line; None: <hostname>:<port>
 
 
+EXPLORE_MODEL = "explore"  # a variant's model: randomised answers from the catalog, no model
+MAX_EXPLORE_PERCENT = 50.0  # random answers cost watch-through: never most of the users
+
+
 class VariantConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-    model: str = Field(default="current", min_length=1)  # current | previous | a model_version
+    # current | previous | explore (movies drawn uniformly from the catalog) | a model_version
+    model: str = Field(default="current", min_length=1)
     percent: float = Field(gt=0, le=100)
 
 
@@ -408,6 +420,12 @@ class ExperimentConfig(_Frozen):
         total = sum(v.percent for v in variants)
         if abs(total - 100.0) > 1e-6:
             raise ValueError(f"variant percentages must sum to 100, got {total:g}")
+        explore = sum(v.percent for v in variants if v.model == EXPLORE_MODEL)
+        if explore > MAX_EXPLORE_PERCENT:
+            raise ValueError(
+                f"variants with model {EXPLORE_MODEL!r} (random answers) take {explore:g}% of "
+                f"users; at most {MAX_EXPLORE_PERCENT:g}% may explore"
+            )
         return variants
 
 

@@ -1,5 +1,5 @@
 """Oversight jobs over the lake: drift of every input, fairness and exposure per model version,
-attacks on the model.
+attacks on the model, feedback loops.
 
 * :mod:`~flixlake.audit.distances` — PSI and Jensen-Shannon distance between two count vectors,
   pooling of rare categories (pure numpy/scipy);
@@ -8,6 +8,8 @@ attacks on the model.
 * :mod:`~flixlake.audit.models` — per model version: quality per user segment with intervals,
   exposure and calibration of its batch view and of what was served, the two requirements
   (measures and checks in :mod:`flixlake.batch.fairness`, shared with the publish gate);
+* :mod:`~flixlake.audit.feedback` — feedback loops over successive retrains: concentration and
+  popularity of what is served and what is watched, per retrain cycle and experiment variant;
 * :mod:`~flixlake.audit.export` — Prometheus gauges (a registry to push, and a textfile);
 * :mod:`~flixlake.audit.report` — one HTML page with plots per model version;
 * :mod:`~flixlake.audit.job` — ``run_audit``, the daily step (``jobs/audit.py``,

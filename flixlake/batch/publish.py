@@ -36,6 +36,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flixlake.batch.baselines import fit_item_scorer
+from flixlake.batch.debias import relative_popularity, with_popularity_penalty
 from flixlake.batch.errors import GateFailedError
 from flixlake.batch.evaluation import (
     FIT_WINDOW,
@@ -159,14 +160,14 @@ def write_batch_view(
     """Write the model's top-N per user (seen movies excluded) into its batch view partition.
 
     Returns (rows written, timings). ALS ranks from its final factors; a baseline is fitted on
-    everything up to the run date at the model's input versions first.
+    everything up to the run date at the model's input versions first. With
+    ``batch.debias.popularity_weight`` > 0 the lists are re-ranked against popularity
+    (:mod:`flixlake.batch.debias`).
     """
     versions = model["input_versions"]
     top_n = settings.batch.top_n
-    seen = seen_pairs(
-        read_table(spark, lake, "watch_sessions", versions.get("watch_sessions")),
-        read_table(spark, lake, "ratings", versions.get("ratings")),
-    )
+    watch_sessions = read_table(spark, lake, "watch_sessions", versions.get("watch_sessions"))
+    seen = seen_pairs(watch_sessions, read_table(spark, lake, "ratings", versions.get("ratings")))
     movies = read_table(spark, lake, "movies", versions.get("movies"))
     kind = recommender_of(model)
     timings: dict[str, float] = {}
@@ -185,6 +186,9 @@ def write_batch_view(
         catalog = lake.read("movies", versions.get("movies"), columns=["movie_idx"]).num_rows
         recs = baseline_top_n(spark, kind, model["params"], cached, seen, catalog, top_n)
     timings["fit_s"] = time.perf_counter() - started
+    weight = settings.batch.debias.popularity_weight
+    if weight > 0:
+        recs = with_popularity_penalty(recs, relative_popularity(watch_sessions), weight)
     view = recs.transform(with_movie_ids(movies)).transform(
         with_model_version(model["model_version"])
     )

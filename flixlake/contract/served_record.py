@@ -14,9 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 _MAX_ID = 2**63 - 1
 # Where an answer's movies came from: the model's list as is, with watched movies dropped, filled
-# up with trending/popular movies, or only trending/popular movies (no batch-view entry).
-AnswerSource = Literal["batch", "batch_filtered", "batch_filled", "fallback"]
-ANSWER_SOURCES: tuple[AnswerSource, ...] = ("batch", "batch_filtered", "batch_filled", "fallback")
+# up with trending/popular movies, only trending/popular movies (no batch-view entry), or drawn at
+# random from the catalog (an exploration variant: no model behind it).
+AnswerSource = Literal["batch", "batch_filtered", "batch_filled", "fallback", "explore"]
+ANSWER_SOURCES: tuple[AnswerSource, ...] = (
+    "batch",
+    "batch_filtered",
+    "batch_filled",
+    "fallback",
+    "explore",
+)
 
 
 class ServedRecord(BaseModel):

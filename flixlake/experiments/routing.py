@@ -6,6 +6,12 @@ percentage (resolution 0.01 %). The hash does not depend on the process (unlike 
 every replica, restart and offline analysis puts a user in the same variant, and renaming the
 experiment reshuffles everyone. Pure functions, no I/O.
 
+A variant whose model is ``explore`` (:data:`~flixlake.lake.registry.EXPLORE`) serves no model:
+its users get movies drawn uniformly at random from the catalog (the service's merge,
+:mod:`flixlake.serving.recommender`). Such a variant is the control group of feedback-loop
+audits: what its users are shown does not depend on what anyone watched before. It may take at
+most :data:`MAX_EXPLORE_PERCENT` of the users.
+
 >>> exp = Experiment("canary-2026-11", (Variant("control", "previous", 90.0),
 ...                                     Variant("canary", "current", 10.0)))
 >>> exp.assign(42).name in {"control", "canary"}
@@ -23,7 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flixlake.lake.registry import CURRENT
+from flixlake.config import MAX_EXPLORE_PERCENT
+from flixlake.lake.registry import CURRENT, EXPLORE
 
 BUCKETS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -55,8 +62,13 @@ class Variant:
     """One arm of an experiment: a name, where its model comes from, and its share of users."""
 
     name: str
-    model: str = CURRENT  # "current", "previous" or an explicit model_version
+    model: str = CURRENT  # "current", "previous", "explore" or an explicit model_version
     percent: float = 100.0
+
+    @property
+    def explores(self) -> bool:
+        """Randomised answers from the catalog instead of a model's."""
+        return self.model == EXPLORE
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,17 @@ class Experiment:
             raise ExperimentError(
                 f"experiment {self.name!r}: variant percentages sum to {total / 100:g}, not 100"
             )
+        if self.explore_percent > MAX_EXPLORE_PERCENT:
+            raise ExperimentError(
+                f"experiment {self.name!r}: exploration variants (model {EXPLORE!r}) take "
+                f"{self.explore_percent:g}% of users, more than {MAX_EXPLORE_PERCENT:g}%"
+            )
         object.__setattr__(self, "_upper", tuple(upper))
+
+    @property
+    def explore_percent(self) -> float:
+        """The share of users (in %) getting randomised answers."""
+        return sum(v.percent for v in self.variants if v.explores)
 
     def index_of(self, user_id: int) -> int:
         """Position of the user's variant in ``variants`` (no hashing with a single variant)."""
@@ -116,8 +138,9 @@ class Experiment:
 
     @property
     def models(self) -> tuple[str, ...]:
-        """The distinct model references the variants need, in variant order."""
-        return tuple(dict.fromkeys(v.model for v in self.variants))
+        """The distinct model references the variants need, in variant order (``explore``, which
+        needs none, left out)."""
+        return tuple(dict.fromkeys(v.model for v in self.variants if not v.explores))
 
     @classmethod
     def from_config(cls, config: Any) -> Experiment:

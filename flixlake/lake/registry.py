@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flixlake.config import EXPLORE_MODEL
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import MODELS, SERVED_RECOMMENDATIONS
 
@@ -42,6 +43,9 @@ STATUSES = (REGISTERED, PUBLISHED, REJECTED, ROLLED_BACK)
 # how an experiment variant names its model: these two, or an explicit model_version
 CURRENT = "current"  # the published model with the latest published_at
 PREVIOUS = "previous"  # the published model that one replaced
+# no model: randomised recommendations from the catalog (exploration); answers record it as
+# their model version, so served_recommendations, lineage and the audits can tell them apart
+EXPLORE = EXPLORE_MODEL
 _JSON_COLUMNS = ("params", "metrics", "input_versions", "library_versions")
 
 
@@ -112,7 +116,8 @@ def current_published_model(
 
 def resolve_model_refs(lake: Lake, refs: Iterable[str]) -> dict[str, dict[str, Any] | None]:
     """Each model reference (``current``, ``previous`` or a model version) -> its ``models`` row,
-    None when there is none (no published model yet, nothing published before it, unknown)."""
+    None when there is none (no published model yet, nothing published before it, unknown, or
+    ``explore``, which names no model)."""
     wanted = set(refs)
     current = None
     if wanted & {CURRENT, PREVIOUS}:
@@ -125,6 +130,8 @@ def resolve_model_refs(lake: Lake, refs: Iterable[str]) -> dict[str, dict[str, A
             resolved[ref] = current and current_published_model(
                 lake, exclude=current["model_version"], published_before=current["published_at"]
             )
+        elif ref == EXPLORE:
+            resolved[ref] = None
         else:
             rows = model_rows(lake, filters=[("model_version", "=", ref)])
             resolved[ref] = rows[0] if rows else None
@@ -291,8 +298,8 @@ def request_lineage(lake: Lake, request_id: str) -> dict[str, Any]:
     """From one served answer to the model behind it, its training data and code versions.
 
     The ``served_recommendations`` row of ``request_id`` (user, variant, items, latency, time)
-    and, unless the answer was a fallback served before any model was loaded, the
-    :func:`model_lineage` of the model version it records.
+    and, unless the answer was a fallback served before any model was loaded or a randomised
+    exploration answer, the :func:`model_lineage` of the model version it records.
     """
     rows = lake.read(SERVED, filters=[("request_id", "=", request_id)]).to_pylist()
     if not rows:
@@ -302,10 +309,13 @@ def request_lineage(lake: Lake, request_id: str) -> dict[str, Any]:
         )
     served = min(rows, key=lambda r: (r["served_at"], r["source_offset"]))  # a producer retry
     version = served["model_version"]
+    explored = version == EXPLORE
     result: dict[str, Any] = {
         "request": served,
-        "model_lineage": model_lineage(lake, version) if version else None,
+        "model_lineage": model_lineage(lake, version) if version and not explored else None,
     }
     if not version:
         result["note"] = "answered from fallbacks (trending/popular): no model was loaded"
+    elif explored:
+        result["note"] = "an exploration answer: movies drawn at random from the catalog, no model"
     return dict(_jsonable(result))

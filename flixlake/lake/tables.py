@@ -378,7 +378,8 @@ SERVED_RECOMMENDATIONS = TableSpec(
             _f("ingest_batch", pa.string(), False),
             _f("ingested_at", TS, False),
             _f("served_date", pa.date32(), False),
-            # batch | batch_filtered | batch_filled | fallback; null in records from before it
+            # batch | batch_filtered | batch_filled | fallback | explore; null in records from
+            # before it
             _f("answer_source", pa.string()),
         ]
     ),

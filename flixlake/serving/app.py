@@ -72,7 +72,9 @@ RECOMMEND_PREFIX = "/recommend/"
 _MAX_ID_DIGITS = len(str(MAX_USER_ID))
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
-_SOURCES = {s: s.encode() for s in ("batch", "batch_filtered", "batch_filled", "fallback")}
+_SOURCES = {
+    s: s.encode() for s in ("batch", "batch_filtered", "batch_filled", "fallback", "explore")
+}
 _READ_METHODS = ("GET", "HEAD")
 _HEADER_CACHE_MAX = 64  # model versions whose header value is kept
 

@@ -53,7 +53,7 @@ class ServingMetrics:
         self.answers = Counter(
             "flixlake_serving_answers",
             "Recommendation answers by experiment variant and source "
-            "(batch, batch_filtered, batch_filled, fallback).",
+            "(batch, batch_filtered, batch_filled, fallback, explore).",
             ["variant", "source"],
             registry=r,
         )

@@ -17,17 +17,28 @@ The merge rule for a user routed to a variant (and so to one model's batch view)
 
 Every fallback movie is a catalog movie (the ``movies`` table), so an answer is never empty once
 the catalog is read, even before any batch view has loaded; before that the service says 503.
+
+A user routed to an *exploration* variant (model ``explore``) gets ``results`` movies drawn
+uniformly at random, without replacement, from the catalog minus what they watched or rated
+since the cutoff, afresh for every request (:func:`explore_pick`); the answer's model version is
+``explore`` and its source ``explore``. Uniform rather than popularity-tempered, so every catalog
+movie has the same chance to be shown: watches in that variant measure what users pick when the
+system's past does not choose for them (the control group of the feedback-loop audit), and
+per-movie rates from it need no propensity weights.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from flixlake.experiments.routing import Experiment
+from flixlake.lake.registry import EXPLORE
 from flixlake.serving.views import (
     EMPTY_ACTIVITY,
     BatchView,
@@ -45,8 +56,8 @@ class Answer:
 
     body: bytes  # comma-separated movie ids
     variant: str
-    model_version: str
-    source: str  # batch | batch_filtered | batch_filled | fallback
+    model_version: str  # "explore" for randomised answers
+    source: str  # batch | batch_filtered | batch_filled | fallback | explore
     reason: str | None = None  # why trending/popular movies were used
 
 
@@ -65,10 +76,12 @@ class ServingState:
 
     experiment: Experiment
     views: tuple[BatchView | None, ...]  # per variant
-    model_versions: tuple[str, ...]  # per variant (NO_MODEL without a batch view)
+    model_versions: tuple[str, ...]  # per variant (NO_MODEL without a batch view; EXPLORE)
     fallbacks: tuple[Fallback, ...]  # per variant
     activity: SpeedActivity
     trending: np.ndarray
+    explores: tuple[bool, ...] = ()  # per variant: randomised answers from the catalog
+    catalog_pool: Sequence[int] = ()  # catalog indices exploration draws from
 
 
 def pick(
@@ -93,6 +106,28 @@ def pick(
     return chosen, True
 
 
+def explore_pick(
+    pool: Sequence[int], seen: set[int] | None, k: int, rng: random.Random
+) -> list[int]:
+    """``k`` distinct movies drawn uniformly at random from ``pool`` minus ``seen`` (all of them,
+    in random order, when fewer are left).
+
+    The first ``k`` unseen movies of a random permutation lie within its first ``k + |seen|``
+    positions, so a sample of that size suffices and every unseen ``k``-list is equally likely.
+    """
+    n = len(pool)
+    draw = min(n, k + (len(seen) if seen else 0))
+    chosen: list[int] = []
+    for i in rng.sample(range(n), draw):
+        movie = pool[i]
+        if seen and movie in seen:
+            continue
+        chosen.append(movie)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
 class Recommender:
     """Answers requests from the current :class:`ServingState`."""
 
@@ -102,16 +137,19 @@ class Recommender:
         experiment: Experiment,
         results: int = 20,
         fallback_candidates: int = 200,
+        seed: int | None = None,
     ) -> None:
         self.catalog = catalog
         self.results = results
         self.fallback_candidates = fallback_candidates
+        self._random = random.Random(seed)  # exploration draws (seeded only in tests)
         self._lock = threading.Lock()  # serialises writers; readers never lock
         self._views: dict[str, BatchView] = {}
         self._variant_models: tuple[str | None, ...] = tuple(None for _ in experiment.variants)
         self._activity = EMPTY_ACTIVITY
         self._trending = np.zeros(0, np.int32)
         self._static = np.zeros(0, np.int32)
+        self._pool: tuple[int, ...] = ()  # the static list as Python ints, for exploration
         self.experiment = experiment
         self.state = self._compose(experiment)
 
@@ -128,13 +166,19 @@ class Recommender:
             ]
             body = self.catalog.join(list(candidates[: self.results]))
             fallbacks.append(Fallback(candidates, body))
+        explores = tuple(v.explores for v in experiment.variants)
         return ServingState(
             experiment=experiment,
             views=views,
-            model_versions=tuple(v.model_version if v is not None else NO_MODEL for v in views),
+            model_versions=tuple(
+                EXPLORE if explore else view.model_version if view is not None else NO_MODEL
+                for view, explore in zip(views, explores, strict=True)
+            ),
             fallbacks=tuple(fallbacks),
             activity=self._activity,
             trending=self._trending,
+            explores=explores,
+            catalog_pool=self._pool,
         )
 
     def install_views(
@@ -163,6 +207,7 @@ class Recommender:
         """Serve ``static`` (catalog indices) as the fallback of last resort."""
         with self._lock:
             self._static = static
+            self._pool = tuple(static.tolist())
             self.state = state = self._compose(self.experiment)
         return state
 
@@ -179,6 +224,10 @@ class Recommender:
         view = state.views[v]
         seen = state.activity.seen(user_id)
         k = self.results
+        if state.explores[v]:
+            chosen = explore_pick(state.catalog_pool, seen, k, self._random)
+            if chosen:  # else: no catalog yet (or all of it seen): the fallback below
+                return Answer(self.catalog.join(chosen), variant, EXPLORE, "explore")
         if view is not None:
             ranked = view.row(user_id)
             if ranked is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from flixlake.config import ServingConfig
-from flixlake.lake.registry import CURRENT, PREVIOUS, resolve_model_refs
+from flixlake.lake.registry import CURRENT, EXPLORE, PREVIOUS, resolve_model_refs
 from flixlake.lake.store import Lake
 from flixlake.serving.monitoring import ServingMetrics
 from flixlake.serving.recommender import NO_MODEL, Recommender
@@ -280,7 +280,11 @@ class ViewRefresher:
             self._degraded(BATCH_VIEW, f"checking the registry failed: {status.error}")
             return
         status.last_ok = self.clock()
-        if views != loaded or tuple(m if m in views else NO_MODEL for m in resolved) != wanted:
+        serving = tuple(
+            EXPLORE if v.explores else m if m in views else NO_MODEL
+            for v, m in zip(self.recommender.experiment.variants, resolved, strict=True)
+        )
+        if views != loaded or serving != wanted:
             state = self.recommender.install_views(resolved, views)
             gc.freeze()  # the loaded objects never need scanning again: shorter GC pauses
             self.metrics.swaps.inc()
@@ -302,13 +306,14 @@ class ViewRefresher:
         return [v.name for v in self.recommender.experiment.variants]
 
     def _resolve_models(self) -> tuple[str | None, ...]:
+        """Each variant's model version; None when it has none (yet), or explores (no model)."""
         refs = [v.model for v in self.recommender.experiment.variants]
         named = {r for r in refs if r in (CURRENT, PREVIOUS)}  # the others are model versions
         rows = {}
         if named and self.lake.exists(MODELS_TABLE):
             rows = resolve_model_refs(self.lake, named)
         versions = {ref: row["model_version"] if row else None for ref, row in rows.items()}
-        return tuple(versions.get(r) if r in named else r for r in refs)
+        return tuple(None if r == EXPLORE else versions.get(r) if r in named else r for r in refs)
 
     def _load(self, version: str) -> BatchView | None:
         failed_at = self._failed_loads.get(version)
@@ -368,8 +373,8 @@ class ViewRefresher:
 
     # -- /health ----------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, list[str]]:
-        """Ready to take traffic: every variant's batch view loaded and the speed views read
-        lately. The reasons say what is missing, without internals (no addresses, no errors)."""
+        """Ready to take traffic: every variant's batch view loaded (exploration variants have
+        none) and the speed views read lately. The reasons say what is missing, without internals (no addresses, no errors)."""
         now = self.clock()
         state = self.recommender.state
         reasons = []
@@ -378,7 +383,7 @@ class ViewRefresher:
         missing = [
             v.name
             for v, view in zip(state.experiment.variants, state.views, strict=True)
-            if not view
+            if not view and not v.explores  # exploration needs the catalog only
         ]
         if missing:
             reasons.append(f"no batch view loaded for variant(s) {', '.join(missing)}")

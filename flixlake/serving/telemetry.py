@@ -238,7 +238,7 @@ class TelemetryShipper:
     ) -> None:
         """Hand one answer's two messages to librdkafka (never blocks; full: dropped, counted).
 
-        ``source`` is where its movies came from (batch, batch_filtered, batch_filled, fallback).
+        ``source`` is where its movies came from (batch, batch_filtered, batch_filled, fallback, explore).
         """
         producer = self._producer
         if producer is None or len(producer) + 2 > self._max_messages:

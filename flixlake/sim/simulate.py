@@ -529,11 +529,14 @@ def simulate(
     minute_seconds: float = 60.0,
     attacks: Sequence[AttackSpec] = (),
     attack_labels: Path | None = None,
+    stream_seed: int | None = None,
 ) -> dict[str, Any]:
     """Stream live log lines into ``topic`` at ``rate`` lines/s until ``stop``, Ctrl-C or
     ``events`` lines; returns a summary (sent, by kind, faults, elapsed, rate, reco requests).
 
     ``minute_seconds``: wall-clock seconds between a visit's minute lines (60 = real time).
+    ``seed`` builds the world; ``stream_seed`` (default: ``seed``) drives the visits, so
+    successive runs over the same world can differ (another day of the same users).
     ``attacks`` (:mod:`flixlake.sim.attacks`) run alongside the users; their labels are written
     to ``attack_labels`` before the first line is sent.
     """
@@ -547,7 +550,10 @@ def simulate(
     faults = faults or FaultSpec()
     stop = stop or threading.Event()
     world = World.build(n_users, n_movies, seed)
-    sim = Simulator(world, seed, faults, serve_url, minute_seconds=minute_seconds, attacks=attacks)
+    run_seed = seed if stream_seed is None else stream_seed
+    sim = Simulator(
+        world, run_seed, faults, serve_url, minute_seconds=minute_seconds, attacks=attacks
+    )
     if sim.attacks is not None and attack_labels is not None:
         write_labels(attack_labels, sim.attacks.labels())
     try:
@@ -569,7 +575,7 @@ def simulate(
         if not first_error:
             first_error.append(str(exc))
 
-    burst_rng = np.random.default_rng([seed, 12])
+    burst_rng = np.random.default_rng([run_seed, 12])
     sent = 0
     start = last = last_report = time.monotonic()
     sent_at_report = 0

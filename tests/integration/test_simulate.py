@@ -202,3 +202,22 @@ def test_a_user_limited_run_sleeps_until_lines_are_due(broker: BrokerProcess, to
     assert summary["sent"] > 30  # every user started a visit, and visits went on
     # each wake sends a line, but for one per second of progress reporting and the first few
     assert summary["wakeups"] <= summary["sent"] + summary["elapsed_s"] + 5
+
+
+def test_another_stream_seed_gives_other_visits_in_the_same_world(
+    broker: BrokerProcess, topic: str
+) -> None:
+    """``--stream-seed`` changes who watches what, never the world (its users and movies)."""
+    world = World.build(300, 40, 6)
+    runs = []
+    for stream_seed in (None, 6001):
+        name = f"{topic}-{stream_seed}"
+        simulate(broker.bootstrap, name, 4_000, 300, 40, 6, events=300, stream_seed=stream_seed)
+        lines = [parse_line(r.value) for r in _read_all(broker.bootstrap, name, 300)]
+        runs.append([(e.user_id, e.movie_id) for e in lines if e.event_type == EventType.WATCH])
+    for watches in runs:
+        assert len(watches) > 100
+        assert {m for _, m in watches} <= set(world.movie_ids)
+        assert {u for u, _ in watches} <= set(range(1, 301))
+    assert runs[0] != runs[1]
+    assert set(runs[0]) != set(runs[1])

@@ -120,6 +120,10 @@ def simulate(
     users: Annotated[int, typer.Option(min=1, help="number of users (as in generate)")] = 2000,
     movies: Annotated[int, typer.Option(min=1, help="number of movies (as in generate)")] = 500,
     seed: Annotated[int, typer.Option(help="world seed (as in generate)")] = 7,
+    stream_seed: Annotated[
+        int | None,
+        typer.Option(help="seed of the visits (default: --seed; another value: another day)"),
+    ] = None,
     serve_url: Annotated[
         str | None, typer.Option(help="ask GET URL/recommend/<user> on visits (feedback loop)")
     ] = None,
@@ -187,6 +191,7 @@ def simulate(
             minute_seconds=minute_seconds,
             attacks=attacks,
             attack_labels=attack_labels,
+            stream_seed=stream_seed,
         )
     except BrokerError as exc:
         raise fail(str(exc)) from None
