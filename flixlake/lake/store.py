@@ -27,6 +27,9 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
 
+LOG_RETENTION_KEY = "delta.logRetentionDuration"
+DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default when the property is unset
+
 
 class MissingTableError(LookupError):
     """A table the caller needs has not been written yet."""
@@ -262,15 +265,53 @@ class Lake:
         """Bin-pack small files (e.g. one per stream micro-batch) of the matching partitions."""
         return self.table(name).optimize.compact(partition_filters=partition_filters)
 
-    def vacuum(self, name: str, retention_hours: int) -> list[str]:
-        """Delete files no snapshot younger than ``retention_hours`` still references."""
+    def vacuum(self, name: str, retention_hours: int, full: bool = False) -> list[str]:
+        """Delete files no snapshot younger than ``retention_hours`` still references.
+
+        ``full`` also deletes files the log never mentions (a crashed writer's) once their
+        modification time is older than ``retention_hours``; without it only removed files go,
+        so a concurrent writer's not yet committed files are safe whatever the retention.
+        """
         return self.table(name).vacuum(
-            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+            retention_hours=retention_hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+            full=full,
         )
 
-    def delete(self, name: str, predicate: str) -> None:
-        if self.exists(name):
-            self.table(name).delete(predicate)
+    def delete(self, name: str, predicate: str) -> int:
+        """Delete the rows matching ``predicate`` (SQL); returns how many went (0: no table)."""
+        if not self.exists(name):
+            return 0
+        metrics = self.table(name).delete(predicate)
+        return int(metrics.get("num_deleted_rows") or 0)
+
+    def expire_log(self, name: str) -> int | None:
+        """Checkpoint, then delete every older commit and checkpoint of the table's log.
+
+        Old commits keep what they recorded: file statistics (min/max values of each column),
+        operation parameters such as a DELETE's predicate. After this the table's history starts
+        at the checkpoint, so no earlier version can be read. The log retention is set to zero
+        for the clean-up and back to what it was (Delta's default 30 days when unset).
+        Returns how many log files went (None on an object store: not counted there).
+        """
+        before = self._log_files(name)
+        table = self.table(name)
+        previous = table.metadata().configuration.get(LOG_RETENTION_KEY, DEFAULT_LOG_RETENTION)
+        table.alter.set_table_properties({LOG_RETENTION_KEY: "interval 0 seconds"})
+        table = self.table(name)
+        table.create_checkpoint()
+        table.cleanup_metadata()
+        self.table(name).alter.set_table_properties({LOG_RETENTION_KEY: previous})
+        after = self._log_files(name)
+        return None if before is None or after is None else len(before - after)
+
+    def _log_files(self, name: str) -> set[str] | None:
+        """Names of the files in a local table's ``_delta_log`` (None on an object store)."""
+        path = self.path(name).removeprefix("file://")
+        if "://" in path:
+            return None
+        return {p.name for p in (Path(path) / "_delta_log").iterdir() if p.is_file()}
 
     def commit_files(
         self,

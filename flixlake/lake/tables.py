@@ -22,10 +22,20 @@ class TableSpec:
     schema: pa.Schema
     partition_by: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()  # natural key used by MERGE
+    # Integer columns holding a user id, or () for a table that holds no user data. None means
+    # undeclared: a unit test refuses it, so no table can be left out of ``flixlake forget``.
+    user_columns: tuple[str, ...] | None = None
+    # Raw log text whose user field (the 2nd comma field) may name a user, e.g. a rejected line.
+    raw_line_columns: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
         return self.schema.names
+
+    @property
+    def holds_user_data(self) -> bool:
+        """Whether ``flixlake forget`` must look in this table (see :mod:`flixlake.lake.forget`)."""
+        return bool(self.user_columns or self.raw_line_columns)
 
 
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
@@ -64,6 +74,8 @@ BRONZE_EVENTS = TableSpec(
         ]
     ),
     partition_by=("event_date",),
+    user_columns=("user_id",),
+    raw_line_columns=("raw",),
 )
 
 QUARANTINE_EVENTS = TableSpec(
@@ -79,6 +91,8 @@ QUARANTINE_EVENTS = TableSpec(
             _f("ingested_at", TS, False),
         ]
     ),
+    user_columns=(),
+    raw_line_columns=("raw",),
 )
 
 MOVIES = TableSpec(
@@ -96,6 +110,7 @@ MOVIES = TableSpec(
         ]
     ),
     keys=("movie_id",),
+    user_columns=(),
 )
 
 USERS = TableSpec(
@@ -111,6 +126,7 @@ USERS = TableSpec(
         ]
     ),
     keys=("user_id",),
+    user_columns=("user_id",),
 )
 
 WATCH_SESSIONS = TableSpec(
@@ -131,6 +147,7 @@ WATCH_SESSIONS = TableSpec(
     ),
     partition_by=("event_date",),
     keys=("user_id", "movie_id", "event_date"),
+    user_columns=("user_id",),
 )
 
 RATINGS = TableSpec(
@@ -147,6 +164,7 @@ RATINGS = TableSpec(
         ]
     ),
     keys=("user_id", "movie_id"),
+    user_columns=("user_id",),
 )
 
 RECO_REQUESTS = TableSpec(
@@ -166,6 +184,7 @@ RECO_REQUESTS = TableSpec(
         ]
     ),
     partition_by=("event_date",),
+    user_columns=("user_id",),
 )
 
 QUALITY_REPORTS = TableSpec(
@@ -185,6 +204,7 @@ QUALITY_REPORTS = TableSpec(
         ]
     ),
     keys=("run_date", "table_name", "check_name"),
+    user_columns=(),
 )
 
 MODELS = TableSpec(
@@ -209,6 +229,7 @@ MODELS = TableSpec(
         ]
     ),
     keys=("model_version",),
+    user_columns=(),
 )
 
 MODEL_EVALUATIONS = TableSpec(
@@ -227,6 +248,7 @@ MODEL_EVALUATIONS = TableSpec(
         ]
     ),
     keys=("model_version", "recommender", "segment", "metric"),
+    user_columns=(),
 )
 
 BATCH_RECOMMENDATIONS = TableSpec(
@@ -243,6 +265,7 @@ BATCH_RECOMMENDATIONS = TableSpec(
         ]
     ),
     partition_by=("model_version",),
+    user_columns=("user_id",),
 )
 
 _SPEED_STAMP = [
@@ -270,6 +293,7 @@ SPEED_USER_ACTIVITY = TableSpec(
         ]
     ),
     keys=("user_id",),
+    user_columns=("user_id",),
 )
 
 SPEED_TRENDING = TableSpec(
@@ -288,6 +312,7 @@ SPEED_TRENDING = TableSpec(
         ]
     ),
     keys=("window", "movie_id"),
+    user_columns=(),
 )
 
 SPEED_NEW_USERS = TableSpec(
@@ -303,6 +328,7 @@ SPEED_NEW_USERS = TableSpec(
         ]
     ),
     keys=("user_id",),
+    user_columns=("user_id",),
 )
 
 SERVED_RECOMMENDATIONS = TableSpec(
@@ -330,6 +356,7 @@ SERVED_RECOMMENDATIONS = TableSpec(
         ]
     ),
     partition_by=("served_date",),
+    user_columns=("user_id",),
 )
 
 ONLINE_EVALUATIONS = TableSpec(
@@ -356,6 +383,7 @@ ONLINE_EVALUATIONS = TableSpec(
     ),
     partition_by=("served_date",),
     keys=("served_hour", "experiment", "model_version", "variant", "user_id"),
+    user_columns=("user_id",),
 )
 
 AUDIT_DRIFT = TableSpec(
@@ -392,6 +420,7 @@ AUDIT_DRIFT = TableSpec(
         ]
     ),
     keys=("run_date", "input", "window_start"),
+    user_columns=(),
 )
 
 AUDIT_FAIRNESS = TableSpec(
@@ -418,6 +447,7 @@ AUDIT_FAIRNESS = TableSpec(
         ]
     ),
     keys=("run_date", "model_version", "scope", "segment", "metric"),
+    user_columns=(),
 )
 
 AUDIT_REQUIREMENTS = TableSpec(
@@ -441,6 +471,31 @@ AUDIT_REQUIREMENTS = TableSpec(
         ]
     ),
     keys=("run_date", "model_version", "requirement", "evidence"),
+    user_columns=(),
+)
+
+FORGET_REQUESTS = TableSpec(
+    name="forget_requests",
+    owner="flixlake forget",
+    description=(
+        "What each `flixlake forget` request removed, per table and model: rows, files, log "
+        "entries. Never the user's id or data (the request id is the requester's receipt)."
+    ),
+    schema=pa.schema(
+        [
+            _f("request_id", pa.string(), False),
+            _f("requested_at", TS, False),
+            _f("target", pa.string(), False),  # a table name, or the model version of factors
+            _f("kind", pa.string(), False),  # table | model_factors
+            _f("rows_removed", pa.int64(), False),
+            _f("files_removed", pa.int64(), False),  # data files vacuumed or factor files rewritten
+            _f("log_files_removed", pa.int64()),  # old commits/checkpoints (tables on a local lake)
+            _f("table_version", pa.int64()),  # the table's version afterwards (tables only)
+            _f("completed_at", TS, False),
+        ]
+    ),
+    keys=("request_id", "target"),
+    user_columns=(),
 )
 
 ALL_TABLES: dict[str, TableSpec] = {
@@ -465,6 +520,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         AUDIT_DRIFT,
         AUDIT_FAIRNESS,
         AUDIT_REQUIREMENTS,
+        FORGET_REQUESTS,
     )
 }
 
