@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from flixlake.batch.ingest import ingest_paths
 from flixlake.config import Settings
-from flixlake.lake.forget import forget_user, user_predicate, user_tables
+from flixlake.lake.forget import forget_in_factors, forget_user, user_predicate, user_tables
 from flixlake.lake.store import Lake, MissingTableError
 from flixlake.lake.tables import ALL_TABLES, FORGET_REQUESTS, TableSpec
 from flixlake.ops.forget import user_factor_dirs
@@ -349,3 +349,25 @@ def test_cli_forgets_and_prints_the_receipt(built: Lake, settings: Settings) -> 
     assert set(built.read("forget_requests")["request_id"].to_pylist()) == {request_id.group(1)}
     assert user_traces(Path(built.root), FORGOTTEN, MARKER) == []
     assert factor_traces(settings.artifacts_root, FORGOTTEN) == []
+
+
+def test_spark_reads_factors_forget_rewrote(spark: Any, tmp_path: Path) -> None:
+    """Spark saves factors with Hadoop checksums (.crc); a stale one would fail its reader."""
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [
+            T.StructField("id", T.IntegerType(), False),
+            T.StructField("features", T.ArrayType(T.FloatType()), True),
+        ]
+    )
+    folder = tmp_path / "final" / "user_factors"
+    rows = [(FORGOTTEN, [0.1, 0.2]), (KEPT, [0.3, 0.4]), (70, None)]
+    spark.createDataFrame(rows, schema).coalesce(1).write.parquet(str(folder))
+    assert list(folder.glob(".part-*.crc"))
+
+    result = forget_in_factors(folder, FORGOTTEN)
+
+    assert (result.rows_removed, result.files_removed) == (1, 1)
+    ids = sorted(r["id"] for r in spark.read.parquet(str(folder)).collect())
+    assert ids == [KEPT, 70]
