@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake.exceptions import CommitFailedError
 
+from flixlake.contract.logformat import MAX_USER_ID
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import ALL_TABLES, FORGET_REQUESTS, TableSpec
 
@@ -59,6 +61,18 @@ class Forgotten:
     files_removed: int
     log_files_removed: int | None = None
     table_version: int | None = None
+    error: str | None = None  # the exception's type only: its message may quote the user id
+
+
+class ForgetIncompleteError(RuntimeError):
+    """Some tables or factor folders could not be cleaned; the others were (see the report)."""
+
+    def __init__(self, report: ForgetReport, messages: list[str]) -> None:
+        super().__init__(
+            f"forget request {report.request_id} incomplete (run it again once fixed):\n"
+            + "\n".join(messages)
+        )
+        self.report = report
 
 
 @dataclass
@@ -87,8 +101,9 @@ def user_tables(tables: Iterable[TableSpec] | None = None) -> list[TableSpec]:
 
 def check_user_id(user_id: int) -> int:
     """A user id as the log contract has them: a positive integer (clear error otherwise)."""
-    if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
-        raise ValueError(f"a user id is a positive integer, got {user_id!r}")
+    valid = isinstance(user_id, int) and not isinstance(user_id, bool)
+    if not valid or not 0 < user_id <= MAX_USER_ID:
+        raise ValueError(f"a user id is an integer from 1 to {MAX_USER_ID}, got {user_id!r}")
     return user_id
 
 
@@ -176,6 +191,7 @@ def record_request(lake: Lake, report: ForgetReport) -> None:
             "files_removed": r.files_removed,
             "log_files_removed": r.log_files_removed,
             "table_version": r.table_version,
+            "error": r.error,
             "completed_at": completed,
         }
         for r in report.results
@@ -194,16 +210,31 @@ def forget_user(
     """Remove ``user_id`` from every table holding user data and from saved user factors.
 
     Safe to repeat: a rerun (e.g. after a crash half-way) deletes what is left and cleans again.
+    A target that fails (a table written with a feature delta-rs cannot write, a missing file)
+    does not stop the others; all are recorded, then :class:`ForgetIncompleteError` names the
+    failed ones with their messages (for the operator; the record keeps the error type only).
     """
     check_user_id(user_id)
     specs = user_tables(tables)
     report = ForgetReport(
         request_id=request_id or uuid.uuid4().hex, requested_at=dt.datetime.now(dt.UTC)
     )
-    for spec in specs:
-        report.results.append(forget_in_table(lake, spec, user_id, orphan_grace_hours))
-    for folder in factor_dirs:
-        report.results.append(forget_in_factors(folder, user_id))
+    steps: list[tuple[str, str, Callable[[], Forgotten]]] = [
+        (s.name, "table", partial(forget_in_table, lake, s, user_id, orphan_grace_hours))
+        for s in specs
+    ]
+    steps += [
+        (str(d), "model_factors", partial(forget_in_factors, d, user_id)) for d in factor_dirs
+    ]
+    failures: list[str] = []
+    for target, kind, step in steps:
+        try:
+            report.results.append(step())
+        except Exception as exc:  # recorded, reported below; the other targets still go
+            report.results.append(Forgotten(target, kind, 0, 0, error=type(exc).__name__))
+            failures.append(f"{target}: {type(exc).__name__}: {exc}")
     report.completed_at = dt.datetime.now(dt.UTC)
     record_request(lake, report)
+    if failures:
+        raise ForgetIncompleteError(report, failures)
     return report

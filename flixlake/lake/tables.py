@@ -491,6 +491,7 @@ FORGET_REQUESTS = TableSpec(
             _f("files_removed", pa.int64(), False),  # data files vacuumed or factor files rewritten
             _f("log_files_removed", pa.int64()),  # old commits/checkpoints (tables on a local lake)
             _f("table_version", pa.int64()),  # the table's version afterwards (tables only)
+            _f("error", pa.string()),  # null when done; else the exception type (run it again)
             _f("completed_at", TS, False),
         ]
     ),

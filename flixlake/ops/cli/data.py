@@ -199,7 +199,7 @@ def forget(
     travel to before), rewrites ALS user factors without them, and records the request in
     forget_requests without the id. Prints the request id: the requester's receipt.
     """
-    from flixlake.lake.forget import check_user_id, forget_user
+    from flixlake.lake.forget import ForgetIncompleteError, check_user_id, forget_user
     from flixlake.lake.store import Lake
     from flixlake.ops.forget import user_factor_dirs
 
@@ -209,12 +209,16 @@ def forget(
     except ValueError as exc:
         raise fail(str(exc)) from None
     lake = Lake(settings.lake_root)
-    report = forget_user(
-        lake,
-        user,
-        factor_dirs=user_factor_dirs(lake, settings.artifacts_root),
-        orphan_grace_hours=orphan_grace_hours,
-    )
+    incomplete: ForgetIncompleteError | None = None
+    try:
+        report = forget_user(
+            lake,
+            user,
+            factor_dirs=user_factor_dirs(lake, settings.artifacts_root),
+            orphan_grace_hours=orphan_grace_hours,
+        )
+    except ForgetIncompleteError as exc:
+        incomplete, report = exc, exc.report
     print_table(
         [
             {
@@ -222,11 +226,14 @@ def forget(
                 "rows removed": r.rows_removed,
                 "files removed": r.files_removed,
                 "log files removed": r.log_files_removed,
+                "error": r.error or "",
             }
             for r in report.results
         ],
         title=f"forget request {report.request_id}",
     )
+    if incomplete is not None:
+        raise fail(str(incomplete), code=1)
     console.print(
         f"request {report.request_id}: {report.rows_removed:,} rows removed; "
         "recorded in forget_requests (without the user id)"

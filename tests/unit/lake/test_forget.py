@@ -22,7 +22,13 @@ from typer.testing import CliRunner
 
 from flixlake.batch.ingest import ingest_paths
 from flixlake.config import Settings
-from flixlake.lake.forget import forget_in_factors, forget_user, user_predicate, user_tables
+from flixlake.lake.forget import (
+    ForgetIncompleteError,
+    forget_in_factors,
+    forget_user,
+    user_predicate,
+    user_tables,
+)
 from flixlake.lake.store import Lake, MissingTableError
 from flixlake.lake.tables import ALL_TABLES, FORGET_REQUESTS, TableSpec
 from flixlake.ops.forget import user_factor_dirs
@@ -371,3 +377,19 @@ def test_spark_reads_factors_forget_rewrote(spark: Any, tmp_path: Path) -> None:
     assert (result.rows_removed, result.files_removed) == (1, 1)
     ids = sorted(r["id"] for r in spark.read.parquet(str(folder)).collect())
     assert ids == [KEPT, 70]
+
+
+def test_a_failing_target_does_not_stop_the_others(built: Lake, tmp_path: Path) -> None:
+    broken = tmp_path / "broken" / "user_factors"
+    broken.mkdir(parents=True)
+    (broken / "part-00000.parquet").write_bytes(b"not parquet")
+
+    with pytest.raises(ForgetIncompleteError, match="broken/user_factors") as failed:
+        forget_user(built, FORGOTTEN, [broken], request_id="req-2")
+
+    assert user_traces(Path(built.root), FORGOTTEN, MARKER) == []  # the tables were cleaned
+    rows = {r["target"]: r for r in built.read("forget_requests").to_pylist()}
+    assert rows[str(broken)]["error"] == "ArrowInvalid"
+    assert rows["bronze_events"]["error"] is None
+    assert rows["bronze_events"]["rows_removed"] == USER7_LINES
+    assert failed.value.report.request_id == "req-2"
