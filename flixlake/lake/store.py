@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from deltalake.schema import Field as DeltaField
@@ -28,6 +30,7 @@ from deltalake.transaction import AddAction, RemoveAction
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
 
 LOG_RETENTION_KEY = "delta.logRetentionDuration"
+_LOG_VERSION = re.compile(r"(\d{20})\.")  # a log file's (first) version: commits, checkpoints
 DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default when the property is unset
 
 
@@ -286,32 +289,59 @@ class Lake:
         metrics = self.table(name).delete(predicate)
         return int(metrics.get("num_deleted_rows") or 0)
 
-    def expire_log(self, name: str) -> int | None:
-        """Checkpoint, then delete every older commit and checkpoint of the table's log.
+    def expire_log(self, name: str) -> int:
+        """Checkpoint, then delete every older commit, checkpoint and checksum of the table's log.
 
         Old commits keep what they recorded: file statistics (min/max values of each column),
-        operation parameters such as a DELETE's predicate. After this the table's history starts
-        at the checkpoint, so no earlier version can be read. The log retention is set to zero
-        for the clean-up and back to what it was (Delta's default 30 days when unset).
-        Returns how many log files went (None on an object store: not counted there).
+        operation parameters such as a DELETE's predicate; delta-spark's version checksums
+        (``<version>.crc``) list every file with its statistics. After this the table's history
+        starts at the checkpoint, so no earlier version can be read. delta-rs' log clean-up runs
+        with the log retention set to zero, then back to what it was (Delta's default 30 days
+        when unset); what it leaves below the checkpoint (checksums, staged commits) and Hadoop's
+        ``.<file>.crc`` of files that are gone are deleted after it. Returns how many files went.
         """
-        before = self._log_files(name)
+        before = self._files(name)
         table = self.table(name)
         previous = table.metadata().configuration.get(LOG_RETENTION_KEY, DEFAULT_LOG_RETENTION)
         table.alter.set_table_properties({LOG_RETENTION_KEY: "interval 0 seconds"})
         table = self.table(name)
         table.create_checkpoint()
+        checkpoint = table.version()
         table.cleanup_metadata()
         self.table(name).alter.set_table_properties({LOG_RETENTION_KEY: previous})
-        after = self._log_files(name)
-        return None if before is None or after is None else len(before - after)
+        self._sweep_below(name, checkpoint)
+        return len(before - self._files(name))
 
-    def _log_files(self, name: str) -> set[str] | None:
-        """Names of the files in a local table's ``_delta_log`` (None on an object store)."""
-        path = self.path(name).removeprefix("file://")
-        if "://" in path:
-            return None
-        return {p.name for p in (Path(path) / "_delta_log").iterdir() if p.is_file()}
+    def _filesystem(self, name: str) -> tuple[pafs.FileSystem, str]:
+        path = self.path(name)
+        return pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
+
+    def _files(self, name: str) -> set[str]:
+        """Every file under a table's folder, its log included."""
+        fs, base = self._filesystem(name)
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {i.path for i in infos if i.type == pafs.FileType.File}
+
+    def _sweep_below(self, name: str, checkpoint: int) -> None:
+        """Delete log files of versions before ``checkpoint`` and checksums of deleted files."""
+        fs, base = self._filesystem(name)
+        files = self._files(name)
+        log_dir = f"{base.rstrip('/')}/_delta_log/"
+        doomed = []
+        for path in files:
+            folder, file_name = path.rsplit("/", 1)
+            version = _LOG_VERSION.match(file_name.lstrip("."))
+            old = path.startswith(log_dir) and version and int(version.group(1)) < checkpoint
+            # Hadoop's local file system writes .<file>.crc beside each file it writes
+            orphan_checksum = (
+                file_name.startswith(".")
+                and file_name.endswith(".crc")
+                and f"{folder}/{file_name[1:-4]}" not in files
+            )
+            if old or orphan_checksum:
+                doomed.append(path)
+        for path in doomed:
+            fs.delete_file(path)
 
     def commit_files(
         self,

@@ -10,6 +10,7 @@ checkpoint whose statistics name user 7.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,21 @@ def write_factors(folder: Path, ids: list[int]) -> Path:
     return part
 
 
+def write_spark_checksum(lake: Lake, name: str, version: int) -> None:
+    """A version checksum as delta-spark 4.4 writes beside each commit (delta-rs does not): its
+    ``allFiles`` carries every file's statistics, and Hadoop's checksum of it sits beside it."""
+    log = Path(lake.path(name)) / "_delta_log"
+    table = lake.table(name, version)
+    stats = {"numRecords": 2, "minValues": {"user_id": FORGOTTEN}, "maxValues": {"user_id": KEPT}}
+    checksum = {
+        "tableSizeBytes": 1,
+        "numFiles": 1,
+        "allFiles": [{"path": table.file_uris()[0], "stats": json.dumps(stats)}],
+    }
+    (log / f"{version:020d}.crc").write_text(json.dumps(checksum))
+    (log / f".{version:020d}.crc.crc").write_bytes(b"crc")
+
+
 def build_lake(lake: Lake, settings: Settings, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -188,6 +204,7 @@ def build_lake(lake: Lake, settings: Settings, tmp_path: Path) -> None:
     # the current version lacks user 7, an older (removed) file has them
     lake.overwrite("speed_new_users", example_rows(ALL_TABLES["speed_new_users"], [KEPT]))
     lake.table("watch_sessions").create_checkpoint()  # a checkpoint's stats name user 7
+    write_spark_checksum(lake, "ratings", 1)
     registered = settings.artifacts_root / "models" / "als-1"
     write_factors(registered / "final" / "user_factors", [FORGOTTEN, KEPT, 70])
     models = example_rows(ALL_TABLES["models"], [0]).set_column(
@@ -241,6 +258,7 @@ def test_forget_leaves_no_trace_of_the_user_in_any_file(
     assert any("_delta_log/" in h and h.endswith(".json: " + trace_patterns(7)[1].pattern)
                for h in before)  # fmt: skip
     assert any(".checkpoint.parquet" in h for h in before)
+    assert any(h.startswith("ratings/_delta_log/00000000000000000001.crc") for h in before)
     assert any(h.startswith("speed_new_users/part-") for h in before)  # only in a removed file
     assert len(factor_traces(settings.artifacts_root, FORGOTTEN)) == 2
     kept_before = others_rows(lake)
@@ -250,6 +268,7 @@ def test_forget_leaves_no_trace_of_the_user_in_any_file(
 
     assert user_traces(root, FORGOTTEN, MARKER) == []
     assert factor_traces(settings.artifacts_root, FORGOTTEN) == []
+    assert not [p for p in root.rglob(".*.crc") if not p.with_name(p.name[1:-4]).exists()]
     # user 17 (and 70, 707) intact, row for row, and the search still finds them
     assert others_rows(lake) == kept_before
     assert user_traces(root, KEPT)
