@@ -11,16 +11,16 @@ without a parsed user). For each such table :func:`forget_in_table`
    mentions (a crashed writer's) go once older than ``orphan_grace_hours``, so a concurrent
    writer's uncommitted files are safe;
 3. expires the Delta log (:meth:`~flixlake.lake.store.Lake.expire_log`): a checkpoint of the
-   new version, then every older commit and checkpoint is deleted. Old commits held per-file
-   statistics (min/max of ``user_id`` and of raw lines) and the DELETE's own predicate, which
-   names the user; the new checkpoint only describes files without them.
+   new version, then every older commit, checkpoint and version checksum is deleted. Old
+   commits held per-file statistics (min/max of ``user_id`` and of raw lines) and the DELETE's
+   own predicate, which names the user; the new checkpoint only describes files without them.
 
 ALS factors saved as plain parquet (``id``, ``features``) are rewritten without the user
 (:func:`forget_in_factors`). What was done is recorded in ``forget_requests`` by request id,
 per table and factor folder: counts, never the user id.
 
 >>> report = forget_user(Lake("var/lake"), 7, factor_dirs=[])           # doctest: +SKIP
->>> report.rows_removed
+>>> report.rows_removed                                                 # doctest: +SKIP
 42
 """
 
