@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.schema import Field as DeltaField
@@ -45,6 +47,9 @@ def recommitting(write: Callable[[], T]) -> T:
                 raise
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
+LOG_RETENTION_KEY = "delta.logRetentionDuration"
+_LOG_VERSION = re.compile(r"(\d{20})\.")  # a log file's (first) version: commits, checkpoints
+DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default when the property is unset
 
 
 class MissingTableError(LookupError):
@@ -312,15 +317,80 @@ class Lake:
         """Bin-pack small files (e.g. one per stream micro-batch) of the matching partitions."""
         return self.table(name).optimize.compact(partition_filters=partition_filters)
 
-    def vacuum(self, name: str, retention_hours: int) -> list[str]:
-        """Delete files no snapshot younger than ``retention_hours`` still references."""
+    def vacuum(self, name: str, retention_hours: int, full: bool = False) -> list[str]:
+        """Delete files no snapshot younger than ``retention_hours`` still references.
+
+        ``full`` also deletes files the log never mentions (a crashed writer's) once their
+        modification time is older than ``retention_hours``; without it only removed files go,
+        so a concurrent writer's not yet committed files are safe whatever the retention.
+        """
         return self.table(name).vacuum(
-            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+            retention_hours=retention_hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+            full=full,
         )
 
-    def delete(self, name: str, predicate: str) -> None:
-        if self.exists(name):
-            self.table(name).delete(predicate)
+    def delete(self, name: str, predicate: str) -> int:
+        """Delete the rows matching ``predicate`` (SQL); returns how many went (0: no table)."""
+        if not self.exists(name):
+            return 0
+        metrics = self.table(name).delete(predicate)
+        return int(metrics.get("num_deleted_rows") or 0)
+
+    def expire_log(self, name: str) -> int:
+        """Checkpoint, then delete every older commit, checkpoint and checksum of the table's log.
+
+        Old commits keep what they recorded: file statistics (min/max values of each column),
+        operation parameters such as a DELETE's predicate; delta-spark's version checksums
+        (``<version>.crc``) list every file with its statistics. After this the table's history
+        starts at the checkpoint, so no earlier version can be read. delta-rs' log clean-up runs
+        with the log retention set to zero, then back to what it was (Delta's default 30 days
+        when unset); what it leaves below the checkpoint (checksums, staged commits) and Hadoop's
+        ``.<file>.crc`` of files that are gone are deleted after it. Returns how many files went.
+        """
+        before = self._files(name)
+        table = self.table(name)
+        previous = table.metadata().configuration.get(LOG_RETENTION_KEY, DEFAULT_LOG_RETENTION)
+        table.alter.set_table_properties({LOG_RETENTION_KEY: "interval 0 seconds"})
+        table = self.table(name)
+        table.create_checkpoint()
+        checkpoint = table.version()
+        table.cleanup_metadata()
+        self.table(name).alter.set_table_properties({LOG_RETENTION_KEY: previous})
+        self._sweep_below(name, checkpoint)
+        return len(before - self._files(name))
+
+    def _filesystem(self, name: str) -> tuple[pafs.FileSystem, str]:
+        path = self.path(name)
+        return pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
+
+    def _files(self, name: str) -> set[str]:
+        """Every file under a table's folder, its log included."""
+        fs, base = self._filesystem(name)
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {i.path for i in infos if i.type == pafs.FileType.File}
+
+    def _sweep_below(self, name: str, checkpoint: int) -> None:
+        """Delete log files of versions before ``checkpoint`` and checksums of deleted files."""
+        fs, base = self._filesystem(name)
+        files = self._files(name)
+        log_dir = f"{base.rstrip('/')}/_delta_log/"
+        doomed = []
+        for path in files:
+            folder, file_name = path.rsplit("/", 1)
+            version = _LOG_VERSION.match(file_name.lstrip("."))
+            old = path.startswith(log_dir) and version and int(version.group(1)) < checkpoint
+            # Hadoop's local file system writes .<file>.crc beside each file it writes
+            orphan_checksum = (
+                file_name.startswith(".")
+                and file_name.endswith(".crc")
+                and f"{folder}/{file_name[1:-4]}" not in files
+            )
+            if old or orphan_checksum:
+                doomed.append(path)
+        for path in doomed:
+            fs.delete_file(path)
 
     def commit_files(
         self,

@@ -52,10 +52,20 @@ class TableSpec:
     keys: tuple[str, ...] = ()  # natural key used by MERGE
     engine: str = RS  # what the owner writes it with
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    # Integer columns holding a user id, or () for a table that holds no user data. None means
+    # undeclared: a unit test refuses it, so no table can be left out of ``flixlake forget``.
+    user_columns: tuple[str, ...] | None = None
+    # Raw log text whose user field (the 2nd comma field) may name a user, e.g. a rejected line.
+    raw_line_columns: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
         return self.schema.names
+
+    @property
+    def holds_user_data(self) -> bool:
+        """Whether ``flixlake forget`` must look in this table (see :mod:`flixlake.lake.forget`)."""
+        return bool(self.user_columns or self.raw_line_columns)
 
 
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
@@ -99,6 +109,8 @@ BRONZE_EVENTS = TableSpec(
     ),
     partition_by=("event_date",),
     lifecycle=STREAMED_BY_DAY,
+    user_columns=("user_id",),
+    raw_line_columns=("raw",),
 )
 
 QUARANTINE_EVENTS = TableSpec(
@@ -115,6 +127,8 @@ QUARANTINE_EVENTS = TableSpec(
             _f("ingested_at", TS, False),
         ]
     ),
+    user_columns=(),
+    raw_line_columns=("raw",),
 )
 
 MOVIES = TableSpec(
@@ -133,6 +147,7 @@ MOVIES = TableSpec(
         ]
     ),
     keys=("movie_id",),
+    user_columns=(),
 )
 
 USERS = TableSpec(
@@ -149,6 +164,7 @@ USERS = TableSpec(
         ]
     ),
     keys=("user_id",),
+    user_columns=("user_id",),
 )
 
 WATCH_SESSIONS = TableSpec(
@@ -170,6 +186,7 @@ WATCH_SESSIONS = TableSpec(
     ),
     partition_by=("event_date",),
     keys=("user_id", "movie_id", "event_date"),
+    user_columns=("user_id",),
 )
 
 RATINGS = TableSpec(
@@ -187,6 +204,7 @@ RATINGS = TableSpec(
         ]
     ),
     keys=("user_id", "movie_id"),
+    user_columns=("user_id",),
 )
 
 RECO_REQUESTS = TableSpec(
@@ -207,6 +225,7 @@ RECO_REQUESTS = TableSpec(
         ]
     ),
     partition_by=("event_date",),
+    user_columns=("user_id",),
 )
 
 QUALITY_REPORTS = TableSpec(
@@ -227,6 +246,7 @@ QUALITY_REPORTS = TableSpec(
         ]
     ),
     keys=("run_date", "table_name", "check_name"),
+    user_columns=(),
 )
 
 MODELS = TableSpec(
@@ -252,6 +272,7 @@ MODELS = TableSpec(
         ]
     ),
     keys=("model_version",),
+    user_columns=(),
 )
 
 MODEL_EVALUATIONS = TableSpec(
@@ -271,6 +292,7 @@ MODEL_EVALUATIONS = TableSpec(
         ]
     ),
     keys=("model_version", "recommender", "segment", "metric"),
+    user_columns=(),
 )
 
 BATCH_RECOMMENDATIONS = TableSpec(
@@ -289,6 +311,7 @@ BATCH_RECOMMENDATIONS = TableSpec(
     ),
     partition_by=("model_version",),
     lifecycle=Lifecycle(prune="model_versions"),
+    user_columns=("user_id",),
 )
 
 _SPEED_STAMP = [
@@ -318,6 +341,7 @@ SPEED_USER_ACTIVITY = TableSpec(
     ),
     keys=("user_id",),
     lifecycle=STREAM_VIEW,
+    user_columns=("user_id",),
 )
 
 SPEED_TRENDING = TableSpec(
@@ -338,6 +362,7 @@ SPEED_TRENDING = TableSpec(
     ),
     keys=("window", "movie_id"),
     lifecycle=STREAM_VIEW,
+    user_columns=(),
 )
 
 SPEED_NEW_USERS = TableSpec(
@@ -355,6 +380,7 @@ SPEED_NEW_USERS = TableSpec(
     ),
     keys=("user_id",),
     lifecycle=STREAM_VIEW,
+    user_columns=("user_id",),
 )
 
 SERVED_RECOMMENDATIONS = TableSpec(
@@ -385,6 +411,7 @@ SERVED_RECOMMENDATIONS = TableSpec(
     ),
     partition_by=("served_date",),
     lifecycle=STREAMED_BY_DAY,
+    user_columns=("user_id",),
 )
 
 ONLINE_EVALUATIONS = TableSpec(
@@ -412,6 +439,7 @@ ONLINE_EVALUATIONS = TableSpec(
     ),
     partition_by=("served_date",),
     keys=("served_hour", "experiment", "model_version", "variant", "user_id"),
+    user_columns=("user_id",),
 )
 
 AUDIT_DRIFT = TableSpec(
@@ -448,6 +476,7 @@ AUDIT_DRIFT = TableSpec(
         ]
     ),
     keys=("run_date", "input", "window_start"),
+    user_columns=(),
 )
 
 AUDIT_FAIRNESS = TableSpec(
@@ -474,6 +503,7 @@ AUDIT_FAIRNESS = TableSpec(
         ]
     ),
     keys=("run_date", "model_version", "scope", "segment", "metric"),
+    user_columns=(),
 )
 
 AUDIT_REQUIREMENTS = TableSpec(
@@ -497,6 +527,32 @@ AUDIT_REQUIREMENTS = TableSpec(
         ]
     ),
     keys=("run_date", "model_version", "requirement", "evidence"),
+    user_columns=(),
+)
+
+FORGET_REQUESTS = TableSpec(
+    name="forget_requests",
+    owner="flixlake forget",
+    description=(
+        "What each `flixlake forget` request removed, per table and model: rows, files, log "
+        "entries. Never the user's id or data (the request id is the requester's receipt)."
+    ),
+    schema=pa.schema(
+        [
+            _f("request_id", pa.string(), False),
+            _f("requested_at", TS, False),
+            _f("target", pa.string(), False),  # a table name, or the model version of factors
+            _f("kind", pa.string(), False),  # table | model_factors
+            _f("rows_removed", pa.int64(), False),
+            _f("files_removed", pa.int64(), False),  # data files vacuumed or factor files rewritten
+            _f("log_files_removed", pa.int64()),  # old commits/checkpoints (tables on a local lake)
+            _f("table_version", pa.int64()),  # the table's version afterwards (tables only)
+            _f("error", pa.string()),  # null when done; else the exception type (run it again)
+            _f("completed_at", TS, False),
+        ]
+    ),
+    keys=("request_id", "target"),
+    user_columns=(),
 )
 
 MAINTENANCE_RUNS = TableSpec(
@@ -529,6 +585,7 @@ MAINTENANCE_RUNS = TableSpec(
             _f("started_at", TS, False),
         ]
     ),
+    user_columns=(),
 )
 
 SUSPECTED_ACCOUNTS = TableSpec(
@@ -554,6 +611,7 @@ SUSPECTED_ACCOUNTS = TableSpec(
         ]
     ),
     keys=("run_date", "user_id"),
+    user_columns=("user_id",),
 )
 
 ATTACK_ALERTS = TableSpec(
@@ -578,6 +636,7 @@ ATTACK_ALERTS = TableSpec(
             _f("detected_at", TS, False),
         ]
     ),
+    user_columns=("user_id",),
 )
 
 ALL_TABLES: dict[str, TableSpec] = {
@@ -605,6 +664,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         MAINTENANCE_RUNS,
         SUSPECTED_ACCOUNTS,
         ATTACK_ALERTS,
+        FORGET_REQUESTS,
     )
 }
 

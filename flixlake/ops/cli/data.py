@@ -259,3 +259,64 @@ def tables(env: EnvOpt = None, home: HomeOpt = None) -> None:
             }
         )
     print_table(rows, title=f"lake at {lake.root}")
+
+
+@app.command()
+def forget(
+    user: Annotated[int, typer.Option("--user", help="the user id to forget")],
+    orphan_grace_hours: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="files no commit mentions (a crashed writer's) are deleted once this old; "
+            "younger ones may be a running writer's",
+        ),
+    ] = 24,
+    env: EnvOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Remove a user from every table holding user data and from saved model factors, for good.
+
+    Deletes their rows, vacuums with zero retention and expires each table's log (no time
+    travel to before), rewrites ALS user factors without them, and records the request in
+    forget_requests without the id. Prints the request id: the requester's receipt.
+    """
+    from flixlake.lake.forget import ForgetIncompleteError, check_user_id, forget_user
+    from flixlake.lake.store import Lake
+    from flixlake.ops.forget import user_factor_dirs
+
+    settings = settings_or_exit(env, home)
+    try:
+        check_user_id(user)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    lake = Lake(settings.lake_root)
+    incomplete: ForgetIncompleteError | None = None
+    try:
+        report = forget_user(
+            lake,
+            user,
+            factor_dirs=user_factor_dirs(lake, settings.artifacts_root),
+            orphan_grace_hours=orphan_grace_hours,
+        )
+    except ForgetIncompleteError as exc:
+        incomplete, report = exc, exc.report
+    print_table(
+        [
+            {
+                "target": r.target,
+                "rows removed": r.rows_removed,
+                "files removed": r.files_removed,
+                "log files removed": r.log_files_removed,
+                "error": r.error or "",
+            }
+            for r in report.results
+        ],
+        title=f"forget request {report.request_id}",
+    )
+    if incomplete is not None:
+        raise fail(str(incomplete), code=1)
+    console.print(
+        f"request {report.request_id}: {report.rows_removed:,} rows removed; "
+        "recorded in forget_requests (without the user id)"
+    )
