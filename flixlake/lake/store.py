@@ -47,6 +47,8 @@ def recommitting(write: Callable[[], T]) -> T:
                 raise
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
+
+
 LOG_RETENTION_KEY = "delta.logRetentionDuration"
 _LOG_VERSION = re.compile(r"(\d{20})\.")  # a log file's (first) version: commits, checkpoints
 DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default when the property is unset
