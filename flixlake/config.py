@@ -82,6 +82,9 @@ class StreamingConfig(_Frozen):
     maintenance_every_batches: int = Field(300, gt=0)
     vacuum_retention_hours: int = Field(1, ge=0)
     land_served: bool = True  # also land serving.telemetry.served_topic in served_recommendations
+    # the driver serves flixlake_stream_* for Prometheus here (flixlake.streaming.metrics); null: off
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(9109, gt=0, lt=65536)
 
     @field_validator("trending_windows")
     @classmethod

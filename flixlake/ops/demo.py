@@ -409,6 +409,7 @@ class LiveDemo:
             service=self.options.serve_port,
             exporter=m.exporter_port,
             receiver=m.receiver_port,
+            stream=self.settings.streaming.metrics_port or 9109,
         )
         start_stack(self.supervisor, out, ports, DEMO_INTERVALS)
         self.phase(f"Prometheus {self.prometheus_url}   alerts land in {out / 'alerts.jsonl'}")

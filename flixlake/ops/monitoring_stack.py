@@ -60,6 +60,7 @@ class StackPorts:
     service: int
     exporter: int
     receiver: int
+    stream: int = 9109  # the speed layer's driver (streaming.metrics_port)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def render_configs(out_dir: Path, ports: StackPorts, intervals: Intervals = Inte
     targets = {
         "flixlake-service": ports.service,
         "flixlake-exporter": ports.exporter,
+        "flixlake-stream": ports.stream,
         "pushgateway": ports.pushgateway,
         "prometheus": ports.prometheus,
         "alertmanager": ports.alertmanager,

@@ -41,7 +41,7 @@ from flixlake.lake.tables import (
     SPEED_TRENDING,
     SPEED_USER_ACTIVITY,
 )
-from flixlake.streaming.harness import BatchReport, compact_days
+from flixlake.streaming.harness import BatchReport, compact_days, count_reasons
 from flixlake.streaming.parse import KAFKA_MS, parse_records, quarantine_rows
 from flixlake.streaming.state import (
     activity_from_bronze,
@@ -181,7 +181,7 @@ class SpeedLayer:
             # one job parses (and caches) the batch and brings back what the driver needs: the
             # counts, the days, and the parsed events for the views (a few columns)
             summary = parsed.select(
-                "parse_status", "event_date", *EVENT_COLUMNS, KAFKA_MS
+                "parse_status", "reject_reason", "event_date", *EVENT_COLUMNS, KAFKA_MS
             ).toArrow()
             status = summary["parse_status"]
             lines = summary.num_rows
@@ -215,6 +215,7 @@ class SpeedLayer:
             rejected=rejected,
             written=not replay,
             rebuilt=rebuilt,
+            rejected_by_reason=count_reasons(summary["reject_reason"]) if rejected else None,
         )
 
     def update_views(self, events: pa.Table, batch_id: int) -> bool:

@@ -56,6 +56,7 @@ class BatchReport:
     committed_at: float  # epoch seconds when the views were up to date
     kafka_timestamps_ms: pa.Array = field(repr=False)
     rebuilt: bool = False
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def committed_now(
@@ -67,6 +68,7 @@ class BatchReport:
         rejected: int,
         written: bool,
         rebuilt: bool = False,
+        rejected_by_reason: dict[str, int] | None = None,
     ) -> BatchReport:
         """The report of a batch whose commits just finished.
 
@@ -87,6 +89,7 @@ class BatchReport:
             committed_at=committed,
             kafka_timestamps_ms=stamps_ms,
             rebuilt=rebuilt,
+            rejected_by_reason=rejected_by_reason or {},
         )
 
     def line(self, query_name: str) -> str:
@@ -415,6 +418,12 @@ def _start_foreach_batch(
     run = SpeedLayerRun(query, processor, lock, writer_lock)
     holder.append(run)
     return run
+
+
+def count_reasons(reasons: pa.Array) -> dict[str, int]:
+    """How many rejected lines per reason (nulls, i.e. accepted lines, not counted)."""
+    counts = pc.value_counts(pc.drop_null(reasons))
+    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
 
 
 def summarize(reports: Iterable[BatchReport]) -> dict[str, Any]:

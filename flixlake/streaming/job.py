@@ -20,7 +20,8 @@ from flixlake.streaming.harness import (
     start_query,
     summarize,
 )
-from flixlake.streaming.served import start_served_landing
+from flixlake.streaming.metrics import StreamMetrics, serve_metrics
+from flixlake.streaming.served import served_query_name, start_served_landing
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -55,20 +56,46 @@ def run_speed_layer(
 
     Two queries run side by side: the events query, and (with ``streaming.land_served``) the one
     landing the service's served records (:mod:`flixlake.streaming.served`). Raises the first query error;
-    returns a summary of the batches each ran.
+    returns a summary of the batches each ran. Both queries' batches feed the
+    ``flixlake_stream_*`` metrics the driver serves on ``streaming.metrics_port``
+    (:mod:`flixlake.streaming.metrics`).
     """
     runs: dict[str, SpeedLayerRun] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
     stop_errors: list[str] = []
+    metrics = StreamMetrics()
+    config = settings.streaming
+    if config.metrics_port is not None and serve_metrics(
+        metrics, config.metrics_host, config.metrics_port
+    ):
+        print(f"speed-layer metrics at http://{config.metrics_host}:{config.metrics_port}/metrics")
+
+    def observed(
+        query: str, then: Callable[[BatchReport], None] | None = None
+    ) -> Callable[[BatchReport], None]:
+        def on_report(report: BatchReport) -> None:
+            metrics.observe(query, report)
+            if then is not None:
+                then(report)
+
+        return on_report
+
     try:
-        runs["events"] = start_speed_layer(spark, settings, lake, bootstrap_servers, on_batch)
-        if settings.streaming.land_served:
-            runs["served"] = start_served_landing(spark, settings, lake, bootstrap_servers)
+        runs["events"] = start_speed_layer(
+            spark, settings, lake, bootstrap_servers, observed(config.query_name, on_batch)
+        )
+        if config.land_served:
+            served = served_query_name(settings)
+            runs["served"] = start_served_landing(
+                spark, settings, lake, bootstrap_servers, observed(served)
+            )
         while all(run.query.isActive for run in runs.values()):
             if until is not None and until.is_set():
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            for run in runs.values():
+                metrics.observe_progress(run.processor.query_name, run.query.lastProgress)
             try:
                 runs["events"].query.awaitTermination(1)
             except StreamingQueryException:

@@ -27,7 +27,7 @@ from flixlake.contract.served_record import ServedRecord, validation_reason
 from flixlake.lake.spark_io import append_once, compact_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import QUARANTINE_EVENTS, SERVED_RECOMMENDATIONS
-from flixlake.streaming.harness import BatchReport, compact_days, start_query
+from flixlake.streaming.harness import BatchReport, compact_days, count_reasons, start_query
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -168,6 +168,7 @@ class ServedLanding:
             events=kafka.num_rows,
             rejected=landed.quarantine.num_rows,
             written=not replay,
+            rejected_by_reason=count_reasons(landed.quarantine["reason"]),
         )
 
     def maintain(self, spark: SparkSession) -> None:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +250,11 @@ def test_every_line_lands_once_and_views_match_the_produced_events(
         )
     )
     assert sorted(q_pos) == sorted(rejected)
+    # what the batches report (and the flixlake_stream_* metrics count) is what quarantine holds
+    reported: Counter[str] = Counter()
+    for r in run.reports:
+        reported.update(r.rejected_by_reason)
+    assert reported == Counter(quarantine["reason"].to_pylist())
 
     # speed views, from the structured events behind the valid lines
     since = DAY
