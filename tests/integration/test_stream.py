@@ -539,6 +539,33 @@ def topic_partitions(bootstrap: str, topic: str) -> int:
         admin.close()
 
 
+def test_flixlake_broker_stops_kafka_on_sigterm(tmp_path: Path) -> None:
+    """A service manager's SIGTERM stops `flixlake broker` and the Kafka JVM it started."""
+    import re
+
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "flixlake"), "broker", f"--port={port}"]
+    env = {**os.environ, "FLIXLAKE_HOME": str(tmp_path / "home"), "FLIXLAKE_ENV": "test"}
+    cli = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert cli.stdout is not None
+        ready = ""
+        deadline = time.monotonic() + 180
+        while "broker ready at" not in ready:
+            assert cli.poll() is None and time.monotonic() < deadline, "broker never got ready"
+            ready = cli.stdout.readline()
+        kafka_pid = int(re.search(r"Apache Kafka, pid (\d+)", ready).group(1))  # type: ignore[union-attr]
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=120) == 0
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{kafka_pid}").exists():
+            assert time.monotonic() < deadline, f"Kafka (pid {kafka_pid}) outlived its CLI"
+            time.sleep(0.2)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+
+
 def test_serve_broker_runs_until_stopped_and_creates_the_topic(tmp_path: Path) -> None:
     import threading
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +45,9 @@ def broker(
     from flixlake.ops.jvm import JarsMissingError
 
     settings = settings_or_exit(env, home)
+    # a service manager stops with SIGTERM: stop Kafka as on Ctrl-C, never leave it orphaned
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         serve_broker(
             port or port_of(settings.kafka.bootstrap_servers),
@@ -53,6 +58,7 @@ def broker(
                 settings.serving.telemetry.served_topic,
                 settings.serving.telemetry.log_topic,
             ],
+            stop=stop,
         )
     except (BrokerError, JarsMissingError) as exc:
         raise fail(str(exc)) from None
