@@ -59,6 +59,7 @@ from flixlake.config import (
 from flixlake.contract.kafka import create_topic, free_port
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import BRONZE_EVENTS, SERVED_RECOMMENDATIONS
+from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import get_json
 from flixlake.ops.supervise import Child, ChildFailedError, Supervisor
 from flixlake.sim.generate import generate_history
@@ -396,10 +397,9 @@ class Arm:
         stream = self.supervisor.start(
             name,  # a log of its own per start: a restart keeps the failed run's
             [
-                str(self.bin / "spark-submit"),
-                "--driver-memory",
-                settings.spark.driver_memory,
-                str(PROJECT_ROOT / "streaming" / "speed_layer.py"),
+                *spark_submit_argv(
+                    PROJECT_ROOT / "streaming" / "speed_layer.py", settings.spark.driver_memory
+                ),
                 f"--bootstrap-servers={self.bootstrap}",
                 f"--query-name={query}",
             ],
