@@ -607,7 +607,7 @@ def test_experiment_routes_users_by_stable_hash(tmp_path: Path) -> None:
 
 
 def test_the_previous_models_variant_drops_what_its_users_watched_since_its_run_date(
-    tmp_path: Path,
+    tmp_path: Path, spark: Any
 ) -> None:
     """Previous (m1, run 11-20) against current (m2, run 11-21): a watch on 11-20 after m1's
     cutoff is in neither m1's training data nor a view cut at m2's date. The speed layer, told
@@ -632,17 +632,18 @@ def test_the_previous_models_variant_drops_what_its_users_watched_since_its_run_
     line = f"{T0 + dt.timedelta(hours=7):%Y-%m-%dT%H:%M:%S},{user},GET /data/m/{watched}/1.mpg"
     served_models = tuple(v.model for v in settings.serving.experiment.variants)  # as job.py
     speed = SpeedLayer(lake, settings.streaming, "movielog", "q", model_refs=served_models)
-    speed.process(
-        pa.table(
-            {
-                "partition": pa.array([0], pa.int32()),
-                "offset": pa.array([0], pa.int64()),
-                "timestamp": pa.array([T0], pa.timestamp("us", tz="UTC")),
-                "value": pa.array([line.encode()], pa.binary()),
-            }
-        ),
-        batch_id=0,
+    kafka_rows = pa.table(  # one micro-batch as Spark's Kafka source gives it
+        {
+            "key": pa.nulls(1, pa.binary()),
+            "value": pa.array([line.encode()], pa.binary()),
+            "topic": pa.array(["movielog"]),
+            "partition": pa.array([0], pa.int32()),
+            "offset": pa.array([0], pa.int64()),
+            "timestamp": pa.array([T0], pa.timestamp("us", tz="UTC")),
+            "timestampType": pa.array([0], pa.int32()),
+        }
     )
+    speed.process(spark.createDataFrame(kafka_rows), batch_id=0)
     with running(settings) as service:
         status, headers, body = service.get(f"/recommend/{user}")
     assert status == 200

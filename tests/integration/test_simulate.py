@@ -10,6 +10,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from flixlake.contract.kafka import create_topic
 from flixlake.contract.logformat import EventType, parse_line
 from flixlake.ops.broker import BrokerProcess
 from flixlake.sim.generate import BAD_KINDS
@@ -212,6 +213,7 @@ def test_another_stream_seed_gives_other_visits_in_the_same_world(
     runs = []
     for stream_seed in (None, 6001):
         name = f"{topic}-{stream_seed}"
+        assert create_topic(broker.bootstrap, name, partitions=3) == 3
         simulate(broker.bootstrap, name, 4_000, 300, 40, 6, events=300, stream_seed=stream_seed)
         lines = [parse_line(r.value) for r in _read_all(broker.bootstrap, name, 300)]
         runs.append([(e.user_id, e.movie_id) for e in lines if e.event_type == EventType.WATCH])
