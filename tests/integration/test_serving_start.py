@@ -52,10 +52,14 @@ def write_lake(home: Path) -> None:
 
 
 def conf_dir(tmp_path: Path) -> Path:
-    """The repository's config plus an environment without telemetry (no broker here)."""
+    """The repository's config plus an environment without telemetry (no broker here) nor rate limit."""
     conf = tmp_path / "conf"
     shutil.copytree(PROJECT_ROOT / "conf", conf)
-    (conf / "grader.yaml").write_text("serving:\n  telemetry:\n    enabled: false\n")
+    # this grader asks a handful of users hundreds of times a second: the per-account rate
+    # limit (attacks.rate_limit) would rightly answer 429, which is not what is tested here
+    (conf / "grader.yaml").write_text(
+        "serving:\n  telemetry:\n    enabled: false\nattacks:\n  rate_limit:\n    enabled: false\n"
+    )
     return conf
 
 
