@@ -150,7 +150,7 @@ def example_value(field: pa.Field, uid: int, spec: TableSpec) -> Any:
     if pa.types.is_date(t):
         return EXAMPLE_TIME.date()
     if pa.types.is_list(t):
-        return ["the+matrix+1999"]
+        return [1] if pa.types.is_integer(t.value_type) else ["the+matrix+1999"]
     return "the+matrix+1999"
 
 
