@@ -35,6 +35,7 @@ from flixlake.lake.lifecycle import Footprint
 from flixlake.lake.registry import PUBLISHED, batch_view_rows, list_models, rollback_to
 from flixlake.lake.store import Lake
 from flixlake.ops.month import DayReport, compressed_lifecycle, simulate_month
+from flixlake.ops.spark import build_spark_session
 
 
 def machine() -> str:
@@ -65,19 +66,24 @@ def run(args: argparse.Namespace, maintain: bool) -> tuple[list[DayReport], Lake
             flush=True,
         )
 
-    reports = simulate_month(
-        lake,
-        settings,
-        home / "data",
-        args.days,
-        users=args.users,
-        movies=args.movies,
-        seed=args.seed,
-        micro_batches=args.micro_batches,
-        day_seconds=args.day_seconds,
-        maintain=maintain,
-        on_day=progress,
-    )
+    spark = build_spark_session(settings, app_name="flixlake-month")
+    try:
+        reports = simulate_month(
+            spark,
+            lake,
+            settings,
+            home / "data",
+            args.days,
+            users=args.users,
+            movies=args.movies,
+            seed=args.seed,
+            micro_batches=args.micro_batches,
+            day_seconds=args.day_seconds,
+            maintain=maintain,
+            on_day=progress,
+        )
+    finally:
+        spark.stop()
     print(f"  {args.days} days in {time.monotonic() - started:.0f}s, home {home}", flush=True)
     return reports, lake, settings
 

@@ -8,7 +8,7 @@ lasts longer). During day *d*:
   bronze and quarantine exactly once with app transactions, MERGEs of the user views, the
   trending overwrite, its own compaction of today's files) and its served-answer landing
   (:class:`~flixlake.streaming.served.ServedLanding`), ``micro_batches`` commits a day -- no
-  Kafka, no Spark: the Arrow tables a micro-batch would carry;
+  Kafka: the rows Spark's Kafka source would hand a micro-batch, as a DataFrame;
 * **the maintenance** for *d - 1* (:func:`flixlake.lake.lifecycle.run_maintenance`), at the
   same time as the stream, as the 01:30 DAG runs beside the live speed layer;
 * **a daily batch** for *d - 1*, after it, with the jobs' write pattern through delta-rs
@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
 
 from flixlake.config import Settings
 from flixlake.lake.lifecycle import ARTIFACTS, Footprint, folder_footprint, footprint
@@ -52,10 +53,13 @@ TOPIC = "movielog"
 SERVED_TOPIC = "served_recommendations"
 RECORDS = pa.schema(
     [
+        ("key", pa.binary()),
+        ("value", pa.binary()),
+        ("topic", pa.string()),
         ("partition", pa.int32()),
         ("offset", pa.int64()),
-        ("timestamp", pa.timestamp("ms")),
-        ("value", pa.binary()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("timestampType", pa.int32()),
     ]
 )
 
@@ -94,16 +98,24 @@ class DayReport:
 
 
 # -- the stream ---------------------------------------------------------------------------------
-def _records(values: list[bytes], first_offset: int, at: dt.datetime) -> pa.Table:
+def _records(
+    spark: SparkSession, topic: str, values: list[bytes], first_offset: int, at: dt.datetime
+) -> DataFrame:
+    """One micro-batch as Spark's Kafka source gives it to the processors."""
     n = len(values)
-    return pa.Table.from_pydict(
-        {
-            "partition": [0] * n,
-            "offset": list(range(first_offset, first_offset + n)),
-            "timestamp": [at.replace(tzinfo=None)] * n,
-            "value": values,
-        },
-        schema=RECORDS,
+    return spark.createDataFrame(
+        pa.Table.from_pydict(
+            {
+                "key": [None] * n,
+                "value": values,
+                "topic": [topic] * n,
+                "partition": [0] * n,
+                "offset": list(range(first_offset, first_offset + n)),
+                "timestamp": [at] * n,
+                "timestampType": [0] * n,
+            },
+            schema=RECORDS,
+        )
     )
 
 
@@ -138,7 +150,10 @@ def served_values(lines: list[bytes], model_version: str | None) -> list[bytes]:
 class Stream:
     """The speed layer's two processors, fed a day's lines in micro-batches."""
 
-    def __init__(self, lake: Lake, settings: Settings, query_name: str = "month") -> None:
+    def __init__(
+        self, spark: SparkSession, lake: Lake, settings: Settings, query_name: str = "month"
+    ) -> None:
+        self.spark = spark
         self.events = SpeedLayer(lake, settings.streaming, TOPIC, query_name=query_name)
         self.served = ServedLanding(lake, settings.streaming, SERVED_TOPIC, query_name)
         self.batch_id = 0
@@ -150,13 +165,15 @@ class Stream:
         for i in range(micro_batches):
             now = dt.datetime.now(dt.UTC)
             part = lines[i * chunk : (i + 1) * chunk]
-            self.events.process(_records(part, self.offsets[TOPIC], now), self.batch_id)
+            batch = _records(self.spark, TOPIC, part, self.offsets[TOPIC], now)
+            self.events.process(batch, self.batch_id)
             self.offsets[TOPIC] += len(part)
             answers = served[i * served_chunk : (i + 1) * served_chunk]
             if answers:
-                self.served.process(
-                    _records(answers, self.offsets[SERVED_TOPIC], now), self.batch_id
+                served_batch = _records(
+                    self.spark, SERVED_TOPIC, answers, self.offsets[SERVED_TOPIC], now
                 )
+                self.served.process(served_batch, self.batch_id)
                 self.offsets[SERVED_TOPIC] += len(answers)
             self.batch_id += 1
 
@@ -337,6 +354,7 @@ def measure(lake: Lake, settings: Settings) -> dict[str, Footprint]:
 
 
 def simulate_month(
+    spark: SparkSession,
     lake: Lake,
     settings: Settings,
     data: Path,
@@ -356,7 +374,7 @@ def simulate_month(
     """
     summary = generate_history(data, n_users=users, n_movies=movies, days=days, seed=seed)
     first = dt.date.fromisoformat(str(summary["first_date"]))
-    stream = Stream(lake, settings)
+    stream = Stream(spark, lake, settings)
     model: str | None = None
     reports = []
     for index in range(days):

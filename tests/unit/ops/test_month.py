@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from flixlake.config import load_settings
 from flixlake.lake.bronze import parse_batch
@@ -33,7 +34,9 @@ BOUNDED = [
 ]
 
 
-def test_a_compressed_week_stays_flat_and_rollback_still_works(tmp_path: Path) -> None:
+def test_a_compressed_week_stays_flat_and_rollback_still_works(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     day_seconds = 2.0  # retention of one simulated day = 2 s: never longer than a day lasts
     settings = load_settings(
         "test",
@@ -45,6 +48,7 @@ def test_a_compressed_week_stays_flat_and_rollback_still_works(tmp_path: Path) -
     )
     lake = Lake(settings.lake_root)
     reports = simulate_month(
+        spark,
         lake,
         settings,
         tmp_path / "data",
