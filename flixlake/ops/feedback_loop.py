@@ -59,8 +59,8 @@ from flixlake.config import (
 from flixlake.contract.kafka import create_topic, free_port
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import BRONZE_EVENTS, SERVED_RECOMMENDATIONS
-from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import get_json
+from flixlake.ops.speed_layer import start_speed_layer_process
 from flixlake.ops.supervise import Child, ChildFailedError, Supervisor
 from flixlake.sim.generate import generate_history
 
@@ -394,22 +394,15 @@ class Arm:
         settings = self.settings
         query = f"{settings.streaming.query_name}_{self.name}"
         name = "speed-layer" + (f"-{self.stream_restarts}" if self.stream_restarts else "")
-        stream = self.supervisor.start(
-            name,  # a log of its own per start: a restart keeps the failed run's
-            [
-                *spark_submit_argv(
-                    PROJECT_ROOT / "streaming" / "speed_layer.py", settings.spark.driver_memory
-                ),
-                f"--bootstrap-servers={self.bootstrap}",
-                f"--query-name={query}",
-            ],
-            env=self.env,
-            cwd=PROJECT_ROOT,
-            signal_to="python",
-            stop_timeout=150,
+        start_speed_layer_process(
+            self.supervisor,
+            settings,
+            self.env,
+            name=name,  # a log of its own per start: a restart keeps the failed run's
+            bootstrap_servers=self.bootstrap,
+            query_name=query,
+            timeout=600,
         )
-        metadata = settings.checkpoint_root / query / "metadata"
-        self.supervisor.wait_ready(stream, metadata.exists, timeout=600, what="streaming")
 
     def cycles(self, first_model: str) -> list[CycleRun]:
         options, say = self.options, self.say
