@@ -456,7 +456,7 @@ class ServingConfig(_Frozen):
 
 
 class DetectionConfig(_Frozen):
-    """Batch detection of attacker accounts (:mod:`flixlake.audit.detect`)."""
+    """Batch detection of attacker accounts (:mod:`flixlake.batch.detect`)."""
 
     lookback_days: int = Field(7, gt=0)  # accounts active in these days up to D are scored
     new_account_days: int = Field(7, gt=0)  # an account this young at an event is "new"

@@ -24,13 +24,13 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flixlake.audit.detect import run_detect
 from flixlake.audit.measure import (
     detection_report,
     model_top_lists,
     seen_by_user,
     target_exposure,
 )
+from flixlake.batch.detect import run_detect
 from flixlake.batch.ingest import ingest_paths
 from flixlake.batch.silver import run_compact
 from flixlake.batch.training import run_train
