@@ -54,6 +54,7 @@ from flixlake.config import (
     PROJECT_ROOT,
     Settings,
     conf_dir,
+    deep_merge,
     load_settings,
 )
 from flixlake.contract.kafka import create_topic, free_port
@@ -149,17 +150,7 @@ def experiment_overrides(
         overrides["kafka"] = {"bootstrap_servers": f"127.0.0.1:{ports['broker']}"}
         overrides["serving"]["port"] = ports["service"]
         overrides["serving"]["host"] = "127.0.0.1"
-    return _merge(overrides, dict(options.extra))
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return deep_merge(overrides, dict(options.extra))
 
 
 def write_conf_dir(directory: Path, base_env: str, overrides: Mapping[str, Any]) -> None:
@@ -171,7 +162,7 @@ def write_conf_dir(directory: Path, base_env: str, overrides: Mapping[str, Any])
     env_file = source / f"{base_env}.yaml"
     env_data = yaml.safe_load(env_file.read_text()) or {} if env_file.exists() else {}
     (directory / f"{base_env}.yaml").write_text(
-        yaml.safe_dump(_merge(env_data, overrides), sort_keys=False)
+        yaml.safe_dump(deep_merge(env_data, overrides), sort_keys=False)
     )
 
 
@@ -182,7 +173,7 @@ def arm_settings(
     factors of every cycle's model are kept: the cycles share one run date)."""
     more = dict(overrides)
     if cycle is not None:
-        more = _merge(more, {"artifacts": {"root": f"artifacts/cycle-{cycle}"}})
+        more = deep_merge(more, {"artifacts": {"root": f"artifacts/cycle-{cycle}"}})
     return load_settings(options.base_env, home=home, overrides=more)
 
 
