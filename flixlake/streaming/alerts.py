@@ -115,7 +115,10 @@ class StreamAlerts:
             return 0
         if not self.lake.append(ATTACK_ALERTS.name, alerts, self.app_id, batch_id):
             return 0
-        self.written.update(alerts["rule"].to_pylist())
-        for alert in alerts.select(["rule", "details"]).to_pylist():
-            print(f"[{self.app_id}] attack alert {alert['rule']}: {alert['details']}", flush=True)
+        by_rule = Counter(alerts["rule"].to_pylist())
+        self.written.update(by_rule)
+        rules = ", ".join(f"{rule} {n}" for rule, n in sorted(by_rule.items()))
+        print(
+            f"[{self.app_id}] batch {batch_id}: attack alerts {rules} (attack_alerts)", flush=True
+        )
         return alerts.num_rows
