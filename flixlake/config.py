@@ -490,6 +490,7 @@ class RateLimitConfig(_Frozen):
 class StreamDetectionConfig(_Frozen):
     """Attack alerts over the stream's micro-batches (:mod:`flixlake.audit.stream`)."""
 
+    enabled: bool = True  # the events query runs the rules and appends to attack_alerts
     max_events_per_minute: int = Field(30, gt=0)  # per account, any event kind
     max_requests_per_hour: int = Field(120, gt=0)  # per account, recommendation requests
     burst_window: Duration = "1h"  # per movie: new accounts rating it within this window

@@ -145,6 +145,9 @@ def experiment_overrides(
         "audit": {"requirements": {"enforce_in_publish": False}},
         "serving": {"experiment": {"name": options.experiment, "variants": variants}},
         "monitoring": {"pushgateway_url": None},
+        # compressed time: a simulated minute lasts minute_seconds of wall clock, so the speed
+        # layer's per-minute rate rule would flag every viewer (account_rate, attacks.stream)
+        "attacks": {"stream": {"enabled": False}},
     }
     if ports is not None:
         overrides["kafka"] = {"bootstrap_servers": f"127.0.0.1:{ports['broker']}"}

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flixlake.config import StreamingConfig
+from flixlake.config import StreamDetectionConfig, StreamingConfig
 from flixlake.lake.registry import CURRENT
 from flixlake.lake.spark_io import append_once, compact_table
 from flixlake.lake.store import Lake
@@ -41,6 +41,7 @@ from flixlake.lake.tables import (
     SPEED_TRENDING,
     SPEED_USER_ACTIVITY,
 )
+from flixlake.streaming.alerts import StreamAlerts
 from flixlake.streaming.harness import BatchReport, compact_days, count_reasons
 from flixlake.streaming.parse import KAFKA_MS, parse_records, quarantine_rows
 from flixlake.streaming.state import (
@@ -96,6 +97,7 @@ class SpeedLayer:
         clock: Callable[[], dt.datetime] = utc_now,
         cutoff_check_seconds: float = 5.0,
         model_refs: Sequence[str] = (CURRENT,),
+        attack_rules: StreamDetectionConfig | None = None,
     ) -> None:
         self.lake = lake
         self.config = config
@@ -113,6 +115,10 @@ class SpeedLayer:
         self.batches_since_maintenance = 0
         self.days_since_maintenance: set[dt.date] = set()
         self.started = False
+        # attacks.stream's rules over each batch's events, alerts to attack_alerts (None: off)
+        self.alerts = (
+            None if attack_rules is None else StreamAlerts(lake, attack_rules, self.app_id, clock)
+        )
 
     @property
     def app_id(self) -> str:
@@ -128,6 +134,8 @@ class SpeedLayer:
             self._reset_user_views(cutoff, batch_id=-1)
         else:
             self._set_cutoff(cutoff)
+        if self.alerts is not None:
+            self.alerts.start(self.as_of, self.known_users)
         self.started = True
 
     def _views_cutoff(self) -> Cutoff | None:
@@ -254,6 +262,8 @@ class SpeedLayer:
             self.pairs = merge_pairs(self.pairs, watch_pairs(events), horizon)
             counts = trending_counts(self.pairs, self.as_of, self.windows)
             self.lake.overwrite(SPEED_TRENDING.name, stamped(counts, batch_id, now, None))
+        if self.alerts is not None:
+            self.alerts.process(events, batch_id, self.known_users)
         return rebuilt
 
     def maintain(self, spark: SparkSession) -> None:
