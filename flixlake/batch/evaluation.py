@@ -18,8 +18,10 @@ model of the "train" manifest (trained on everything before the test window) and
 * metrics @k (:mod:`flixlake.batch.metrics`): ndcg, precision, recall, map, plus catalog coverage
   (distinct recommended movies / movies in the catalog version).
 
-The gate's choice (:func:`flixlake.batch.gate.choose_recommender` on the ``all`` segment's NDCG)
-names the run's model: ALS keeps the train step's version, a baseline gets
+The gate (:func:`flixlake.batch.gate.judge_candidates`) judges every candidate -- both fairness
+requirements on its own lists (:func:`candidate_requirements`), no regression from the incumbent
+-- and chooses the best eligible one on the ``all`` segment's NDCG; that choice names the run's
+model (ALS's version when none is eligible: publish then refuses it with every reason): ALS keeps the train step's version, a baseline gets
 ``<kind>-<D>-<hash>`` (:func:`flixlake.batch.recommenders.model_version_for`).
 
 Segments: ``all`` (users with training history: the model comparison the publish gate uses),
@@ -33,7 +35,10 @@ Manifest "evaluate" (stable; read by register and publish)::
 
     {"model_version": str (the chosen candidate's), "recommender": "als" | "popularity" | ...,
      "als_model_version": str (the train step's), "run_date": "2026-11-22", "k": 20,
-     "selection": {"winner", "reason", "ndcg": {candidate: ndcg}},
+     "selection": {"winner" (None: no candidate eligible), "reason", "ndcg": {candidate: ndcg},
+                   "verdicts": {candidate: {"eligible", "refusals", "note", "verdict"}},
+                   "requirements" / "unmet": {candidate: [one line per check]},
+                   "long_tail_share": {candidate: share of its lists}},
      "params": {the chosen candidate's}, "candidates": {candidate: params},
      "als": {"ndcg", "precision", "recall", "map", "coverage", "n_users"},
      "popularity": {same keys}, "baselines": {"popularity" | "itemknn" | "ease": {...}},
@@ -68,6 +73,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flixlake.batch.baselines import fit_item_scorer, history_rows
+from flixlake.batch.fairness import (
+    RequirementCheck,
+    check_model_requirement,
+    check_system_requirement,
+    lists_exposure,
+    segment_qualities,
+)
 from flixlake.batch.features import (
     TimeWindows,
     between_dates,
@@ -79,7 +91,7 @@ from flixlake.batch.features import (
     windowed_interactions,
     with_rating_date,
 )
-from flixlake.batch.gate import choose_recommender
+from flixlake.batch.gate import judge_candidates
 from flixlake.batch.metrics import METRICS, catalog_coverage, ranking_metrics
 from flixlake.batch.recommenders import (
     ALS,
@@ -551,6 +563,52 @@ def score_lists(
     ]
 
 
+def candidate_requirements(
+    eval_set: EvaluationSet,
+    lists: Mapping[str, list[np.ndarray]],
+    segments: list[dict[str, Any]],
+    settings: Settings,
+) -> dict[str, list[RequirementCheck]]:
+    """Both fairness requirements of ``audit.requirements`` for every candidate, on its own lists.
+
+    System: the long-tail share of what each candidate would show (each list's first
+    ``serving.results``) to the evaluated users with history -- the users a batch view serves;
+    cold users get the popularity list from every candidate. The head is the most-watched
+    ``audit.head_share`` of the catalog before the test window. Model: its hit rate per segment
+    (the same figures ``model_evaluations`` gets). The publish step checks the served one again
+    on its written batch view (every user).
+    """
+    requirements = settings.audit.requirements
+    watchers = np.zeros(eval_set.catalog_size, np.float64)
+    pop_idx = np.asarray(eval_set.popularity.column("movie_idx").to_numpy(), np.int64)
+    pop_n = np.asarray(eval_set.popularity.column("n_users").to_numpy(), np.float64)
+    if pop_idx.size:
+        watchers = np.zeros(max(eval_set.catalog_size, int(pop_idx.max()) + 1), np.float64)
+        watchers[pop_idx] = pop_n
+    history_users = int(np.unique(eval_set.train_users).size)
+    out: dict[str, list[RequirementCheck]] = {}
+    for name in CANDIDATES:
+        if name not in lists:
+            continue
+        shown = [lst for lst, cold in zip(lists[name], eval_set.cold, strict=True) if not cold]
+        measured = lists_exposure(
+            shown, watchers, history_users, settings.audit.head_share, settings.serving.results
+        )
+        qualities = segment_qualities(
+            (
+                (seg["segment"], int(seg["n_users"]), round(seg[name]["hit_rate"] * seg["n_users"]))
+                for seg in segments
+                if name in seg
+            ),
+            settings.audit.confidence,
+        )
+        out[name] = [
+            check_system_requirement(measured, requirements.system, "eval_lists"),
+            check_model_requirement(qualities, requirements.model, "offline"),
+        ]
+    return out
+
+
 def training_cutoffs(model: Mapping[str, Any], batch: BatchConfig) -> list[tuple[str, dt.date]]:
     """The two fits of a published model and the last day each saw: final (its run date), then
     eval (before its own test window)."""
@@ -734,19 +792,24 @@ def run_evaluate(
     timings["baselines_s"] = time.perf_counter() - t0
     segments = score_lists(eval_set, lists, k)
 
-    # the gate's choice: which candidate this run would serve, and the model version it gets
+    # the gate: every candidate judged on its requirements and NDCG; the best eligible is chosen
     overall = segments[0]
-    choice = choose_recommender(
-        {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall}, batch.publish
-    )
-    recommender = choice.winner or ALS
+    ndcg = {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall}
+    requirements = candidate_requirements(eval_set, lists, segments, settings)
+    unmet = {
+        name: [check.describe() for check in checks if not check.passed]
+        for name, checks in requirements.items()
+    }
+    enforced = unmet if settings.audit.requirements.enforce_in_publish else {}
     candidates = candidate_params(settings, train, list(lists))
-    if recommender == ALS:
-        model_version = als_version
-    else:
-        model_version = model_version_for(
-            recommender, run_date, train["input_versions"], candidates[recommender]
-        )
+
+    def version_of(winner: str | None) -> str:
+        if winner is None or winner == ALS:  # none eligible: the run's model is ALS, refused later
+            return als_version
+        return model_version_for(winner, run_date, train["input_versions"], candidates[winner])
+
+    choice = judge_candidates(ndcg, batch.publish, enforced)
+    model_version = version_of(choice.winner)
 
     t0 = time.perf_counter()
     incumbent_lists, incumbent = rescore_incumbent(
@@ -757,7 +820,11 @@ def run_evaluate(
         segments = score_lists(eval_set, lists, k)
         overall = segments[0]
         incumbent.update(overall[INCUMBENT])
+        # no regression from the current model: judged for every candidate too
+        choice = judge_candidates(ndcg, batch.publish, enforced, float(overall[INCUMBENT]["ndcg"]))
+        model_version = version_of(choice.winner)
     timings["incumbent_s"] = time.perf_counter() - t0
+    recommender = choice.winner or ALS
 
     baselines = {name: overall[name] for name in BASELINES if name in overall}
     best = max(baselines, key=lambda name: (baselines[name]["ndcg"], -BASELINES.index(name)))
@@ -768,7 +835,14 @@ def run_evaluate(
         "selection": {
             "winner": choice.winner,
             "reason": choice.reason,
-            "ndcg": {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall},
+            "ndcg": ndcg,
+            "verdicts": {name: v.as_dict() for name, v in choice.verdicts.items()},
+            "requirements": {
+                name: [check.describe() for check in checks]
+                for name, checks in requirements.items()
+            },
+            "unmet": unmet,
+            "long_tail_share": {name: checks[0].observed for name, checks in requirements.items()},
         },
         "params": candidates[recommender],
         "candidates": candidates,
