@@ -201,10 +201,18 @@ def main() -> int:
         f"ALS vs best baseline ({best}): lift NDCG {evaluation['lift_ndcg_best_baseline']:.2f}x; "
         f"vs popularity {evaluation['lift_ndcg']:.2f}x"
     )
-    print(f"served: {evaluation['recommender']} ({evaluation['model_version']})")
-    print(f"  why: {evaluation['selection']['reason']}")
+    selection = evaluation["selection"]
+    print(f"gate's choice: {selection.get('winner') or 'none eligible'}")
+    print(f"  why: {selection['reason']}")
+    for verdict in (selection.get("verdicts") or {}).values():
+        print(f"  {verdict['verdict']}")
     publish = summaries["publish"]
-    if publish:
+    if not publish:
+        print("served: nothing published (the gate's reason above)")
+    else:
+        print(f"served: {publish['recommender']} ({publish['model_version']}), published")
+        for requirement in publish["requirements"]:
+            print(f"  on its batch view: {requirement}")
         timings = publish["timings"]
         print(
             f"publish {publish['recommender']}: fit {timings['fit_s']:.1f} s, top-N for all "
