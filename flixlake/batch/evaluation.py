@@ -38,7 +38,8 @@ Manifest "evaluate" (stable; read by register and publish)::
      "selection": {"winner" (None: no candidate eligible), "reason", "ndcg": {candidate: ndcg},
                    "verdicts": {candidate: {"eligible", "refusals", "note", "verdict"}},
                    "requirements" / "unmet": {candidate: [one line per check]},
-                   "long_tail_share": {candidate: share of its lists}},
+                   "long_tail_share": {candidate: share of its lists},
+                   "popularity_weight": the re-rank the lists were judged with},
      "params": {the chosen candidate's}, "candidates": {candidate: params},
      "als": {"ndcg", "precision", "recall", "map", "coverage", "n_users"},
      "popularity": {same keys}, "baselines": {"popularity" | "itemknn" | "ease": {...}},
@@ -956,6 +957,7 @@ def run_evaluate(
             },
             "unmet": unmet,
             "long_tail_share": {name: checks[0].observed for name, checks in requirements.items()},
+            "popularity_weight": served.weight,  # the re-rank the lists were judged with
         },
         "params": candidates[recommender],
         "candidates": candidates,
