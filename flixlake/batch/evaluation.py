@@ -20,9 +20,11 @@ model of the "train" manifest (trained on everything before the test window) and
 
 The gate (:func:`flixlake.batch.gate.judge_candidates`) judges every candidate -- both fairness
 requirements on its own lists (:func:`candidate_requirements`), no regression from the incumbent
--- and chooses the best eligible one on the ``all`` segment's NDCG; that choice names the run's
-model (ALS's version when none is eligible: publish then refuses it with every reason): ALS keeps the train step's version, a baseline gets
-``<kind>-<D>-<hash>`` (:func:`flixlake.batch.recommenders.model_version_for`).
+-- and chooses the best eligible one on the ``all`` segment's NDCG. The lists judged are those
+that would be served (:class:`ServedLists`: re-ranked as the batch view when ``batch.debias`` is
+on). The choice names the run's model: ALS keeps the train step's version, a baseline gets
+``<kind>-<D>-<hash>`` (:func:`flixlake.batch.recommenders.model_version_for`); when none is
+eligible the run's model is ALS's, and publish refuses it with every candidate's reason.
 
 Segments: ``all`` (users with training history: the model comparison the publish gate uses),
 ``activity=cold|new|normal|heavy`` (distinct training movies: 0, <= new_user_max_movies,

@@ -215,8 +215,15 @@ def test_trends_pipeline_evaluates_every_baseline_and_publishes_the_best(
         sizes = {segment[r]["n_users"] for r in ("als", "popularity", "itemknn", "ease")}
         assert sizes == {segment["n_users"]}  # same users for every recommender
     model = _published_best(trends_pipeline.lake, evaluation)
-    # a popularity-driven world: ALS does not win here, and the report says what is served
-    assert evaluation["recommender"] != "als"
+    # a popularity-driven world: popularity scores best but shows the short head, so the
+    # enforced long-tail requirement refuses it; ALS does not win here either
+    popularity = evaluation["selection"]["verdicts"]["popularity"]
+    assert popularity["eligible"] is False
+    assert any("long-tail share" in line for line in popularity["refusals"])
+    assert evaluation["selection"]["ndcg"]["popularity"] == max(
+        evaluation["selection"]["ndcg"].values()
+    )
+    assert evaluation["recommender"] not in ("als", "popularity")
     assert model["status_reason"].startswith(f"{evaluation['recommender']} is served")
     report = Path(summaries["publish"]["report"]).read_text()
     assert "itemknn" in report and "ease" in report
