@@ -93,6 +93,13 @@ def main() -> int:
     )
     parser.add_argument("--home", type=Path, default=Path("var/bench"))
     parser.add_argument("--env", default="local")
+    parser.add_argument(
+        "--popularity-weight",
+        type=float,
+        default=None,
+        help="batch.debias.popularity_weight for this run (default: the environment's); the "
+        "gate judges the re-ranked lists, so a candidate may meet the long-tail requirement",
+    )
     args = parser.parse_args()
 
     from flixlake.batch.errors import GateFailedError
@@ -101,7 +108,13 @@ def main() -> int:
     from flixlake.ops.spark import build_spark_session
     from flixlake.sim.generate import generate_history
 
-    settings = load_settings(args.env, home=args.home)
+    overrides = (
+        {"batch": {"debias": {"popularity_weight": args.popularity_weight}}}
+        if args.popularity_weight is not None
+        else None
+    )
+    settings = load_settings(args.env, home=args.home, overrides=overrides)
+    print(f"popularity re-rank weight: {settings.batch.debias.popularity_weight:g}", flush=True)
     lake = Lake(settings.lake_root)
     data = (
         args.home
@@ -208,7 +221,10 @@ def main() -> int:
         print(f"  {verdict['verdict']}")
     publish = summaries["publish"]
     if not publish:
-        print("served: nothing published (the gate's reason above)")
+        print(
+            "served: nothing published (the gate's reason above), so the publish step's top-N "
+            "was not timed; --popularity-weight re-ranks the lists the gate judges"
+        )
     else:
         print(f"served: {publish['recommender']} ({publish['model_version']}), published")
         for requirement in publish["requirements"]:
