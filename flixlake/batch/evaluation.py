@@ -891,15 +891,20 @@ def run_evaluate(
     pop_lists = eval_set.popular_lists(k)
     als_raw = factor_lists(spark, eval_set, train["factors"]["eval"], k, served)
     fallback = np.array([lst.size == 0 for lst in als_raw], dtype=bool) & ~eval_set.cold
+    pop_served = recommend_popular(
+        eval_set.users,
+        popularity_index(eval_set.popularity, served.depth),
+        eval_set.seen,
+        served,
+        eval_set.popularity,
+    )
     lists: dict[str, list[np.ndarray]] = {
         ALS: _with_fallback(als_raw, pop_lists),
-        POPULARITY: recommend_popular(
-            eval_set.users,
-            popularity_index(eval_set.popularity, served.depth),
-            eval_set.seen,
-            served,
-            eval_set.popularity,
-        ),
+        # cold users are not in any batch view: the service's popular list, not re-ranked
+        POPULARITY: [
+            popular if cold else own
+            for own, popular, cold in zip(pop_served, pop_lists, eval_set.cold, strict=True)
+        ],
     }
     timings["score_als_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
