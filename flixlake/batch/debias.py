@@ -19,11 +19,14 @@ post-processing form of popularity debiasing; it needs nothing but the scores th
 already has and one number per movie.
 
 The rows keep the model's ``score``; only ``rank`` changes. Configured by
-``batch.debias.popularity_weight`` (``conf/base.yaml``: 0, off).
+``batch.debias.popularity_weight`` (``conf/base.yaml``: 0, off). The evaluate step re-ranks each
+candidate's top-N the same way (:func:`rerank_rows`) before it measures NDCG and the fairness
+requirements, so the gate judges the lists that would be served.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -62,3 +65,34 @@ def with_popularity_penalty(
         .withColumn("rank", F.row_number().over(order).cast("int"))
         .select(*candidates_df.columns)
     )
+
+
+def rerank_rows(
+    movies: np.ndarray, scores: np.ndarray, relative_popularity: np.ndarray, weight: float
+) -> np.ndarray:
+    """The driver-side twin of :func:`with_popularity_penalty` for the evaluation's lists.
+
+    ``movies``/``scores``: one row per user, best first, absent places as movie -1 (any score);
+    ``relative_popularity`` by movie index (beyond its end: 0). Returns the rows re-ordered by
+    normalised score - ``weight`` x relative popularity (ties keep the model's order), -1 last.
+    """
+    if weight < 0:
+        raise ValueError(f"popularity_weight must be >= 0, got {weight}")
+    movies = np.asarray(movies)
+    valid = movies >= 0
+    if movies.size == 0:
+        return movies.copy()
+    s = np.where(valid, np.asarray(scores, np.float64), np.nan)
+    any_valid = valid.any(axis=1, keepdims=True)
+    low = np.nanmin(np.where(any_valid, s, 0.0), axis=1, keepdims=True)
+    high = np.nanmax(np.where(any_valid, s, 0.0), axis=1, keepdims=True)
+    span = high - low
+    normalised = np.where(span > 0, (s - low) / np.where(span > 0, span, 1.0), 1.0)
+    relpop = np.asarray(relative_popularity, np.float64)
+    idx = np.where(valid, movies, 0).astype(np.int64)
+    known = valid & (idx < relpop.size)
+    penalty = np.zeros(movies.shape, np.float64)
+    penalty[known] = relpop[idx[known]]
+    adjusted = np.where(valid, normalised - float(weight) * penalty, -np.inf)
+    order = np.argsort(-adjusted, axis=1, kind="stable")
+    return np.take_along_axis(movies, order, axis=1)

@@ -18,9 +18,13 @@ model of the "train" manifest (trained on everything before the test window) and
 * metrics @k (:mod:`flixlake.batch.metrics`): ndcg, precision, recall, map, plus catalog coverage
   (distinct recommended movies / movies in the catalog version).
 
-The gate's choice (:func:`flixlake.batch.gate.choose_recommender` on the ``all`` segment's NDCG)
-names the run's model: ALS keeps the train step's version, a baseline gets
-``<kind>-<D>-<hash>`` (:func:`flixlake.batch.recommenders.model_version_for`).
+The gate (:func:`flixlake.batch.gate.judge_candidates`) judges every candidate -- both fairness
+requirements on its own lists (:func:`candidate_requirements`), no regression from the incumbent
+-- and chooses the best eligible one on the ``all`` segment's NDCG. The lists judged are those
+that would be served (:class:`ServedLists`: re-ranked as the batch view when ``batch.debias`` is
+on). The choice names the run's model: ALS keeps the train step's version, a baseline gets
+``<kind>-<D>-<hash>`` (:func:`flixlake.batch.recommenders.model_version_for`); when none is
+eligible the run's model is ALS's, and publish refuses it with every candidate's reason.
 
 Segments: ``all`` (users with training history: the model comparison the publish gate uses),
 ``activity=cold|new|normal|heavy`` (distinct training movies: 0, <= new_user_max_movies,
@@ -33,7 +37,11 @@ Manifest "evaluate" (stable; read by register and publish)::
 
     {"model_version": str (the chosen candidate's), "recommender": "als" | "popularity" | ...,
      "als_model_version": str (the train step's), "run_date": "2026-11-22", "k": 20,
-     "selection": {"winner", "reason", "ndcg": {candidate: ndcg}},
+     "selection": {"winner" (None: no candidate eligible), "reason", "ndcg": {candidate: ndcg},
+                   "verdicts": {candidate: {"eligible", "refusals", "note", "verdict"}},
+                   "requirements" / "unmet": {candidate: [one line per check]},
+                   "long_tail_share": {candidate: share of its lists},
+                   "popularity_weight": the re-rank the lists were judged with},
      "params": {the chosen candidate's}, "candidates": {candidate: params},
      "als": {"ndcg", "precision", "recall", "map", "coverage", "n_users"},
      "popularity": {same keys}, "baselines": {"popularity" | "itemknn" | "ease": {...}},
@@ -57,7 +65,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +75,15 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flixlake.batch.baselines import fit_item_scorer, history_rows
+from flixlake.batch.baselines import ItemScorer, fit_item_scorer, history_rows
+from flixlake.batch.debias import rerank_rows
+from flixlake.batch.fairness import (
+    RequirementCheck,
+    check_model_requirement,
+    check_system_requirement,
+    lists_exposure,
+    segment_qualities,
+)
 from flixlake.batch.features import (
     TimeWindows,
     between_dates,
@@ -79,7 +95,7 @@ from flixlake.batch.features import (
     windowed_interactions,
     with_rating_date,
 )
-from flixlake.batch.gate import choose_recommender
+from flixlake.batch.gate import judge_candidates
 from flixlake.batch.metrics import METRICS, catalog_coverage, ranking_metrics
 from flixlake.batch.recommenders import (
     ALS,
@@ -238,14 +254,38 @@ def _as_lists(movies: np.ndarray) -> list[np.ndarray]:
     return [row[row >= 0].astype(np.int64) for row in movies]
 
 
+@dataclass(frozen=True)
+class ServedLists:
+    """What users would be shown from a candidate's ranking, as the publish step writes it: its
+    best ``top_n`` re-ranked against popularity (``batch.debias.popularity_weight``,
+    :mod:`flixlake.batch.debias`), then the first ``k``. Without a re-rank: its best ``k``."""
+
+    k: int
+    top_n: int
+    weight: float = 0.0
+    relative_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    @property
+    def depth(self) -> int:
+        """How many of its best movies a candidate must rank for the list shown."""
+        return max(self.k, self.top_n) if self.weight > 0 else self.k
+
+    def __call__(self, movies: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
+        if self.weight > 0:
+            movies = rerank_rows(movies, scores, self.relative_popularity, self.weight)
+        return [row[row >= 0][: self.k].astype(np.int64) for row in movies]
+
+
 def recommend_from_factors(
     users: np.ndarray,
     user_ids: np.ndarray,
     user_matrix: np.ndarray,
     index: ItemIndex,
     seen: Mapping[int, np.ndarray],
+    served: ServedLists | None = None,
 ) -> list[np.ndarray]:
-    """Best unseen movies per user (empty for users without factors), aligned with ``users``."""
+    """Best unseen movies per user (empty for users without factors), aligned with ``users``;
+    with ``served``, re-ranked as the batch view would be (build ``index`` for its depth)."""
     users = np.asarray(users, dtype=np.int64)
     pos = np.searchsorted(user_ids, users)
     has = (pos < user_ids.size) & (user_ids[np.minimum(pos, max(user_ids.size - 1, 0))] == users)
@@ -255,8 +295,11 @@ def recommend_from_factors(
     known = users[has]
     if known.size:
         lengths, values = _seen_csr(known, seen)
-        movies, _ = index.recommend(user_matrix[pos[has]], lengths, values, _DRIVER_BLOCK_USERS)
-        for i, recs in zip(np.flatnonzero(has), _as_lists(movies), strict=True):
+        movies, scores = index.recommend(
+            user_matrix[pos[has]], lengths, values, _DRIVER_BLOCK_USERS
+        )
+        found = served(movies, scores) if served is not None else _as_lists(movies)
+        for i, recs in zip(np.flatnonzero(has), found, strict=True):
             out[i] = recs
     return out
 
@@ -272,13 +315,46 @@ def popularity_index(popularity: pa.Table, k: int) -> ItemIndex:
 
 
 def recommend_popular(
-    users: np.ndarray, index: ItemIndex, seen: Mapping[int, np.ndarray]
+    users: np.ndarray,
+    index: ItemIndex,
+    seen: Mapping[int, np.ndarray],
+    served: ServedLists | None = None,
+    popularity: pa.Table | None = None,
 ) -> list[np.ndarray]:
-    """The most-watched movies each user has not seen, aligned with ``users``."""
+    """The most-watched movies each user has not seen, aligned with ``users``; with ``served``
+    (and the ``popularity`` the index was built from), re-ranked as the batch view would be --
+    whose popularity score is the number of watchers."""
     lengths, values = _seen_csr(np.asarray(users, dtype=np.int64), seen)
     ones = np.ones((len(users), 1), np.float32)
     movies, _ = index.recommend(ones, lengths, values, _DRIVER_BLOCK_USERS)
-    return _as_lists(movies)
+    if served is None or popularity is None:
+        return _as_lists(movies)
+    watchers = _by_movie(popularity, "n_users")
+    if watchers.size == 0:
+        return _as_lists(movies)
+    scores = np.where(movies >= 0, watchers[np.where(movies >= 0, movies, 0)], 0.0)
+    return served(movies, scores)
+
+
+def _by_movie(popularity: pa.Table, column: str) -> np.ndarray:
+    """A ``(movie_idx, column)`` table as a dense array by movie index (missing: 0)."""
+    idx = np.asarray(popularity.column("movie_idx").to_numpy(), np.int64)
+    values = np.asarray(popularity.column(column).to_numpy(), np.float64)
+    out = np.zeros(int(idx.max(initial=-1)) + 1, np.float64)
+    out[idx] = values
+    return out
+
+
+def served_lists(eval_set: EvaluationSet, settings: Settings) -> ServedLists:
+    """How this run's candidates become what users are shown (module :class:`ServedLists`)."""
+    watchers = _by_movie(eval_set.popularity, "n_users")
+    most = float(watchers.max(initial=0.0))
+    return ServedLists(
+        k=settings.batch.k,
+        top_n=settings.batch.top_n,
+        weight=settings.batch.debias.popularity_weight,
+        relative_popularity=watchers / most if most > 0 else watchers,
+    )
 
 
 # -- segments ------------------------------------------------------------------------------------
@@ -479,9 +555,14 @@ def build_evaluation_set(
 
 
 def factor_lists(
-    spark: SparkSession, eval_set: EvaluationSet, paths: Mapping[str, str], k: int
+    spark: SparkSession,
+    eval_set: EvaluationSet,
+    paths: Mapping[str, str],
+    k: int,
+    served: ServedLists | None = None,
 ) -> list[np.ndarray]:
-    """Best unseen movies of the sampled users from saved factors (empty without factors)."""
+    """Best unseen movies of the sampled users from saved factors (empty without factors);
+    with ``served``, the lists the batch view would show them."""
     known = spark.createDataFrame([(int(u),) for u in eval_set.users[~eval_set.cold]], "id long")
     user_ids, user_matrix = factor_arrays(
         spark.read.parquet(str(paths["users"])).join(F.broadcast(known), "id", "left_semi")
@@ -493,15 +574,17 @@ def factor_lists(
         eval_set.users,
         user_ids,
         user_matrix,
-        ItemIndex.build(item_ids, item_matrix, k),
+        ItemIndex.build(item_ids, item_matrix, served.depth if served is not None else k),
         eval_set.seen,
+        served,
     )
 
 
 def baseline_lists(
-    eval_set: EvaluationSet, settings: Settings, k: int
+    eval_set: EvaluationSet, settings: Settings, k: int, served: ServedLists | None = None
 ) -> dict[str, list[np.ndarray]]:
-    """Lists of the strong baselines for the sampled users: item-kNN, and EASE where it fits."""
+    """Lists of the strong baselines for the sampled users: item-kNN, and EASE where it fits
+    (with ``served``: as the batch view would show them)."""
     n_items = int(
         max(
             eval_set.catalog_size,
@@ -518,15 +601,36 @@ def baseline_lists(
     history = history_rows(eval_set.users, eval_set.liked, n_items)
     seen = [eval_set.seen.get(int(u), _EMPTY) for u in eval_set.users]
     return {
-        kind: fit_item_scorer(
-            kind,
-            eval_set.train_users,
-            eval_set.train_movies,
-            n_items,
-            baseline_params(kind, settings),
-        ).recommend(history, seen, k)
+        kind: _scorer_lists(
+            fit_item_scorer(
+                kind,
+                eval_set.train_users,
+                eval_set.train_movies,
+                n_items,
+                baseline_params(kind, settings),
+            ),
+            history,
+            seen,
+            k,
+            served,
+        )
         for kind in kinds
     }
+
+
+def _scorer_lists(
+    scorer: ItemScorer,
+    history: Any,
+    seen: list[np.ndarray],
+    k: int,
+    served: ServedLists | None,
+) -> list[np.ndarray]:
+    if served is None:
+        return scorer.recommend(history, seen, k)
+    lengths = np.array([a.size for a in seen], np.int64)
+    values = np.concatenate(seen).astype(np.int64) if seen else _EMPTY
+    movies, scores = scorer.top_n(history, lengths, values, served.depth)
+    return served(movies, scores)
 
 
 def _with_fallback(lists: list[np.ndarray], popular: list[np.ndarray]) -> list[np.ndarray]:
@@ -549,6 +653,52 @@ def score_lists(
         }
         for name, mask in segment_masks(eval_set.segments).items()
     ]
+
+
+def candidate_requirements(
+    eval_set: EvaluationSet,
+    lists: Mapping[str, list[np.ndarray]],
+    segments: list[dict[str, Any]],
+    settings: Settings,
+) -> dict[str, list[RequirementCheck]]:
+    """Both fairness requirements of ``audit.requirements`` for every candidate, on its own lists.
+
+    System: the long-tail share of what each candidate would show (each list's first
+    ``serving.results``) to the evaluated users with history -- the users a batch view serves;
+    cold users get the popularity list from every candidate. The head is the most-watched
+    ``audit.head_share`` of the catalog before the test window. Model: its hit rate per segment
+    (the same figures ``model_evaluations`` gets). The publish step checks the served one again
+    on its written batch view (every user).
+    """
+    requirements = settings.audit.requirements
+    watchers = np.zeros(eval_set.catalog_size, np.float64)
+    pop_idx = np.asarray(eval_set.popularity.column("movie_idx").to_numpy(), np.int64)
+    pop_n = np.asarray(eval_set.popularity.column("n_users").to_numpy(), np.float64)
+    if pop_idx.size:
+        watchers = np.zeros(max(eval_set.catalog_size, int(pop_idx.max()) + 1), np.float64)
+        watchers[pop_idx] = pop_n
+    history_users = int(np.unique(eval_set.train_users).size)
+    out: dict[str, list[RequirementCheck]] = {}
+    for name in CANDIDATES:
+        if name not in lists:
+            continue
+        shown = [lst for lst, cold in zip(lists[name], eval_set.cold, strict=True) if not cold]
+        measured = lists_exposure(
+            shown, watchers, history_users, settings.audit.head_share, settings.serving.results
+        )
+        qualities = segment_qualities(
+            (
+                (seg["segment"], int(seg["n_users"]), round(seg[name]["hit_rate"] * seg["n_users"]))
+                for seg in segments
+                if name in seg
+            ),
+            settings.audit.confidence,
+        )
+        out[name] = [
+            check_system_requirement(measured, requirements.system, "eval_lists"),
+            check_model_requirement(qualities, requirements.model, "offline"),
+        ]
+    return out
 
 
 def training_cutoffs(model: Mapping[str, Any], batch: BatchConfig) -> list[tuple[str, dt.date]]:
@@ -589,8 +739,10 @@ def refitted_baseline_lists(
     eval_set: EvaluationSet,
     windows: TimeWindows,
     model: Mapping[str, Any],
+    served: ServedLists | None = None,
 ) -> tuple[list[np.ndarray] | None, str]:
-    """A published baseline's lists for this evaluation set, and how they were obtained.
+    """A published baseline's lists for this evaluation set, and how they were obtained
+    (with ``served``: re-ranked as under this run's configuration).
 
     A baseline has no saved state: it is refitted with its recorded params on its recorded
     input versions (Delta time travel), cut at the last day its final fit saw -- or, if that
@@ -621,7 +773,13 @@ def refitted_baseline_lists(
     try:
         if kind == POPULARITY:
             watchers = watch_popularity(pairs, FIT_WINDOW).toArrow()
-            lists = recommend_popular(eval_set.users, popularity_index(watchers, k), eval_set.seen)
+            lists = recommend_popular(
+                eval_set.users,
+                popularity_index(watchers, served.depth if served is not None else k),
+                eval_set.seen,
+                served,
+                watchers,
+            )
         else:
             users, movies = pair_arrays(liked_df(pairs))
             n_items = max(eval_set.catalog_size, int(movies.max(initial=-1)) + 1)
@@ -631,7 +789,7 @@ def refitted_baseline_lists(
                 eval_set.users, lists_by_user(users[in_sample], movies[in_sample]), n_items
             )
             seen = [eval_set.seen.get(int(u), _EMPTY) for u in eval_set.users]
-            lists = scorer.recommend(history, seen, k)
+            lists = _scorer_lists(scorer, history, seen, k, served)
     except Exception as exc:  # e.g. its versions were vacuumed: recorded, not fatal
         log.warning("could not refit %s %s: %s", kind, model["model_version"], exc)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -667,19 +825,26 @@ def rescore_incumbent(
     """The incumbent's lists on this evaluation set, and a note of what was (not) scored.
 
     ALS from its saved factors (:func:`incumbent_factors`), a baseline refitted on its inputs
-    (:func:`refitted_baseline_lists`); users it has nothing for get the popularity list.
+    (:func:`refitted_baseline_lists`), both re-ranked as this run's candidates are
+    (:class:`ServedLists`: same configuration, a like-for-like comparison); users it has nothing
+    for get the popularity list.
     """
     if incumbent is None:
         return None, {"model_version": None, "scored": False, "why": "no published model"}
     kind = recommender_of(incumbent)
     note: dict[str, Any] = {"model_version": incumbent["model_version"], "recommender": kind}
+    served = served_lists(eval_set, settings)
     if kind == ALS:
         paths, why = incumbent_factors(incumbent, windows, settings.batch)
         found = (
-            factor_lists(spark, eval_set, paths, settings.batch.k) if paths is not None else None
+            factor_lists(spark, eval_set, paths, settings.batch.k, served)
+            if paths is not None
+            else None
         )
     else:
-        found, why = refitted_baseline_lists(spark, lake, settings, eval_set, windows, incumbent)
+        found, why = refitted_baseline_lists(
+            spark, lake, settings, eval_set, windows, incumbent, served
+        )
     note.update(scored=found is not None, why=why)
     if found is None:
         return None, note
@@ -720,33 +885,52 @@ def run_evaluate(
     timings["prepare_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    # what each candidate's batch view would show (re-ranked when batch.debias is on); users
+    # without a list get the popularity list, as the service serves them
+    served = served_lists(eval_set, settings)
     pop_lists = eval_set.popular_lists(k)
-    als_raw = factor_lists(spark, eval_set, train["factors"]["eval"], k)
+    als_raw = factor_lists(spark, eval_set, train["factors"]["eval"], k, served)
     fallback = np.array([lst.size == 0 for lst in als_raw], dtype=bool) & ~eval_set.cold
+    pop_served = recommend_popular(
+        eval_set.users,
+        popularity_index(eval_set.popularity, served.depth),
+        eval_set.seen,
+        served,
+        eval_set.popularity,
+    )
     lists: dict[str, list[np.ndarray]] = {
         ALS: _with_fallback(als_raw, pop_lists),
-        POPULARITY: pop_lists,
+        # cold users are not in any batch view: the service's popular list, not re-ranked
+        POPULARITY: [
+            popular if cold else own
+            for own, popular, cold in zip(pop_served, pop_lists, eval_set.cold, strict=True)
+        ],
     }
     timings["score_als_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for name, found in baseline_lists(eval_set, settings, k).items():
+    for name, found in baseline_lists(eval_set, settings, k, served).items():
         lists[name] = _with_fallback(found, pop_lists)
     timings["baselines_s"] = time.perf_counter() - t0
     segments = score_lists(eval_set, lists, k)
 
-    # the gate's choice: which candidate this run would serve, and the model version it gets
+    # the gate: every candidate judged on its requirements and NDCG; the best eligible is chosen
     overall = segments[0]
-    choice = choose_recommender(
-        {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall}, batch.publish
-    )
-    recommender = choice.winner or ALS
+    ndcg = {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall}
+    requirements = candidate_requirements(eval_set, lists, segments, settings)
+    unmet = {
+        name: [check.describe() for check in checks if not check.passed]
+        for name, checks in requirements.items()
+    }
+    enforced = unmet if settings.audit.requirements.enforce_in_publish else {}
     candidates = candidate_params(settings, train, list(lists))
-    if recommender == ALS:
-        model_version = als_version
-    else:
-        model_version = model_version_for(
-            recommender, run_date, train["input_versions"], candidates[recommender]
-        )
+
+    def version_of(winner: str | None) -> str:
+        if winner is None or winner == ALS:  # none eligible: the run's model is ALS, refused later
+            return als_version
+        return model_version_for(winner, run_date, train["input_versions"], candidates[winner])
+
+    choice = judge_candidates(ndcg, batch.publish, enforced)
+    model_version = version_of(choice.winner)
 
     t0 = time.perf_counter()
     incumbent_lists, incumbent = rescore_incumbent(
@@ -757,7 +941,11 @@ def run_evaluate(
         segments = score_lists(eval_set, lists, k)
         overall = segments[0]
         incumbent.update(overall[INCUMBENT])
+        # no regression from the current model: judged for every candidate too
+        choice = judge_candidates(ndcg, batch.publish, enforced, float(overall[INCUMBENT]["ndcg"]))
+        model_version = version_of(choice.winner)
     timings["incumbent_s"] = time.perf_counter() - t0
+    recommender = choice.winner or ALS
 
     baselines = {name: overall[name] for name in BASELINES if name in overall}
     best = max(baselines, key=lambda name: (baselines[name]["ndcg"], -BASELINES.index(name)))
@@ -768,7 +956,15 @@ def run_evaluate(
         "selection": {
             "winner": choice.winner,
             "reason": choice.reason,
-            "ndcg": {name: overall[name]["ndcg"] for name in CANDIDATES if name in overall},
+            "ndcg": ndcg,
+            "verdicts": {name: v.as_dict() for name, v in choice.verdicts.items()},
+            "requirements": {
+                name: [check.describe() for check in checks]
+                for name, checks in requirements.items()
+            },
+            "unmet": unmet,
+            "long_tail_share": {name: checks[0].observed for name, checks in requirements.items()},
+            "popularity_weight": served.weight,  # the re-rank the lists were judged with
         },
         "params": candidates[recommender],
         "candidates": candidates,

@@ -130,6 +130,26 @@ def exposure(shown: np.ndarray, popularity: np.ndarray, head: np.ndarray) -> Exp
     )
 
 
+def lists_exposure(
+    lists: Iterable[np.ndarray],
+    watchers: np.ndarray,
+    history_users: int,
+    head_share: float,
+    results: int,
+) -> Exposure:
+    """Exposure of recommendation lists of movie indices (each list's first ``results``: what
+    would be shown), over a catalog indexed 0..n-1 whose ``watchers`` per index give the head."""
+    watchers = np.asarray(watchers, dtype=np.float64)
+    shown_idx = [np.asarray(lst[:results], dtype=np.int64) for lst in lists]
+    flat = np.concatenate(shown_idx) if shown_idx else np.zeros(0, np.int64)
+    size = max(watchers.size, int(flat.max(initial=-1)) + 1)
+    shown = np.bincount(flat, minlength=size).astype(np.float64)
+    watched = np.zeros(size)
+    watched[: watchers.size] = watchers
+    popularity = watched / history_users if history_users > 0 else np.zeros(size)
+    return exposure(shown, popularity, short_head(watched, head_share))
+
+
 def kl_miscalibration(p: np.ndarray, q: np.ndarray, alpha: float) -> float:
     """Steck's C_KL: KL(p || (1 - alpha) q + alpha p) in nats, over the genres where p > 0."""
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
@@ -177,7 +197,7 @@ class RequirementCheck:
     """One requirement checked against one piece of evidence."""
 
     requirement: str  # system | model
-    evidence: str  # batch_view | served | offline | online
+    evidence: str  # batch_view | eval_lists | served | offline | online
     passed: bool
     observed: float  # long-tail share; worst segment's upper bound / overall
     threshold: float

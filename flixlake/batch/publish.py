@@ -1,11 +1,14 @@
 """The publication gate and the batch view: the best candidate of the run reaches users.
 
 ``run_publish`` serves the candidate the gate chose on the run's test window
-(:mod:`flixlake.batch.gate`: ALS, popularity, item-kNN or EASE -- the best NDCG, the simpler one
-unless the more complex one beats it by ``batch.publish.min_lift_over_popularity`` /
-``min_lift_over_baseline``) when the quality gate of its run passed and it is not worse than the
-model it replaces by more than ``batch.publish.max_regression`` (relative) -- the incumbent
-re-scored on the candidate's users and test window, never its own older figure. Then it writes
+(:mod:`flixlake.batch.gate`: ALS, popularity, item-kNN or EASE -- every candidate judged, the
+best eligible NDCG served, the simpler one unless the more complex one beats it by
+``batch.publish.min_lift_over_popularity`` / ``min_lift_over_baseline``) when the quality gate of
+its run passed. Eligible: it meets the fairness requirements on its own evaluation lists (as the
+evaluate step recorded them) and is not worse than the model it replaces by more than
+``batch.publish.max_regression`` (relative) -- the incumbent re-scored on the candidate's users
+and test window, never its own older figure. Nothing is published only when no candidate is
+eligible; the refusal then lists every candidate's reason. Then it writes
 the top-N movies of every user into its own ``batch_recommendations`` partition (same schema
 for every kind, so the service needs no change):
 
@@ -14,7 +17,7 @@ for every kind, so the service needs no change):
   at the pinned input versions (:func:`baseline_top_n`), ranked in Spark tasks.
 
 Movies the user already watched or rated are excluded for every kind. It then checks the
-fairness requirements on the view (:func:`~flixlake.batch.fairness.publish_requirements`:
+fairness requirements again on the served candidate's view (every user, not a sample) (:func:`~flixlake.batch.fairness.publish_requirements`:
 long-tail exposure of the view, the served kind's hit rate per user segment; enforced unless
 ``audit.requirements.enforce_in_publish`` is false) and marks the model published, which makes
 it the one the service loads. A refusal marks the model rejected with the reason and raises
@@ -222,6 +225,12 @@ def candidate_ndcg(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     return {name: found[name] for name in CANDIDATES if name in found}
 
 
+def recorded_unmet(metrics: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The requirements each candidate failed on its own lists, as the evaluate step judged them."""
+    unmet = (metrics.get("selection") or {}).get("unmet") or {}
+    return {str(name): [str(line) for line in lines] for name, lines in unmet.items()}
+
+
 def incumbent_on_this_window(
     spark: SparkSession,
     lake: Lake,
@@ -293,6 +302,7 @@ def run_publish(
         incumbent_ndcg,
         settings.batch.publish,
         n_users=(metrics.get(ALS) or {}).get("n_users"),
+        unmet=recorded_unmet(metrics) if settings.audit.requirements.enforce_in_publish else None,
     )
     reason = decision.reason
     reason = f"{reason} (incumbent: {incumbent_how})" if baseline is not None else reason

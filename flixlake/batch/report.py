@@ -301,6 +301,14 @@ def write_evaluation_report(
             f" Gate verdict ({esc(model['status'])}): {esc(model['status_reason'])}."
         )
     parts.append("".join(verdict_parts) + "</p>")
+    verdicts = selection.get("verdicts") or {}
+    if verdicts:
+        items = "".join(
+            f"<li class='{'pass' if (v or {}).get('eligible') else 'fail'}'>"
+            f"{esc((v or {}).get('verdict') or name)}</li>"
+            for name, v in verdicts.items()
+        )
+        parts.append(f"<p>Every candidate judged (requirements, then NDCG):</p><ul>{items}</ul>")
     als_ndcg = (metrics.get("als") or {}).get("ndcg")
     pop_ndcg = (metrics.get("popularity") or {}).get("ndcg")
     if isinstance(als_ndcg, int | float) and isinstance(pop_ndcg, int | float):

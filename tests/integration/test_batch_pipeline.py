@@ -80,18 +80,25 @@ def test_reingesting_adds_nothing(pipeline: PipelineRun) -> None:
 
 
 def _published_best(lake: Lake, evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The run's model is the candidate with the best NDCG (ties: the simpler), published."""
-    ndcg = evaluation["selection"]["ndcg"]
-    assert set(ndcg) >= {"als", "popularity", "itemknn", "ease"}
-    best = max(ndcg.values())
+    """The run's model is the eligible candidate with the best NDCG (ties: the simpler), published;
+    every candidate scoring higher was refused with its reasons."""
+    selection = evaluation["selection"]
+    ndcg, verdicts = selection["ndcg"], selection["verdicts"]
+    assert set(ndcg) >= {"als", "popularity", "itemknn", "ease"} and set(verdicts) == set(ndcg)
+    eligible = {name: value for name, value in ndcg.items() if verdicts[name]["eligible"]}
+    best = max(eligible.values())
     recommender = evaluation["recommender"]
-    assert ndcg[recommender] == best
+    assert ndcg[recommender] == best and verdicts[recommender]["note"] == "served"
     simpler = ("popularity", "itemknn", "ease", "als")
-    assert not any(ndcg[name] == best for name in simpler[: simpler.index(recommender)])
+    assert not any(eligible.get(name) == best for name in simpler[: simpler.index(recommender)])
+    for name, value in ndcg.items():
+        if value > best:
+            assert not verdicts[name]["eligible"] and verdicts[name]["refusals"], name
     model = get_model(lake, evaluation["model_version"])
     assert model["status"] == "published"
     assert model["algorithm"].startswith(recommender)
     assert model["params"]["recommender"] == recommender
+    assert model["metrics"]["selection"]["verdicts"] == verdicts  # recorded in the models row
     return model
 
 
@@ -165,12 +172,9 @@ def trends_pipeline(
 ) -> Iterator[TrendsRun]:
     """A small trends-regime history (one-off users, 1-2 star raters, bursts) through every step."""
     home = tmp_path_factory.mktemp("trends")
-    # The gate's margins as base.yaml has them. The fairness requirements are recorded, not
-    # enforced: this popularity-driven world's winner is popularity, whose view is the short head
-    # by construction (long-tail share ~0.01 < 0.2); enforcing them is tested in test_publish.
-    settings = load_settings(
-        "test", home=home, overrides={"audit": {"requirements": {"enforce_in_publish": False}}}
-    )
+    # The gate as base.yaml has it, requirements enforced: popularity, the top NDCG in this
+    # popularity-driven world, shows only the short head and is refused; the best eligible is served.
+    settings = load_settings("test", home=home)
     lake = Lake(settings.lake_root)
     generated = generate_history(
         home / "data", n_users=600, n_movies=150, days=20, seed=5, bad_rate=0.01, regime="trends"
@@ -211,8 +215,15 @@ def test_trends_pipeline_evaluates_every_baseline_and_publishes_the_best(
         sizes = {segment[r]["n_users"] for r in ("als", "popularity", "itemknn", "ease")}
         assert sizes == {segment["n_users"]}  # same users for every recommender
     model = _published_best(trends_pipeline.lake, evaluation)
-    # a popularity-driven world: ALS does not win here, and the report says what is served
-    assert evaluation["recommender"] != "als"
+    # a popularity-driven world: popularity scores best but shows the short head, so the
+    # enforced long-tail requirement refuses it; ALS does not win here either
+    popularity = evaluation["selection"]["verdicts"]["popularity"]
+    assert popularity["eligible"] is False
+    assert any("long-tail share" in line for line in popularity["refusals"])
+    assert evaluation["selection"]["ndcg"]["popularity"] == max(
+        evaluation["selection"]["ndcg"].values()
+    )
+    assert evaluation["recommender"] not in ("als", "popularity")
     assert model["status_reason"].startswith(f"{evaluation['recommender']} is served")
     report = Path(summaries["publish"]["report"]).read_text()
     assert "itemknn" in report and "ease" in report
@@ -225,11 +236,11 @@ def test_trends_pipeline_evaluates_every_baseline_and_publishes_the_best(
         f"WHERE model_version = '{version}'"
     ).to_pylist()
     assert summaries["publish"]["rows"] == len(recs) > 0
-    # the requirements were checked on the winner's view and recorded with the publication
-    assert [text.split(" ")[0] for text in summaries["publish"]["requirements"]] == [
-        "system",
-        "model",
-    ]
+    # the requirements were enforced: met on the winner's own lists and again on its whole view
+    assert evaluation["selection"]["unmet"][evaluation["recommender"]] == []
+    requirements = summaries["publish"]["requirements"]
+    assert [text.split(" ")[0] for text in requirements] == ["system", "model"]
+    assert all(" met (" in text and "NOT met" not in text for text in requirements), requirements
     users = {r["user_id"] for r in recs}
     assert len(users) > 100
     seen = lake.sql(

@@ -8,6 +8,7 @@ User 2 has one candidate (tied scores normalise to 1) and keeps it.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
@@ -18,7 +19,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from flixlake.batch.debias import relative_popularity, with_popularity_penalty
+from flixlake.batch.debias import relative_popularity, rerank_rows, with_popularity_penalty
 from flixlake.config import DebiasConfig
 
 CANDIDATES = StructType(
@@ -81,3 +82,22 @@ def test_a_negative_weight_is_refused(spark: SparkSession) -> None:
         with_popularity_penalty(_candidates(spark), relative_popularity(_sessions(spark)), -1)
     with pytest.raises(ValueError, match="popularity_weight"):
         DebiasConfig(popularity_weight=-0.1)
+
+
+def test_rerank_rows_matches_the_hand_computed_cases_on_the_driver() -> None:
+    # the module's cases as padded rows (-1: no movie); relative popularity by movie index
+    relpop = np.zeros(13)
+    relpop[10], relpop[11] = 1.0, 0.25
+    movies = np.array([[10, 11, 12], [11, -1, -1]])
+    scores = np.array([[2.0, 1.8, 0.0], [0.7, -np.inf, -np.inf]])
+    assert rerank_rows(movies, scores, relpop, 0.5).tolist() == [[11, 10, 12], [11, -1, -1]]
+    assert rerank_rows(movies, scores, relpop, 0.05).tolist() == [[10, 11, 12], [11, -1, -1]]
+    # a movie beyond the popularity array counts as unwatched (1 - 2 x 1 < 0 - 0); an empty row
+    # stays empty
+    far = np.array([[10, 40], [-1, -1]])
+    assert rerank_rows(far, np.array([[1.0, 0.9], [0, 0]]), relpop, 2.0).tolist() == [
+        [40, 10],
+        [-1, -1],
+    ]
+    with pytest.raises(ValueError, match="popularity_weight"):
+        rerank_rows(movies, scores, relpop, -1.0)

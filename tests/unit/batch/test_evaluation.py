@@ -23,12 +23,13 @@ from math import log2
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from flixlake.batch.evaluation import run_evaluate
+from flixlake.batch.evaluation import ServedLists, run_evaluate
 from flixlake.config import Settings, load_settings
 from flixlake.lake import runs
 from flixlake.lake.registry import upsert_model
@@ -479,3 +480,14 @@ def test_an_incumbent_without_recorded_inputs_is_not_rescored(
 
     assert incumbent["scored"] is False
     assert "records no watch_sessions/ratings versions" in incumbent["why"]
+
+
+def test_served_lists_are_the_first_k_after_the_batch_views_re_rank() -> None:
+    movies = np.array([[7, 8, 9, -1]])  # 9: unwatched, the model's third choice
+    scores = np.array([[3.0, 2.0, 1.0, -np.inf]])
+    relpop = np.array([0, 0, 0, 0, 0, 0, 0, 1.0, 0.5, 0.0])
+    plain = ServedLists(k=2, top_n=4)
+    assert plain.depth == 2 and [lst.tolist() for lst in plain(movies, scores)] == [[7, 8]]
+    # 7: 1 - 2 x 1 = -1, 8: 0.5 - 2 x 0.5 = -0.5, 9: 0 - 0 = 0 -> 9, 8 shown
+    debiased = ServedLists(k=2, top_n=4, weight=2.0, relative_popularity=relpop)
+    assert debiased.depth == 4 and [lst.tolist() for lst in debiased(movies, scores)] == [[9, 8]]

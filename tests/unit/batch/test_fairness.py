@@ -21,6 +21,7 @@ from flixlake.batch.fairness import (
     gini,
     hellinger,
     kl_miscalibration,
+    lists_exposure,
     movie_genre_weights,
     segment_qualities,
     short_head,
@@ -181,3 +182,16 @@ def test_shown_counts_take_the_top_results_of_each_list(spark: SparkSession) -> 
     )
     got = {r["movie_id"]: r["shown"] for r in shown_counts(shown_lists(view, 2)).collect()}
     assert got == {"a": 2, "b": 1, "c": 1, None: 1}
+
+
+def test_lists_exposure_counts_the_shown_part_of_each_list_against_the_head() -> None:
+    from_lists = lists_exposure(
+        [np.array([0, 1, 4, 3]), np.array([0, 2]), np.array([], dtype=np.int64)],
+        watchers=np.array([9.0, 8.0, 1.0, 0.0, 0.0]),  # head_share 0.4 of 5 movies: 0 and 1
+        history_users=10,
+        head_share=0.4,
+        results=3,  # movie 3, fourth in the first list, is not shown
+    )
+    assert from_lists.slots == 5 and from_lists.movies_shown == 4
+    assert from_lists.long_tail_share == pytest.approx(2 / 5)  # movies 4 and 2
+    assert from_lists.avg_popularity == pytest.approx((0.9 + 0.8 + 0.0 + 0.9 + 0.1) / 5)

@@ -46,6 +46,17 @@ def _seed(lake: Lake, settings: Settings) -> None:
                 "als": {"ndcg": 0.3125},
                 "popularity": {"ndcg": 0.25},
                 "lift_ndcg": 1.25,
+                "selection": {
+                    "winner": "als",
+                    "reason": "ALS is served: NDCG 0.3125",
+                    "verdicts": {
+                        "popularity": {
+                            "eligible": False,
+                            "verdict": "popularity (NDCG 0.2500) refused: long-tail share 0.000",
+                        },
+                        "als": {"eligible": True, "verdict": "als (NDCG 0.3125) eligible, served"},
+                    },
+                },
             },
             "input_versions": {"watch_sessions": 4},
             "git_commit": "deadbeef",
@@ -119,6 +130,9 @@ def test_report_has_plots_params_search_and_provenance(
     assert "0.2625" in text  # the candidate that lost the search
     assert "deadbeef" in text and "watch_sessions" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
+    # every candidate's verdict, the refused one with its reason
+    assert "<li class='fail'>popularity (NDCG 0.2500) refused: long-tail share 0.000</li>" in text
+    assert "<li class='pass'>als (NDCG 0.3125) eligible, served</li>" in text
 
 
 def test_report_without_evaluation_rows_falls_back_to_headline_metrics(
