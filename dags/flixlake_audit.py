@@ -15,48 +15,37 @@ Parsing stays cheap, as in ``flixlake_batch``: the YAML config and environment v
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronTriggerTimetable
 
-from flixlake.config import ENV_VAR, HOME_VAR, load_settings
 from flixlake.ops.dag_tasks import (
     RUN_DATE_TEMPLATE,
     TIMEZONE,
-    default_args,
-    push_dag_run,
+    dag_args,
+    dag_setup,
     spark_submit_command,
-    task_env,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-TASK_ENV = task_env(REPO)
-
-settings = load_settings(TASK_ENV[ENV_VAR], home=TASK_ENV[HOME_VAR])
+SETUP = dag_setup(__file__)  # the repository, the tasks' environment and settings
 
 with DAG(
     dag_id="flixlake_audit",
     description="input drift, fairness and exposure per model version -> audit tables, metrics, report",
-    schedule=CronTriggerTimetable(settings.airflow.audit_schedule, timezone=TIMEZONE),
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(settings.airflow),
+    schedule=CronTriggerTimetable(SETUP.settings.airflow.audit_schedule, timezone=TIMEZONE),
     dagrun_timeout=dt.timedelta(hours=3),
     tags=["flixlake", "audit", "spark"],
     doc_md=__doc__,
-    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
-    on_failure_callback=push_dag_run,
+    **dag_args(SETUP.settings.airflow),  # start date, no catch-up, retries, run callbacks
 ) as dag:
     BashOperator(
         task_id="audit",
         bash_command=spark_submit_command(
-            REPO / "jobs" / "audit.py",
-            settings.spark.driver_memory,
+            SETUP.repo / "jobs" / "audit.py",
+            SETUP.settings.spark.driver_memory,
             f"--run-date {RUN_DATE_TEMPLATE}",
         ),
-        env=TASK_ENV,
+        env=SETUP.task_env,
         append_env=True,
         doc_md="Drift, fairness and exposure of one day (`flixlake.audit.job:run_audit`)",
     )

@@ -32,42 +32,31 @@ the step list, nothing else — no Spark, no lake access. Environment at parse t
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronTriggerTimetable, chain
 
 from flixlake.batch.pipeline import BATCH_STEPS
-from flixlake.config import ENV_VAR, HOME_VAR, load_settings
 from flixlake.ops.dag_tasks import (
     RUN_DATE_TEMPLATE,
     TIMEZONE,
-    default_args,
-    push_dag_run,
+    dag_args,
+    dag_setup,
     spark_submit_command,
-    task_env,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-JOBS_DIR = REPO / "jobs"
-TASK_ENV = task_env(REPO)
-
-settings = load_settings(TASK_ENV[ENV_VAR], home=TASK_ENV[HOME_VAR])
+SETUP = dag_setup(__file__)  # the repository, the tasks' environment and settings
+JOBS_DIR = SETUP.repo / "jobs"
 
 
 with DAG(
     dag_id="flixlake_batch",
     description="bronze -> silver -> ALS + baselines -> evaluation -> registry -> best one's batch view",
-    schedule=CronTriggerTimetable(settings.airflow.schedule, timezone=TIMEZONE),
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(settings.airflow),
-    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
-    on_failure_callback=push_dag_run,
+    schedule=CronTriggerTimetable(SETUP.settings.airflow.schedule, timezone=TIMEZONE),
     dagrun_timeout=dt.timedelta(hours=6),
     tags=["flixlake", "batch", "spark"],
     doc_md=__doc__,
+    **dag_args(SETUP.settings.airflow),  # start date, no catch-up, retries, run callbacks
 ) as dag:
     chain(
         *[
@@ -75,10 +64,10 @@ with DAG(
                 task_id=step.task_id,
                 bash_command=spark_submit_command(
                     JOBS_DIR / f"{step.task_id}.py",
-                    settings.spark.driver_memory,
+                    SETUP.settings.spark.driver_memory,
                     f"--run-date {RUN_DATE_TEMPLATE}",
                 ),
-                env=TASK_ENV,
+                env=SETUP.task_env,
                 append_env=True,
                 doc_md=f"{step.description} (`{step.function}`)",
             )

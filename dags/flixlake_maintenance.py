@@ -20,44 +20,33 @@ Parsing stays cheap, as in ``flixlake_batch``: the YAML config and environment v
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronTriggerTimetable
 
-from flixlake.config import ENV_VAR, HOME_VAR, load_settings
 from flixlake.ops.dag_tasks import (
     RUN_DATE_TEMPLATE,
     TIMEZONE,
-    default_args,
+    dag_args,
+    dag_setup,
     flixlake_command,
-    push_dag_run,
-    task_env,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-TASK_ENV = task_env(REPO)
-
-settings = load_settings(TASK_ENV[ENV_VAR], home=TASK_ENV[HOME_VAR])
+SETUP = dag_setup(__file__)  # the repository, the tasks' environment and settings
 
 with DAG(
     dag_id="flixlake_maintenance",
     description="table lifecycle: retention, compaction, vacuum, log cleanup, rollback pruning",
-    schedule=CronTriggerTimetable(settings.airflow.maintenance_schedule, timezone=TIMEZONE),
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(settings.airflow),
+    schedule=CronTriggerTimetable(SETUP.settings.airflow.maintenance_schedule, timezone=TIMEZONE),
     dagrun_timeout=dt.timedelta(hours=2),
     tags=["flixlake", "maintenance"],
     doc_md=__doc__,
-    on_success_callback=push_dag_run,  # outcome and duration to the Pushgateway (monitoring)
-    on_failure_callback=push_dag_run,
+    **dag_args(SETUP.settings.airflow),  # start date, no catch-up, retries, run callbacks
 ) as dag:
     BashOperator(
         task_id="maintain",
         bash_command=flixlake_command(f"maintain --run-date {RUN_DATE_TEMPLATE}"),
-        env=TASK_ENV,
+        env=SETUP.task_env,
         append_env=True,
         doc_md="Lifecycle of every table and the artifacts (`flixlake.lake.lifecycle:run_maintenance`)",
     )

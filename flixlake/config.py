@@ -8,11 +8,13 @@ that names the offending key, e.g. ``batch.als.grid.0.rank: Input should be grea
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -70,6 +72,15 @@ def duration_seconds(text: str) -> int:
     return int(value) * _DURATION_UNITS[unit]
 
 
+def _a_duration(text: str) -> str:
+    duration_seconds(text)
+    return text
+
+
+Duration = Annotated[str, AfterValidator(_a_duration)]
+"""A duration as written in the config (``"90s"``, ``"1h"``): checked when the config loads."""
+
+
 class StreamingConfig(_Frozen):
     query_name: str = Field("speed_layer", pattern=r"^[A-Za-z0-9_-]+$")
     checkpoint_root: str = "checkpoints"  # a query's checkpoint: <home>/<root>/<query_name>
@@ -78,20 +89,13 @@ class StreamingConfig(_Frozen):
     starting_offsets: str = Field("earliest", pattern="^(earliest|latest)$")
     fail_on_data_loss: bool = True  # stop (with the lost range) rather than skip missing offsets
     kafka_options: dict[str, str] = Field(default_factory=dict)  # more options for the source
-    trending_windows: tuple[str, ...] = Field(("1h", "24h"), min_length=1)
+    trending_windows: tuple[Duration, ...] = Field(("1h", "24h"), min_length=1)
     maintenance_every_batches: int = Field(300, gt=0)
     vacuum_retention_hours: int = Field(1, ge=0)
     land_served: bool = True  # also land serving.telemetry.served_topic in served_recommendations
     # the driver serves flixlake_stream_* for Prometheus here (flixlake.streaming.metrics); null: off
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(9109, gt=0, lt=65536)
-
-    @field_validator("trending_windows")
-    @classmethod
-    def _valid_windows(cls, windows: tuple[str, ...]) -> tuple[str, ...]:
-        for window in windows:
-            duration_seconds(window)
-        return windows
 
 
 class IngestConfig(_Frozen):
@@ -208,19 +212,15 @@ class AirflowConfig(_Frozen):
 class OnlineConfig(_Frozen):
     """Online evaluation: did users watch what they were recommended?"""
 
-    watch_window: str = "1h"  # an answer converts if a recommended movie is watched within this
+    watch_window: Duration = (
+        "1h"  # an answer converts if a recommended movie is watched within this
+    )
     lookback_hours: int = Field(24, gt=0)  # served hours each run recomputes (late data)
     min_users: int = Field(100, gt=1)  # an arm with fewer users is reported, not tested
     confidence: float = Field(0.95, gt=0, lt=1)  # confidence intervals and test level
     # mSPRT mixture: sd of the difference in watch-through the sequential test is tuned to; its
     # interval is narrowest when the difference's standard error is about mixture_sd / 2.9
     mixture_sd: float = Field(0.03, gt=0, lt=1)
-
-    @field_validator("watch_window")
-    @classmethod
-    def _valid_window(cls, window: str) -> str:
-        duration_seconds(window)
-        return window
 
     @property
     def window_seconds(self) -> int:
@@ -456,11 +456,11 @@ class ServingConfig(_Frozen):
 
 
 class DetectionConfig(_Frozen):
-    """Batch detection of attacker accounts (:mod:`flixlake.audit.detect`)."""
+    """Batch detection of attacker accounts (:mod:`flixlake.batch.detect`)."""
 
     lookback_days: int = Field(7, gt=0)  # accounts active in these days up to D are scored
     new_account_days: int = Field(7, gt=0)  # an account this young at an event is "new"
-    burst_windows: tuple[str, ...] = Field(("1h", "24h"), min_length=1)  # sliding, step 1/4
+    burst_windows: tuple[Duration, ...] = Field(("1h", "24h"), min_length=1)  # sliding, step 1/4
     burst_min_accounts: int = Field(10, gt=1)  # new accounts giving one movie the same stars
     burst_min_share: float = Field(0.5, gt=0, le=1)  # ... of the movie's raters in the window
     neighbours: int = Field(10, gt=0)  # degree of similarity: mean of the top-k similarities
@@ -470,13 +470,6 @@ class DetectionConfig(_Frozen):
     flood_requests_per_hour: int = Field(120, gt=0)
     trees: int = Field(200, gt=0)
     seed: int = 42
-
-    @field_validator("burst_windows")
-    @classmethod
-    def _valid_windows(cls, windows: tuple[str, ...]) -> tuple[str, ...]:
-        for window in windows:
-            duration_seconds(window)
-        return windows
 
 
 class MitigationConfig(_Frozen):
@@ -497,18 +490,13 @@ class RateLimitConfig(_Frozen):
 class StreamDetectionConfig(_Frozen):
     """Attack alerts over the stream's micro-batches (:mod:`flixlake.audit.stream`)."""
 
+    enabled: bool = True  # the events query runs the rules and appends to attack_alerts
     max_events_per_minute: int = Field(30, gt=0)  # per account, any event kind
     max_requests_per_hour: int = Field(120, gt=0)  # per account, recommendation requests
-    burst_window: str = "1h"  # per movie: new accounts rating it within this window
+    burst_window: Duration = "1h"  # per movie: new accounts rating it within this window
     burst_min_accounts: int = Field(10, gt=1)
     burst_min_share: float = Field(0.5, gt=0, le=1)
     new_account_hours: int = Field(24, gt=0)  # first seen this recently (and unknown to batch)
-
-    @field_validator("burst_window")
-    @classmethod
-    def _valid_window(cls, window: str) -> str:
-        duration_seconds(window)
-        return window
 
 
 class AttacksConfig(_Frozen):
@@ -575,11 +563,12 @@ def _under(home: Path, path: str) -> Path:
     return p if p.is_absolute() else home / p
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base`` key by key: nested mappings are merged, other values replaced."""
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -626,9 +615,9 @@ def load_settings(
     if not env_path.exists():
         known = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
         raise ConfigError(f"{ENV_VAR}={env!r}: no {env_path}; known environments: {known}")
-    data = _deep_merge(_read_yaml(base_path), _read_yaml(env_path))
+    data = deep_merge(_read_yaml(base_path), _read_yaml(env_path))
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     data["env"] = env
     data["home"] = home_path
     try:

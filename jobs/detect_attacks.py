@@ -5,7 +5,7 @@ spark-submit jobs/detect_attacks.py --run-date 2026-11-22 [--env local]
 
 import sys
 
-from flixlake.audit.detect import run_detect
+from flixlake.batch.detect import run_detect
 from flixlake.ops.jobs import run_job
 
 if __name__ == "__main__":

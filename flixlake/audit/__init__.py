@@ -14,12 +14,11 @@ attacks on the model, feedback loops.
 * :mod:`~flixlake.audit.report` — one HTML page with plots per model version;
 * :mod:`~flixlake.audit.job` — ``run_audit``, the daily step (``jobs/audit.py``,
   ``dags/flixlake_audit.py``);
-* :mod:`~flixlake.audit.profiles` — account profiles for attack detection (RDMA, WDMA, degree of
-  similarity, length variance, account age vs volume, target share; Spark transforms);
-* :mod:`~flixlake.audit.detect` — the batch step "detect" (``jobs/detect_attacks.py``): profiles
-  scored by an isolation forest plus rating-burst and request-flood rules, ``suspected_accounts``;
 * :mod:`~flixlake.audit.stream` — attack alert rules over a micro-batch's parsed events and small
   state (rate windows, new-account bursts), for the speed layer;
 * :mod:`~flixlake.audit.measure` — detection precision/recall per attack kind on labelled
   injections, a target movie's exposure in served top-k lists.
+
+The batch detection of attacker accounts is a step of the batch pipeline, so it lives in the
+batch layer: :mod:`flixlake.batch.detect` and its account profiles, :mod:`flixlake.batch.profiles`.
 """

@@ -2,9 +2,9 @@
 
 Each step is ``run_<step>(spark, lake, settings, run_date) -> dict`` in its own module and has a
 thin spark-submit entry point in ``jobs/``; Airflow runs the entry points, ``flixlake batch``
-runs the same functions in one Spark session. Steps are named by string and imported when they
-run, so the list may name a step of a package above ``batch`` (``audit``'s attack detection)
-without the batch layer importing it.
+runs the same functions in one Spark session. Every step is a module of this package. Steps are
+named by string and imported when they run, so reading the list (``dags/flixlake_batch.py`` does,
+whenever Airflow parses it) imports neither Spark nor scikit-learn.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ BATCH_STEPS: tuple[Step, ...] = (
     Step(
         "detect",
         "detect_attacks",
-        "flixlake.audit.detect:run_detect",
+        "flixlake.batch.detect:run_detect",
         "suspected attacker accounts",
     ),
     Step(

@@ -1,6 +1,6 @@
 """The one filter the training input goes through: suspected attacker accounts are left out.
 
-The "detect" step (:mod:`flixlake.audit.detect`) records suspects in ``suspected_accounts``;
+The "detect" step (:mod:`flixlake.batch.detect`) records suspects in ``suspected_accounts``;
 training reads that table at the version the "detect" manifest names and drops the events of
 every account marked ``excluded`` on this or any earlier run date (an attacker stays out once
 caught). What was left out, and why, goes into the train manifest and, through the model's

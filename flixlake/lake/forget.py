@@ -2,9 +2,13 @@
 
 The table registry says where user data lives (``TableSpec.user_columns``: integer user ids;
 ``raw_line_columns``: raw log lines whose 2nd comma field is the user, e.g. quarantined lines
-without a parsed user). For each such table :func:`forget_in_table`
+without a parsed user; ``user_list_columns``: lists of user ids, e.g. an alert's accounts). For
+each such table :func:`forget_in_table`
 
-1. deletes the user's rows (delta-rs DELETE; files holding them are rewritten without them);
+1. deletes the user's rows (delta-rs DELETE; files holding them are rewritten without them):
+   rows whose user column is the user, whose raw line is theirs, or whose user list holds only
+   them; then removes the user from the other lists that hold them (delta-rs UPDATE,
+   ``array_remove_all``); ``rows_removed`` counts both;
 2. vacuums with zero retention: every removed file goes, so no older version can bring the
    rows back (also files removed long before, e.g. by compaction or an overwrite of a speed view,
    which may hold the user's rows the current version no longer has); files the log never
@@ -112,13 +116,29 @@ def user_predicate(spec: TableSpec, user_id: int) -> str:
 
     A raw line's user field is its 2nd comma-separated field, spaces and leading zeros stripped
     (the parser reads ``07`` as user 7), compared as a whole: user 17's lines never match 7.
+    A list of user ids matches when the user is all it holds (the rest of the lists that hold
+    the user are rewritten by :func:`list_updates`).
     """
     uid = check_user_id(user_id)
     terms = [f"{c} = {uid}" for c in spec.user_columns or ()]
     terms += [f"ltrim(trim(split_part({c}, ',', 2)), '0') = '{uid}'" for c in spec.raw_line_columns]
+    terms += [
+        f"array_has({c}, {uid}) AND cardinality(array_remove_all({c}, {uid})) = 0"
+        for c in spec.user_list_columns
+    ]
     if not terms:
         raise ValueError(f"{spec.name} holds no user data")
     return " OR ".join(f"({t})" for t in terms)
+
+
+def list_updates(spec: TableSpec, user_id: int) -> list[tuple[dict[str, str], str]]:
+    """Per user-list column: the UPDATE (``{column: expression}``, predicate) that takes the
+    user out of every list holding them (e.g. ``[7, 17]`` -> ``[17]``)."""
+    uid = check_user_id(user_id)
+    return [
+        ({c: f"array_remove_all({c}, {uid})"}, f"array_has({c}, {uid})")
+        for c in spec.user_list_columns
+    ]
 
 
 def _retrying(fn: Callable[[], T]) -> T:
@@ -145,6 +165,8 @@ def forget_in_table(
         return Forgotten(name, "table", 0, 0, 0, None)
     predicate = user_predicate(spec, user_id)
     removed = _retrying(lambda: lake.delete(name, predicate))
+    for updates, where in list_updates(spec, user_id):
+        removed += _retrying(partial(lake.update, name, updates, where))
     files = len(lake.vacuum(name, 0))
     files += len(lake.vacuum(name, orphan_grace_hours, full=True))
     log_files = _retrying(lambda: lake.expire_log(name))

@@ -340,6 +340,13 @@ class Lake:
         metrics = self.table(name).delete(predicate)
         return int(metrics.get("num_deleted_rows") or 0)
 
+    def update(self, name: str, updates: Mapping[str, str], predicate: str) -> int:
+        """Set columns to SQL expressions in the rows matching ``predicate``; returns how many."""
+        if not self.exists(name):
+            return 0
+        metrics = self.table(name).update(updates=dict(updates), predicate=predicate)
+        return int(metrics.get("num_updated_rows") or 0)
+
     def expire_log(self, name: str) -> int:
         """Checkpoint, then delete every older commit, checkpoint and checksum of the table's log.
 

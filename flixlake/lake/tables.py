@@ -57,6 +57,9 @@ class TableSpec:
     user_columns: tuple[str, ...] | None = None
     # Raw log text whose user field (the 2nd comma field) may name a user, e.g. a rejected line.
     raw_line_columns: tuple[str, ...] = ()
+    # Lists of user ids (e.g. the accounts of an alert): forget removes the user from the list,
+    # and the row when the list is left empty.
+    user_list_columns: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -65,7 +68,7 @@ class TableSpec:
     @property
     def holds_user_data(self) -> bool:
         """Whether ``flixlake forget`` must look in this table (see :mod:`flixlake.lake.forget`)."""
-        return bool(self.user_columns or self.raw_line_columns)
+        return bool(self.user_columns or self.raw_line_columns or self.user_list_columns)
 
 
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
@@ -637,6 +640,7 @@ ATTACK_ALERTS = TableSpec(
         ]
     ),
     user_columns=("user_id",),
+    user_list_columns=("accounts",),
 )
 
 ALL_TABLES: dict[str, TableSpec] = {

@@ -24,17 +24,17 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from flixlake.audit.detect import run_detect
 from flixlake.audit.measure import (
     detection_report,
     model_top_lists,
     seen_by_user,
     target_exposure,
 )
+from flixlake.batch.detect import run_detect
 from flixlake.batch.ingest import ingest_paths
 from flixlake.batch.silver import run_compact
 from flixlake.batch.training import run_train
-from flixlake.config import Settings, load_settings
+from flixlake.config import Settings, deep_merge, load_settings
 from flixlake.contract.attack_labels import AttackLabels, read_labels
 from flixlake.lake.runs import read_manifest
 from flixlake.lake.spark_io import read_table
@@ -120,7 +120,7 @@ def run_attack_drill(
     for mitigated in models:
         t0 = time.perf_counter()
         mitigation = {"attacks": {"mitigation": {"exclude_from_training": mitigated}}}
-        trained = load_settings(env, home=home, overrides=_merged(overrides or {}, mitigation))
+        trained = load_settings(env, home=home, overrides=deep_merge(overrides or {}, mitigation))
         train = run_train(spark, lake, trained, end)
         lists = model_top_lists(spark, train["factors"]["final"], audience_ids, seen, k)
         label = "mitigated" if mitigated else "unmitigated"
@@ -134,17 +134,6 @@ def run_attack_drill(
         if attack.target_movie in exposure:
             exposure[attack.target_movie]["attack"] = attack.attack_id
     return result
-
-
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` merged into ``base`` key by key (nested mappings merged, not replaced)."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _compact_versions(settings: Settings, run_date: dt.date) -> dict[str, int]:

@@ -1,8 +1,9 @@
-"""What the DAG files share: their tasks' environment, spark-submit command (and the ``flixlake``
-CLI's, for tasks without Spark such as ``flixlake maintain``), default args and the templates
-that turn a run's logical time into what the jobs take.
+"""What the DAG files share: their settings and tasks' environment (:func:`dag_setup`), the
+``DAG(...)`` arguments they have in common (:func:`dag_args`), the spark-submit command (and the
+``flixlake`` CLI's, for tasks without Spark such as ``flixlake maintain``) and the templates that
+turn a run's logical time into what the jobs take.
 
-Both DAGs use Airflow 3's cron *trigger* timetable explicitly (not whatever
+Every DAG uses Airflow 3's cron *trigger* timetable explicitly (not whatever
 ``[scheduler] create_cron_data_intervals`` selects): a scheduled run's logical date is the moment
 it is due, e.g. 2026-11-23T03:00 for the nightly batch run. So a job never reads ``{{ ds }}``
 directly; it gets what is complete at that moment:
@@ -14,13 +15,14 @@ directly; it gets what is complete at that moment:
 - ``--until`` (:data:`UNTIL_TEMPLATE`): the logical time itself: the hourly run due 13:00
   evaluates the hours served before 13:00.
 
-Airflow calls these while it parses a DAG file, so they only read environment variables:
+Airflow calls these while it parses a DAG file, so they only read the YAML config
+(:func:`dag_setup`) and environment variables:
 ``FLIXLAKE_HOME`` (default ``<repo>/var``), ``FLIXLAKE_ENV`` (default ``local``),
 ``FLIXLAKE_SPARK_SUBMIT`` (default: ``spark-submit`` beside this Python, i.e. the venv's) and
 ``PYSPARK_PYTHON`` (default: this Python), and list the jar folder ``make`` resolved
 ``jvm/pom.xml`` into (:mod:`flixlake.ops.jvm`). No Airflow import, no Spark, no lake access.
 
-:func:`push_dag_run` is both DAGs' run callback (success and failure): it pushes the run's
+:func:`push_dag_run` is every DAG's run callback (success and failure): it pushes the run's
 outcome and duration to the Pushgateway (``monitoring.pushgateway_url``), group
 ``job=flixlake_dag, dag_id=<id>``, which the DAG-failure alert reads.
 """
@@ -34,6 +36,7 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from flixlake.config import (
     PROJECT_ROOT,
     AirflowConfig,
     ConfigError,
+    Settings,
     load_settings,
 )
 from flixlake.monitoring.push import dag_registry, push
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SPARK_SUBMIT_VAR = "FLIXLAKE_SPARK_SUBMIT"
 TIMEZONE = "UTC"  # log times are UTC, so days and hours of the schedules are too
+START_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 # a run's logical time: when it was due (scheduled), the time it was given (manual), or the time
 # it was triggered (a manual run without a logical date, which Airflow 3 allows)
@@ -106,12 +111,45 @@ def flixlake_command(args: str) -> str:
     return f"{shlex.quote(str(Path(sys.executable).parent / 'flixlake'))} {args}"
 
 
+@dataclass(frozen=True)
+class DagSetup:
+    """What a DAG file starts from: the repository, its tasks' environment, their settings."""
+
+    repo: Path
+    task_env: dict[str, str]
+    settings: Settings
+
+
+def dag_setup(dag_file: str) -> DagSetup:
+    """For the DAG file at ``dag_file`` (in ``<repo>/dags/``): the settings its tasks will load."""
+    repo = Path(dag_file).resolve().parent.parent
+    env = task_env(repo)
+    return DagSetup(repo, env, load_settings(env[ENV_VAR], home=env[HOME_VAR]))
+
+
 def default_args(airflow: AirflowConfig) -> dict[str, Any]:
     """Owner and retry policy of every flixlake task (retries are safe: jobs are idempotent)."""
     return {
         "owner": "flixlake",
         "retries": airflow.retries,
         "retry_delay": dt.timedelta(minutes=airflow.retry_delay_minutes),
+    }
+
+
+def dag_args(airflow: AirflowConfig) -> dict[str, Any]:
+    """The ``DAG(...)`` arguments every flixlake DAG shares (``**dag_args(...)``).
+
+    No catch-up and one run at a time (a run processes what is complete at its logical time, and
+    runs of one DAG write the same tables), the task defaults of :func:`default_args`, and
+    :func:`push_dag_run` as the run's success and failure callback (monitoring).
+    """
+    return {
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": default_args(airflow),
+        "on_success_callback": push_dag_run,
+        "on_failure_callback": push_dag_run,
     }
 
 

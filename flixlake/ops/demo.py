@@ -61,7 +61,6 @@ from flixlake.ops.airflow_client import (
     airflow_healthy,
     run_batch_dag,
 )
-from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import get_json, http_request
 from flixlake.ops.monitoring_stack import (
     DEMO_INTERVALS,
@@ -71,6 +70,7 @@ from flixlake.ops.monitoring_stack import (
     start_stack,
 )
 from flixlake.ops.spark import build_spark_session
+from flixlake.ops.speed_layer import start_speed_layer_process
 from flixlake.ops.supervise import Child, ChildFailedError, Stopped, Supervisor, port_free
 from flixlake.ops.terminal import LiveStatus, clock, print_batch_summary, print_sample_answer
 from flixlake.sim.generate import generate_history
@@ -333,22 +333,13 @@ class LiveDemo:
         self.console.print(
             f"3/7 speed layer: spark-submit streaming/speed_layer.py --query-name {self.query}"
         )
-        stream = self.supervisor.start(
-            "speed-layer",
-            [
-                *spark_submit_argv(
-                    PROJECT_ROOT / "streaming" / "speed_layer.py", self.settings.spark.driver_memory
-                ),
-                f"--bootstrap-servers={self.bootstrap}",
-                f"--query-name={self.query}",
-            ],
-            env=self.env,
-            cwd=PROJECT_ROOT,
-            signal_to="python",  # the driver stops both queries cleanly, the JVM follows
-            stop_timeout=150,  # a graceful stop lets the batch in flight finish (<= 120 s)
+        stream = start_speed_layer_process(
+            self.supervisor,
+            self.settings,
+            self.env,
+            bootstrap_servers=self.bootstrap,
+            query_name=self.query,
         )
-        metadata = self.settings.checkpoint_root / self.query / "metadata"  # at query start
-        self.supervisor.wait_ready(stream, metadata.exists, timeout=300, what="streaming")
         self.phase("streaming query started")
         return stream
 

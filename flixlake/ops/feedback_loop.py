@@ -54,13 +54,14 @@ from flixlake.config import (
     PROJECT_ROOT,
     Settings,
     conf_dir,
+    deep_merge,
     load_settings,
 )
 from flixlake.contract.kafka import create_topic, free_port
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import BRONZE_EVENTS, SERVED_RECOMMENDATIONS
-from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import get_json
+from flixlake.ops.speed_layer import start_speed_layer_process
 from flixlake.ops.supervise import Child, ChildFailedError, Supervisor
 from flixlake.sim.generate import generate_history
 
@@ -144,22 +145,15 @@ def experiment_overrides(
         "audit": {"requirements": {"enforce_in_publish": False}},
         "serving": {"experiment": {"name": options.experiment, "variants": variants}},
         "monitoring": {"pushgateway_url": None},
+        # compressed time: a simulated minute lasts minute_seconds of wall clock, so the speed
+        # layer's per-minute rate rule would flag every viewer (account_rate, attacks.stream)
+        "attacks": {"stream": {"enabled": False}},
     }
     if ports is not None:
         overrides["kafka"] = {"bootstrap_servers": f"127.0.0.1:{ports['broker']}"}
         overrides["serving"]["port"] = ports["service"]
         overrides["serving"]["host"] = "127.0.0.1"
-    return _merge(overrides, dict(options.extra))
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return deep_merge(overrides, dict(options.extra))
 
 
 def write_conf_dir(directory: Path, base_env: str, overrides: Mapping[str, Any]) -> None:
@@ -171,7 +165,7 @@ def write_conf_dir(directory: Path, base_env: str, overrides: Mapping[str, Any])
     env_file = source / f"{base_env}.yaml"
     env_data = yaml.safe_load(env_file.read_text()) or {} if env_file.exists() else {}
     (directory / f"{base_env}.yaml").write_text(
-        yaml.safe_dump(_merge(env_data, overrides), sort_keys=False)
+        yaml.safe_dump(deep_merge(env_data, overrides), sort_keys=False)
     )
 
 
@@ -182,7 +176,7 @@ def arm_settings(
     factors of every cycle's model are kept: the cycles share one run date)."""
     more = dict(overrides)
     if cycle is not None:
-        more = _merge(more, {"artifacts": {"root": f"artifacts/cycle-{cycle}"}})
+        more = deep_merge(more, {"artifacts": {"root": f"artifacts/cycle-{cycle}"}})
     return load_settings(options.base_env, home=home, overrides=more)
 
 
@@ -394,22 +388,15 @@ class Arm:
         settings = self.settings
         query = f"{settings.streaming.query_name}_{self.name}"
         name = "speed-layer" + (f"-{self.stream_restarts}" if self.stream_restarts else "")
-        stream = self.supervisor.start(
-            name,  # a log of its own per start: a restart keeps the failed run's
-            [
-                *spark_submit_argv(
-                    PROJECT_ROOT / "streaming" / "speed_layer.py", settings.spark.driver_memory
-                ),
-                f"--bootstrap-servers={self.bootstrap}",
-                f"--query-name={query}",
-            ],
-            env=self.env,
-            cwd=PROJECT_ROOT,
-            signal_to="python",
-            stop_timeout=150,
+        start_speed_layer_process(
+            self.supervisor,
+            settings,
+            self.env,
+            name=name,  # a log of its own per start: a restart keeps the failed run's
+            bootstrap_servers=self.bootstrap,
+            query_name=query,
+            timeout=600,
         )
-        metadata = settings.checkpoint_root / query / "metadata"
-        self.supervisor.wait_ready(stream, metadata.exists, timeout=600, what="streaming")
 
     def cycles(self, first_model: str) -> list[CycleRun]:
         options, say = self.options, self.say

@@ -5,7 +5,7 @@ default loopback ports; :func:`render_configs` writes copies under ``<home>/moni
 ports and intervals of this run (a demo, a test on free ports) and the rules of
 ``monitoring/rules/`` by absolute path. :func:`start_stack` starts the three servers as children
 of a :class:`~flixlake.ops.supervise.Supervisor`, each listening on 127.0.0.1 only, and waits
-until each answers ``/-/ready``.
+until each answers ``/-/ready``; :func:`start_pushgateway` starts the Pushgateway alone.
 
 Install them with ``apt-get install -y prometheus prometheus-alertmanager prometheus-pushgateway``
 (``.ci/run`` does); :func:`missing_binaries` says which are not there.
@@ -14,6 +14,7 @@ Install them with ``apt-get install -y prometheus prometheus-alertmanager promet
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ BINARIES = {
     "alertmanager": "prometheus-alertmanager",
     "pushgateway": "prometheus-pushgateway",
 }
+ALL_BINARIES = tuple(BINARIES.values())
 INSTALL_HINT = "apt-get install -y prometheus prometheus-alertmanager prometheus-pushgateway"
 
 
@@ -37,13 +39,13 @@ class MonitoringStackError(RuntimeError):
     """The stack cannot start (not installed, a bad config); the message says what to do."""
 
 
-def missing_binaries() -> list[str]:
-    """The Debian binaries of the stack that are not on PATH."""
-    return [binary for binary in BINARIES.values() if shutil.which(binary) is None]
+def missing_binaries(binaries: Iterable[str] = ALL_BINARIES) -> list[str]:
+    """The Debian binaries of the stack (or of ``binaries``) that are not on PATH."""
+    return [binary for binary in binaries if shutil.which(binary) is None]
 
 
-def require_binaries() -> None:
-    missing = missing_binaries()
+def require_binaries(binaries: Iterable[str] = ALL_BINARIES) -> None:
+    missing = missing_binaries(binaries)
     if missing:
         raise MonitoringStackError(
             f"{', '.join(missing)} not installed: run `{INSTALL_HINT}` (Debian packages)"
@@ -125,6 +127,37 @@ def _ready(port: int) -> bool:
     return status == 200
 
 
+def pushgateway_command(out_dir: Path, port: int) -> list[str]:
+    """The Pushgateway on 127.0.0.1, its pushes persisted under ``out_dir``."""
+    return [
+        BINARIES["pushgateway"],
+        f"--web.listen-address=127.0.0.1:{port}",
+        # Debian's default is a machine-wide /var/lib/prometheus/pushgateway.data: keep this
+        # run's pushes with this run (they survive a restart of the stack)
+        f"--persistence.file={out_dir / 'pushgateway.data'}",
+        "--persistence.interval=30s",
+    ]
+
+
+def _start_part(
+    supervisor: Supervisor, name: str, command: list[str], port: int, out_dir: Path, timeout: float
+) -> Child:
+    """Start one server of the stack; returns it once it answers ``/-/ready`` on ``port``."""
+    child = supervisor.start(name, command, signal_to="child", cwd=out_dir)
+    supervisor.wait_ready(child, lambda: _ready(port), timeout, what="ready")
+    return child
+
+
+def start_pushgateway(
+    supervisor: Supervisor, out_dir: Path, port: int, timeout: float = 60.0
+) -> Child:
+    """The Pushgateway alone (what a job's or a DAG run's push needs), once it is ready."""
+    require_binaries([BINARIES["pushgateway"]])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = pushgateway_command(out_dir, port)
+    return _start_part(supervisor, "pushgateway", command, port, out_dir, timeout)
+
+
 def start_stack(
     supervisor: Supervisor,
     out_dir: Path,
@@ -136,17 +169,7 @@ def start_stack(
     require_binaries()
     render_configs(out_dir, ports, intervals)
     commands = {
-        "pushgateway": (
-            [
-                BINARIES["pushgateway"],
-                f"--web.listen-address=127.0.0.1:{ports.pushgateway}",
-                # Debian's default is a machine-wide /var/lib/prometheus/pushgateway.data: keep
-                # this run's pushes with this run (they survive a restart of the stack)
-                f"--persistence.file={out_dir / 'pushgateway.data'}",
-                "--persistence.interval=30s",
-            ],
-            ports.pushgateway,
-        ),
+        "pushgateway": (pushgateway_command(out_dir, ports.pushgateway), ports.pushgateway),
         "alertmanager": (
             [
                 BINARIES["alertmanager"],
@@ -168,9 +191,7 @@ def start_stack(
             ports.prometheus,
         ),
     }
-    children = []
-    for name, (command, port) in commands.items():
-        child = supervisor.start(name, command, signal_to="child", cwd=out_dir)
-        supervisor.wait_ready(child, lambda p=port: _ready(p), timeout, what="ready")  # type: ignore[misc]
-        children.append(child)
-    return children
+    return [
+        _start_part(supervisor, name, command, port, out_dir, timeout)
+        for name, (command, port) in commands.items()
+    ]

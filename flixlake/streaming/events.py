@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flixlake.config import StreamingConfig
+from flixlake.config import StreamDetectionConfig, StreamingConfig
 from flixlake.lake.registry import CURRENT
 from flixlake.lake.spark_io import append_once, compact_table, ensure_table
 from flixlake.lake.store import Lake
@@ -41,6 +41,7 @@ from flixlake.lake.tables import (
     SPEED_TRENDING,
     SPEED_USER_ACTIVITY,
 )
+from flixlake.streaming.alerts import StreamAlerts
 from flixlake.streaming.harness import (
     BatchReport,
     ReplayCheck,
@@ -102,6 +103,7 @@ class SpeedLayer:
         clock: Callable[[], dt.datetime] = utc_now,
         cutoff_check_seconds: float = 5.0,
         model_refs: Sequence[str] = (CURRENT,),
+        attack_rules: StreamDetectionConfig | None = None,
     ) -> None:
         self.lake = lake
         self.config = config
@@ -120,6 +122,10 @@ class SpeedLayer:
         self.days_since_maintenance: set[dt.date] = set()
         self.replays = ReplayCheck(lake, BRONZE, self.app_id)
         self.started = False
+        # attacks.stream's rules over each batch's events, alerts to attack_alerts (None: off)
+        self.alerts = (
+            None if attack_rules is None else StreamAlerts(lake, attack_rules, self.app_id, clock)
+        )
 
     @property
     def app_id(self) -> str:
@@ -135,6 +141,8 @@ class SpeedLayer:
             self._reset_user_views(cutoff, batch_id=-1)
         else:
             self._set_cutoff(cutoff)
+        if self.alerts is not None:
+            self.alerts.start(self.as_of, self.known_users)
         self.started = True
 
     def _views_cutoff(self) -> Cutoff | None:
@@ -214,16 +222,20 @@ class SpeedLayer:
                 steps.lap("bronze")
         finally:
             parsed.unpersist()
-        events = summary.filter(pc.equal(summary["parse_status"], "ok"))
+        ok = summary.filter(pc.equal(summary["parse_status"], "ok"))
         self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
-        rebuilt = self.update_views(events.select(EVENT_COLUMNS).cast(event_schema()), batch_id)
+        events = ok.select(EVENT_COLUMNS).cast(event_schema())
+        rebuilt = self.update_views(events, batch_id)
         steps.lap("views")
+        if self.alerts is not None:
+            self.alerts.process(events, batch_id, self.known_users)
+            steps.lap("alerts")
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
             self.maintain(spark)
             steps.lap("maintenance")
         return BatchReport.committed_now(
-            events[KAFKA_MS].combine_chunks() if events.num_rows else pa.array([], pa.int64()),
+            ok[KAFKA_MS].combine_chunks() if ok.num_rows else pa.array([], pa.int64()),
             batch_id,
             steps.started,
             events=lines,

@@ -37,7 +37,13 @@ def start_speed_layer(
 ) -> SpeedLayerRun:
     """Start the events query (log topic -> bronze -> speed views); see :func:`run_speed_layer`."""
     served_models = tuple(v.model for v in settings.serving.experiment.variants)
-    layer = SpeedLayer(lake, settings.streaming, settings.kafka.topic, model_refs=served_models)
+    layer = SpeedLayer(
+        lake,
+        settings.streaming,
+        settings.kafka.topic,
+        model_refs=served_models,
+        attack_rules=settings.attacks.stream if settings.attacks.stream.enabled else None,
+    )
     return start_query(
         spark, settings, layer, settings.kafka.topic, bootstrap_servers, on_batch, quiet
     )
@@ -96,6 +102,9 @@ def run_speed_layer(
                 break
             for run in runs.values():
                 metrics.observe_progress(run.processor.query_name, run.query.lastProgress)
+            events = runs["events"].processor
+            if isinstance(events, SpeedLayer) and events.alerts is not None:
+                metrics.observe_alerts(events.query_name, events.alerts.written)
             try:
                 runs["events"].query.awaitTermination(1)
             except StreamingQueryException:

@@ -18,6 +18,8 @@ metric                                          labels, meaning
                                                 yet (latest - end offset, over partitions)
 ``flixlake_stream_last_batch_timestamp_seconds``  query: when the last batch with records
                                                 committed
+``flixlake_stream_attack_alerts_total``         query, rule: attack alerts the events query
+                                                appended to ``attack_alerts``
 ==============================================  ===============================================
 
 The rules in ``monitoring/rules/flixlake.yml`` (stream lag, stalled stream, quarantine rate) and
@@ -82,6 +84,13 @@ class StreamMetrics:
             ["query", "topic"],
             registry=r,
         )
+        self.attack_alerts = Counter(
+            "flixlake_stream_attack_alerts",
+            "Attack alerts appended to attack_alerts, by rule (flixlake.audit.stream).",
+            ["query", "rule"],
+            registry=r,
+        )
+        self._alerts_seen: dict[tuple[str, str], int] = {}
         self.last_batch = Gauge(
             "flixlake_stream_last_batch_timestamp_seconds",
             "When the query last committed a batch with records.",
@@ -102,6 +111,14 @@ class StreamMetrics:
         if report.lag_seconds is not None:
             self.lag.labels(query).set(report.lag_seconds)
         self.last_batch.labels(query).set(report.committed_at)
+
+    def observe_alerts(self, query: str, written: Mapping[str, int]) -> None:
+        """Catch the alert counters up with a query's running totals of alerts written by rule."""
+        for rule, total in dict(written).items():
+            seen = self._alerts_seen.get((query, rule), 0)
+            if total > seen:
+                self.attack_alerts.labels(query, rule).inc(total - seen)
+                self._alerts_seen[(query, rule)] = total
 
     def observe_progress(self, query: str, progress: Any) -> None:
         """The offset lag per topic from a query's ``lastProgress`` (None before its first)."""

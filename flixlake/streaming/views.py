@@ -19,7 +19,7 @@ from flixlake.lake.tables import (
     TS,
 )
 
-EVENT_COLUMNS = ["user_id", "event_type", "movie_id", "event_time"]
+EVENT_COLUMNS = ["user_id", "event_type", "movie_id", "rating", "event_time"]  # rating: alerts
 _NO_STRING = pa.scalar(None, pa.string())
 _DISTINCT = pc.CountOptions(mode="only_valid")
 
@@ -226,6 +226,7 @@ def event_schema() -> pa.Schema:
             ("user_id", pa.int64()),
             ("event_type", pa.string()),
             ("movie_id", pa.string()),
+            ("rating", pa.int32()),
             ("event_time", TS),
         ]
     )

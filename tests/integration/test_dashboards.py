@@ -37,10 +37,10 @@ from flixlake.lake.tables import ONLINE_EVALUATIONS, SPEED_TRENDING, SPEED_USER_
 from flixlake.monitoring.exporter import Exporter
 from flixlake.monitoring.push import dag_registry, push
 from flixlake.ops.broker import BrokerProcess
-from flixlake.ops.dag_tasks import spark_submit_argv
 from flixlake.ops.http import http_request
 from flixlake.ops.jobs import push_job_outcome
 from flixlake.ops.monitoring_stack import DRILL_INTERVALS, MONITORING_DIR, StackPorts, start_stack
+from flixlake.ops.speed_layer import start_speed_layer_process
 from flixlake.ops.supervise import Supervisor
 from flixlake.testing import record_published_model
 
@@ -195,6 +195,7 @@ def settings_for(tmp_path: Path, broker: BrokerProcess) -> Settings:
         f"kafka:\n  bootstrap_servers: '{broker.bootstrap}'\n  topic: {topic}\n"
         f"serving:\n  telemetry:\n    served_topic: {topic}-served\n    log_topic: {topic}-service\n"
         "monitoring:\n  lake_poll_seconds: 1\n"
+        "spark:\n  driver_memory: 1g\n"
     )
     os.environ["FLIXLAKE_CONF_DIR"] = str(conf)
     try:
@@ -245,15 +246,8 @@ def test_every_panel_gets_data_from_a_live_prometheus(
             signal_to="child",
         )
         supervisor.wait_ready(service, lambda: live_service(ports.service), 60)
-        stream = supervisor.start(
-            "speed-layer",
-            spark_submit_argv(PROJECT_ROOT / "streaming" / "speed_layer.py", "1g"),
-            env=env,
-            cwd=PROJECT_ROOT,
-            signal_to="python",
-            stop_timeout=150,
-        )
-        supervisor.wait_ready(stream, lambda: "metrics at" in stream.log_tail(), 300)
+        # streaming once its query started, so serving its metrics (it starts them first)
+        start_speed_layer_process(supervisor, settings, env)
         # what jobs/*.py and the DAG callback push when they end
         summary = {
             "model_version": "m1",

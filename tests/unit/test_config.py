@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flixlake.config import ConfigError, load_settings
+from flixlake.config import ConfigError, deep_merge, load_settings
 
 
 def test_test_env_overrides_base(tmp_path: Path) -> None:
@@ -23,6 +24,39 @@ def test_bad_value_names_the_key(tmp_path: Path) -> None:
             home=tmp_path,
             overrides={"batch": {"als": {"grid": [{"rank": 0, "reg_param": 0.1, "alpha": 1}]}}},
         )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (
+            {"streaming": {"trending_windows": ["1h", "90 minutes"]}},
+            r"streaming\.trending_windows\.1",
+        ),
+        ({"online": {"watch_window": "0h"}}, r"online\.watch_window"),
+        (
+            {"attacks": {"detection": {"burst_windows": ["1x"]}}},
+            r"attacks\.detection\.burst_windows\.0",
+        ),
+        ({"attacks": {"stream": {"burst_window": "h"}}}, r"attacks\.stream\.burst_window"),
+    ],
+)
+def test_a_bad_duration_names_its_key(tmp_path: Path, overrides: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key + r": Value error, expected a duration like 90s"):
+        load_settings("test", home=tmp_path, overrides=overrides)
+
+
+def test_deep_merge_merges_nested_mappings_and_replaces_the_rest() -> None:
+    base = {"serving": {"host": "0.0.0.0", "port": 8082}, "grid": [1, 2], "name": "a"}
+    merged = deep_merge(base, {"serving": {"port": 9000}, "grid": [3], "new": {"x": 1}})
+
+    assert merged == {
+        "serving": {"host": "0.0.0.0", "port": 9000},
+        "grid": [3],
+        "name": "a",
+        "new": {"x": 1},
+    }
+    assert base["serving"] == {"host": "0.0.0.0", "port": 8082}  # the inputs stay as they were
 
 
 def test_unknown_key_is_rejected(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ values worked out by hand, and a rerun that replaces instead of adding."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,8 @@ from flixlake.lake.tables import (
 )
 from flixlake.monitoring.push import push, push_audit_gauges
 from flixlake.ops.http import http_request
+from flixlake.ops.monitoring_stack import start_pushgateway
+from flixlake.ops.supervise import Supervisor
 
 UTC = dt.UTC
 DAY = dt.date(2026, 11, 22)
@@ -228,27 +228,9 @@ def _fairness(lake: Lake) -> dict[tuple[str, str, str], dict[str, Any]]:
 def pushgateway(tmp_path: Path) -> Iterator[str]:
     """A real Pushgateway on a free port (Debian's prometheus-pushgateway; .ci/run installs it)."""
     port = free_port()
-    command = [
-        "prometheus-pushgateway",
-        f"--web.listen-address=127.0.0.1:{port}",
-        f"--persistence.file={tmp_path / 'pushgateway.data'}",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http_request("GET", f"{url}/-/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "no Pushgateway"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
+    with Supervisor(tmp_path / "logs") as supervisor:
+        start_pushgateway(supervisor, tmp_path / "pushgateway", port)
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_the_audit_writes_every_measure_check_gauge_and_plot(

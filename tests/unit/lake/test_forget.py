@@ -4,7 +4,8 @@ A tiny lake where user 7's id is a substring of other users' (17, 70, 707, and "
 leading zero, which the parser reads as 7): bronze and quarantine come from the real file ingest;
 every other registered table holding user data gets rows of 7 and 17 in several commits, one of
 them overwritten so that an old, removed file holds user 7 the current version does not, and a
-checkpoint whose statistics name user 7.
+checkpoint whose statistics name user 7. Lists of user ids (``attack_alerts.accounts``) hold 7
+alone, 7 among 17/70/707, and 17/707 without 7.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def trace_patterns(uid: int) -> list[re.Pattern[str]]:
         re.compile(rf"\"user_id\\?\"\s*:\s*{uid}(?![0-9])"),  # statistics (JSON in JSON too)
         re.compile(rf"\buser_id\s*=\s*{uid}(?![0-9])"),  # a DELETE predicate
         re.compile(rf"=\s*'{uid}'"),  # the raw-line part of the predicate
+        re.compile(rf"\(\s*\w+\s*,\s*{uid}\s*\)"),  # a list predicate: array_has(accounts, 7)
     ]
 
 
@@ -102,8 +104,9 @@ def _leaves(table: pa.Table) -> list[tuple[str, pa.ChunkedArray]]:
 def user_traces(root: Path, uid: int, marker: str | None = None) -> list[str]:
     """Every place under ``root`` (data files, the Delta log, checkpoints) that names ``uid``.
 
-    Parquet is decoded with pyarrow: an integer column named ``*user_id*`` or ``id`` (factors)
-    holding it, or a string matching :func:`trace_patterns`; other files are read as text.
+    Parquet is decoded with pyarrow: an integer column named ``*user_id*`` or ``id`` (factors), or
+    any list of integers (e.g. an alert's accounts), holding it, or a string matching
+    :func:`trace_patterns`; other files are read as text.
     """
     patterns = trace_patterns(uid)
     hits: list[str] = []
@@ -121,7 +124,8 @@ def user_traces(root: Path, uid: int, marker: str | None = None) -> list[str]:
         if path.suffix == ".parquet":
             for name, col in _leaves(pq.read_table(path)):
                 leaf = name.rsplit(".", 1)[-1].rstrip("[]")
-                if pa.types.is_integer(col.type) and ("user_id" in leaf or leaf == "id"):
+                ids = "user_id" in leaf or leaf == "id" or name.endswith("[]")
+                if pa.types.is_integer(col.type) and ids:
                     if uid in col.to_pylist():
                         hits.append(f"{rel}: column {name}")
                 elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -156,6 +160,17 @@ def example_value(field: pa.Field, uid: int, spec: TableSpec) -> Any:
 
 def example_rows(spec: TableSpec, uids: list[int]) -> pa.Table:
     rows = [{f.name: example_value(f, uid, spec) for f in spec.schema} for uid in uids]
+    return pa.Table.from_pylist(rows, schema=spec.schema)
+
+
+def alert_rows(account_lists: list[list[int]]) -> pa.Table:
+    """Burst alerts (no ``user_id``) whose ``accounts`` are the given lists of user ids."""
+    spec = ALL_TABLES["attack_alerts"]
+    rows = [
+        {f.name: example_value(f, 0, spec) for f in spec.schema}
+        | {"user_id": None, "accounts": accounts}
+        for accounts in account_lists
+    ]
     return pa.Table.from_pylist(rows, schema=spec.schema)
 
 
@@ -208,6 +223,7 @@ def build_lake(lake: Lake, settings: Settings, tmp_path: Path) -> None:
         lake.append(spec.name, example_rows(spec, [KEPT, FORGOTTEN, 70]))
     # the current version lacks user 7, an older (removed) file has them
     lake.overwrite("speed_new_users", example_rows(ALL_TABLES["speed_new_users"], [KEPT]))
+    lake.append("attack_alerts", alert_rows([[FORGOTTEN], [FORGOTTEN, KEPT, 70, 707], [KEPT, 707]]))
     lake.table("watch_sessions").create_checkpoint()  # a checkpoint's stats name user 7
     write_spark_checksum(lake, "ratings", 1)
     registered = settings.artifacts_root / "models" / "als-1"
@@ -228,20 +244,29 @@ def factor_traces(artifacts: Path, uid: int) -> list[str]:
     return [h for h in user_traces(artifacts, uid) if "/item_factors/" not in h]
 
 
+def without_user(row: dict[str, Any], spec: TableSpec) -> dict[str, Any] | None:
+    """The row as it is once user 7 is forgotten (None: gone), read without the code under test:
+    gone if a user column or raw line is theirs, or a list of user ids held only them; else the
+    lists without them."""
+    if any(row[c] == FORGOTTEN for c in spec.user_columns or ()):
+        return None
+    if any(line_user(row[c]) == str(FORGOTTEN) for c in spec.raw_line_columns):
+        return None
+    row = dict(row)
+    for column in spec.user_list_columns:
+        if row[column] is not None and FORGOTTEN in row[column]:
+            row[column] = [u for u in row[column] if u != FORGOTTEN]
+            if not row[column]:
+                return None
+    return row
+
+
 def others_rows(lake: Lake) -> dict[str, list[dict[str, Any]]]:
-    """Each user table's rows that are not user 7's, read independently of the code under test."""
+    """Each user table's rows with user 7 taken out, read independently of the code under test."""
     out = {}
     for spec in user_tables():
-        rows = lake.read(spec.name).to_pylist()
-        out[spec.name] = sorted(
-            (
-                r
-                for r in rows
-                if all(r[c] != FORGOTTEN for c in spec.user_columns or ())
-                and all(line_user(r[c]) != str(FORGOTTEN) for c in spec.raw_line_columns)
-            ),
-            key=repr,
-        )
+        rows = (without_user(r, spec) for r in lake.read(spec.name).to_pylist())
+        out[spec.name] = sorted((r for r in rows if r is not None), key=repr)
     return out
 
 
@@ -265,6 +290,7 @@ def test_forget_leaves_no_trace_of_the_user_in_any_file(
     assert any(".checkpoint.parquet" in h for h in before)
     assert any(h.startswith("ratings/_delta_log/00000000000000000001.crc") for h in before)
     assert any(h.startswith("speed_new_users/part-") for h in before)  # only in a removed file
+    assert any(h.startswith("attack_alerts/part-") and "column accounts[]" in h for h in before)
     assert len(factor_traces(settings.artifacts_root, FORGOTTEN)) == 2
     kept_before = others_rows(lake)
     old_versions = {s.name: lake.version(s.name) for s in user_tables() if lake.exists(s.name)}
@@ -282,6 +308,10 @@ def test_forget_leaves_no_trace_of_the_user_in_any_file(
     assert removed["quarantine_events"] == 3  # bad rating ("07"), field count, duplicate
     assert removed["watch_sessions"] == 2
     assert removed["speed_new_users"] == 0  # only an old file had them: vacuumed
+    # 2 rows with user_id 7, the alert of 7 alone; the alert with 7 among others is rewritten
+    assert removed["attack_alerts"] == 4
+    accounts = sorted(r["accounts"] for r in lake.read("attack_alerts").to_pylist())
+    assert accounts == [[1], [1], [1], [KEPT, 70, 707], [KEPT, 707]]
     # time travel to a version from before fails: the log starts after the deletion
     for name, version in old_versions.items():
         assert version is not None and version > 0
@@ -342,6 +372,12 @@ def test_raw_lines_match_the_whole_user_field(lake: Lake) -> None:
 def test_every_registered_table_declares_whether_it_holds_user_data() -> None:
     for spec in ALL_TABLES.values():
         assert spec.user_columns is not None, f"{spec.name} declares no user_columns"
+        for column in spec.user_list_columns:
+            type_ = spec.schema.field(column).type
+            assert pa.types.is_list(type_) and pa.types.is_integer(type_.value_type), spec.name
+        for field_ in spec.schema:  # a list of integers is a list of users unless declared
+            if pa.types.is_list(field_.type) and pa.types.is_integer(field_.type.value_type):
+                assert field_.name in spec.user_list_columns, (spec.name, field_.name)
         for column in spec.user_columns:
             assert pa.types.is_integer(spec.schema.field(column).type), (spec.name, column)
         for column in spec.raw_line_columns:

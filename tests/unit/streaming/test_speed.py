@@ -275,6 +275,93 @@ def test_views_start_at_the_oldest_cutoff_the_experiment_serves(
     assert set(lake.read("speed_user_activity")["since"].to_pylist()) == {t(22, 0)}
 
 
+# -- attack alerts from the events query ---------------------------------------------------------
+# twelve accounts the batch view does not know rate one movie 5 stars within the hour; users 1 and
+# 2 (in the batch view) rate it too: 12 of 14 raters are new, over the 10 the rule needs
+BURST = [f"2026-11-22T10:{i:02d}:00,{100 + i},GET /rate/target=5" for i in range(12)] + [
+    "2026-11-22T10:20:00,1,GET /rate/target=3",
+    "2026-11-22T10:21:00,2,GET /rate/target=4",
+    "2026-11-22T10:22:00,1,GET /data/m/a/0.mpg",
+]
+
+
+def alerting_layer(lake: Lake, settings: Settings) -> SpeedLayer:
+    return SpeedLayer(
+        lake,
+        settings.streaming,
+        "movielog",
+        "q",
+        clock=lambda: NOW,
+        cutoff_check_seconds=0,
+        attack_rules=settings.attacks.stream,
+    )
+
+
+def with_model_knowing_users_1_and_2(lake: Lake) -> None:
+    record_published_model(lake, "m1", dt.date(2026, 11, 22), t(22, 3))
+    recos = [
+        {"user_id": u, "rank": 1, "movie_id": "x", "score": 1.0, "model_version": "m1"}
+        for u in (1, 2)
+    ]
+    lake.append("batch_recommendations", pa.Table.from_pylist(recos))
+
+
+def burst_alerts(lake: Lake) -> list[dict]:
+    rows = lake.read("attack_alerts").to_pylist()
+    return [
+        {k: r[k] for k in ("rule", "movie_id", "accounts", "observed", "window_start", "batch_id")}
+        for r in rows
+    ]
+
+
+def test_a_burst_of_new_accounts_alerts_once_and_a_replay_adds_nothing(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    with_model_knowing_users_1_and_2(lake)
+    alerting_layer(lake, settings).process(records(spark, BURST), batch_id=0)
+    expected = [
+        {
+            "rule": "rating_burst",
+            "movie_id": "target",
+            "accounts": list(range(100, 112)),
+            "observed": 12,
+            "window_start": t(22, 10),
+            "batch_id": 0,
+        }
+    ]
+    assert burst_alerts(lake) == expected
+    version = lake.version("attack_alerts")
+
+    restarted = alerting_layer(lake, settings)  # after a crash: Spark replays batch 0
+    report = restarted.process(records(spark, BURST), batch_id=0)
+    assert report.written is False
+    assert lake.version("attack_alerts") == version
+    # two more new accounts in the same hour: the window already alerted
+    more = [f"2026-11-22T10:{40 + i}:00,{200 + i},GET /rate/target=5" for i in range(2)]
+    restarted.process(records(spark, more, first_offset=len(BURST)), batch_id=1)
+    assert burst_alerts(lake) == expected
+    assert restarted.alerts is not None and restarted.alerts.written == {}
+
+
+def test_alerts_a_crash_lost_after_bronze_committed_are_written_on_restart(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    with_model_knowing_users_1_and_2(lake)
+    layer(lake, settings).process(records(spark, BURST), batch_id=0)  # bronze, views, no alerts
+    assert not lake.exists("attack_alerts")
+
+    restarted = alerting_layer(lake, settings)
+    restarted.start()  # the detector is fed the last hours of bronze
+    rows = burst_alerts(lake)
+    assert [(r["rule"], r["accounts"], r["batch_id"]) for r in rows] == [
+        ("rating_burst", list(range(100, 112)), -1)
+    ]
+    restarted.process(records(spark, BURST), batch_id=0)  # the replay of the lost batch
+    assert len(burst_alerts(lake)) == 1
+    alerting_layer(lake, settings).start()  # another restart finds nothing missing
+    assert len(burst_alerts(lake)) == 1
+
+
 def test_a_fresh_checkpoint_for_a_query_that_already_wrote_is_refused(
     spark: SparkSession, lake: Lake, settings: Settings, tmp_path: Path
 ) -> None:

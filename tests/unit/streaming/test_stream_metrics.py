@@ -90,3 +90,15 @@ def test_the_metrics_are_served_over_http_and_a_taken_port_is_not_fatal() -> Non
     assert body == generate_latest(metrics.registry).decode()
     assert 'flixlake_stream_events_total{outcome="ok",query="speed_layer"} 6.0' in body
     assert not serve_metrics(StreamMetrics(), "127.0.0.1", port)  # taken: logged, not raised
+
+
+def test_attack_alert_counters_catch_up_with_the_running_totals() -> None:
+    metrics = StreamMetrics()
+    metrics.observe_alerts("speed_layer", {"rating_burst": 2})
+    metrics.observe_alerts("speed_layer", {"rating_burst": 2, "account_rate": 1})  # no new burst
+    metrics.observe_alerts("speed_layer", {"rating_burst": 5, "account_rate": 1})
+
+    name = "flixlake_stream_attack_alerts_total"
+    assert sample(metrics, name, query="speed_layer", rule="rating_burst") == 5
+    assert sample(metrics, name, query="speed_layer", rule="account_rate") == 1
+    assert sample(metrics, name, query="speed_layer", rule="request_rate") is None

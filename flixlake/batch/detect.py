@@ -2,7 +2,7 @@
 
 ``run_detect(spark, lake, settings, run_date)`` reads ``watch_sessions``, ``ratings`` and
 ``reco_requests`` at the versions the "compact" manifest pinned, builds one profile per account
-active in the last ``attacks.detection.lookback_days`` (:mod:`flixlake.audit.profiles`), scores
+active in the last ``attacks.detection.lookback_days`` (:mod:`flixlake.batch.profiles`), scores
 every profile with an isolation forest (scikit-learn) and applies three rules:
 
 * ``request_flood`` — at least ``flood_requests_per_hour`` recommendation requests in one hour;
@@ -45,7 +45,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from sklearn.ensemble import IsolationForest
 
-from flixlake.audit.profiles import (
+from flixlake.batch.errors import GateFailedError
+from flixlake.batch.profiles import (
     account_activity_df,
     account_profiles_df,
     active_accounts_df,
@@ -55,7 +56,6 @@ from flixlake.audit.profiles import (
     rating_deviation_df,
     request_peaks_df,
 )
-from flixlake.batch.errors import GateFailedError
 from flixlake.config import DetectionConfig, Settings, duration_seconds
 from flixlake.lake import runs
 from flixlake.lake.spark_io import read_table

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 
-from flixlake.audit.detect import run_detect
+from flixlake.batch.detect import run_detect
 from flixlake.batch.errors import GateFailedError
 from flixlake.config import Settings, load_settings
 from flixlake.lake import runs

@@ -16,7 +16,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from flixlake.audit.profiles import (
+from flixlake.batch.profiles import (
     account_activity_df,
     burst_accounts_df,
     degree_of_similarity_df,

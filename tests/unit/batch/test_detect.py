@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flixlake.audit.detect import (
+from flixlake.audit.measure import detection_report, target_exposure
+from flixlake.batch.detect import (
     BURST,
     FLOOD,
     OUTLIER,
@@ -20,7 +21,6 @@ from flixlake.audit.detect import (
     run_window,
     suspects_table,
 )
-from flixlake.audit.measure import detection_report, target_exposure
 from flixlake.config import DetectionConfig
 from flixlake.contract.attack_labels import AttackLabel, AttackLabels
 from flixlake.lake.tables import SUSPECTED_ACCOUNTS
