@@ -165,6 +165,7 @@ def bench_speed_layer(
             "events_per_s_incl_startup": events / (backlog[-1].committed_at - started),
             "events_per_s_sustained": events / (backlog[-1].committed_at - first_start),
             "driver_seconds_per_batch": sum(r.seconds for r in backlog) / len(backlog),
+            "steps": mean_steps(backlog),
             # after the first batch: events per CPU-second of the process tree x cores (None when
             # the whole backlog came in one batch: nothing after the first to measure)
             "events_per_s_cpu_bound": (
@@ -181,7 +182,17 @@ def bench_speed_layer(
         if run.query.isActive:
             run.stop()
     fresh = _freshness(reports[len(backlog) :], warmup_s=5.0)
+    fresh["steps"] = mean_steps(reports[len(backlog) :])
     return {"ingest": ingest, "freshness": fresh}
+
+
+def mean_steps(reports: list[Any]) -> str:
+    """Mean seconds per step of the micro-batches (from their reports), e.g. ``parse 0.41 ...``."""
+    totals: dict[str, float] = {}
+    for r in reports:
+        for step, seconds in r.steps.items():
+            totals[step] = totals.get(step, 0.0) + seconds
+    return " ".join(f"{k} {v / max(1, len(reports)):.2f}" for k, v in totals.items())
 
 
 def _wait(check: Callable[[], bool], timeout: float, run: Any) -> None:
@@ -388,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         f"freshness over {speed['freshness']['events']} events, "
         f"{speed['freshness']['batches']} batches"
     )
+    print(f"  mean seconds per backlog batch step: {speed['ingest']['steps']}")
+    print(f"  mean seconds per paced batch step:   {speed['freshness']['steps']}")
     ratio = speed["ingest"]["events_per_s_sustained"] / loop["ingest"]["events_per_s_sustained"]
     ok_ingest = ratio >= 3.0
     ok_fresh = speed["freshness"]["p95_s"] <= 2.0

@@ -55,12 +55,17 @@ def parse_batch(
     ingest_batch: str,
     ingested_at: dt.datetime,
     partitions: Sequence[int] | int = 0,
+    seen: set[str] | None = None,
 ) -> ParsedBatch:
-    """Parse ``lines`` (one per source offset) into bronze and quarantine Arrow tables."""
+    """Parse ``lines`` (one per source offset) into bronze and quarantine Arrow tables.
+
+    ``seen``: the valid lines of earlier parts of the same batch (a caller parsing one batch in
+    parts passes the same set each time, and it grows); a line already in it is a duplicate.
+    """
     if len(lines) != len(offsets):
         raise ValueError("lines and offsets differ in length")
     parts = [partitions] * len(lines) if isinstance(partitions, int) else list(partitions)
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     events: list[ParsedEvent] = []
     own_dates: list[dt.date | None] = []
     for line in lines:

@@ -199,14 +199,18 @@ def write_table(
     return int(after[1].get("numOutputRows", "0"))
 
 
-def append_once(df: DataFrame, lake: Lake, name: str, app_id: str, txn_version: int) -> None:
+def append_once(
+    df: DataFrame, lake: Lake, name: str, app_id: str, txn_version: int, ensure: bool = True
+) -> None:
     """Append with the app transaction ``(app_id, txn_version)``: a replay commits nothing.
 
-    The streaming hot path: no bookkeeping reads around the write (see :func:`write_table`).
+    The streaming hot path: no bookkeeping reads around the write (see :func:`write_table`);
+    ``ensure=False`` also skips :func:`ensure_table`, for a caller that ensured the table once.
     A concurrent writer with the same app id fails its commit instead of doubling rows.
     """
     spec = table_spec(name)
-    ensure_table(df.sparkSession, lake, name)
+    if ensure:
+        ensure_table(df.sparkSession, lake, name)
     writer = with_schema(df, spark_schema(spec)).write.format("delta").mode("append")
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)

@@ -46,8 +46,17 @@ _DEFAULT_CONF = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
     # flixlake vacuums with its own retention (streaming.vacuum_retention_hours)
     "spark.databricks.delta.retentionDurationCheck.enabled": "false",
-    # the per-commit checksum file recomputes the table's state (a job after every commit)
-    "spark.databricks.delta.writeChecksumFile.enabled": "false",
+    # Every commit needs the table's state (its app transactions for an idempotent append, its
+    # file count for the commit's statistics). With a checksum file per commit, computed
+    # incrementally from the previous one and the commit's own actions, a snapshot takes its
+    # protocol, metadata and app transactions from the checksum; without it (or when a delta-rs
+    # commit left none) Delta reconstructs the state from the log with Spark jobs. Measured with
+    # a 1,000-row streaming append (README, "Performance"): no txn 4.15 -> 1.28 s at load 12.
+    "spark.databricks.delta.writeChecksumFile.enabled": "true",
+    "spark.databricks.delta.incremental.commit.enabled": "true",
+    "spark.databricks.delta.incremental.commit.verify": "false",
+    "spark.databricks.delta.setTransactionsInCrc.writeOnCommit": "true",
+    "spark.databricks.delta.readProtocolAndMetadataFromChecksum.enabled": "true",
 }
 
 

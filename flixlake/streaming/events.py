@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from flixlake.config import StreamDetectionConfig, StreamingConfig
 from flixlake.lake.registry import CURRENT
-from flixlake.lake.spark_io import append_once, compact_table
+from flixlake.lake.spark_io import append_once, compact_table, ensure_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import (
     SPEED_NEW_USERS,
@@ -42,7 +42,13 @@ from flixlake.lake.tables import (
     SPEED_USER_ACTIVITY,
 )
 from flixlake.streaming.alerts import StreamAlerts
-from flixlake.streaming.harness import BatchReport, compact_days, count_reasons
+from flixlake.streaming.harness import (
+    BatchReport,
+    ReplayCheck,
+    StepTimer,
+    compact_days,
+    count_reasons,
+)
 from flixlake.streaming.parse import KAFKA_MS, parse_records, quarantine_rows
 from flixlake.streaming.state import (
     activity_from_bronze,
@@ -114,6 +120,7 @@ class SpeedLayer:
         self.pairs = watch_pairs(pa.Table.from_pylist([], event_schema()))
         self.batches_since_maintenance = 0
         self.days_since_maintenance: set[dt.date] = set()
+        self.replays = ReplayCheck(lake, BRONZE, self.app_id)
         self.started = False
         # attacks.stream's rules over each batch's events, alerts to attack_alerts (None: off)
         self.alerts = (
@@ -178,52 +185,65 @@ class SpeedLayer:
         )
 
     def process(self, records: DataFrame, batch_id: int) -> BatchReport:
-        """Write one micro-batch of Kafka source rows exactly once; bring the views up to date."""
+        """Write one micro-batch of Kafka source rows exactly once; bring the views up to date.
+
+        Three Spark jobs, none with a shuffle: the parse (cached; the driver gets back the
+        columns the views need), the quarantine append (only when the batch has rejects) and
+        the bronze append, both reading the cache.
+        """
+        steps = StepTimer()
+        spark = records.sparkSession
         if not self.started:
             self.start()
-        started = time.monotonic()
-        spark = records.sparkSession
+            for table in self.tables:  # once, not per batch: the appends below skip the check
+                ensure_table(spark, self.lake, table)
         now = self.clock()
         parsed = parse_records(records, self.topic, f"{self.app_id}:{batch_id}", now).persist()
         try:
-            # one job parses (and caches) the batch and brings back what the driver needs: the
-            # counts, the days, and the parsed events for the views (a few columns)
             summary = parsed.select(
                 "parse_status", "reject_reason", "event_date", *EVENT_COLUMNS, KAFKA_MS
             ).toArrow()
+            steps.lap("parse")
             status = summary["parse_status"]
             lines = summary.num_rows
             rejected = (
                 lines - pc.sum(pc.equal(status, "ok").cast(pa.int64())).as_py() if lines else 0
             )
-            # only for the report: Delta itself skips the commits of a replayed batch
-            replay = self.lake.applied(BRONZE, self.app_id, batch_id)
+            replay = self.replays.check(batch_id)  # for the report: Delta skips a replay itself
             # quarantine first: if we die in between, the replay still writes bronze exactly once.
             # (No rejects, no commit: the replay parses the same lines and finds none either.)
-            # one file per day and batch (maintenance compacts them later)
             if rejected:
                 rows = quarantine_rows(parsed).coalesce(1)
-                append_once(rows, self.lake, QUARANTINE, self.app_id, batch_id)
-            if lines:
-                rows = parsed.drop(KAFKA_MS).repartition("event_date")
-                append_once(rows, self.lake, BRONZE, self.app_id, batch_id)
+                append_once(rows, self.lake, QUARANTINE, self.app_id, batch_id, ensure=False)
+                steps.lap("quarantine")
+            if lines:  # a file per task and day (maintenance compacts them)
+                rows = parsed.drop(KAFKA_MS).coalesce(spark.sparkContext.defaultParallelism)
+                append_once(rows, self.lake, BRONZE, self.app_id, batch_id, ensure=False)
+                steps.lap("bronze")
         finally:
             parsed.unpersist()
-        events = summary.filter(pc.equal(summary["parse_status"], "ok"))
+        ok = summary.filter(pc.equal(summary["parse_status"], "ok"))
         self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
-        rebuilt = self.update_views(events.select(EVENT_COLUMNS).cast(event_schema()), batch_id)
+        events = ok.select(EVENT_COLUMNS).cast(event_schema())
+        rebuilt = self.update_views(events, batch_id)
+        steps.lap("views")
+        if self.alerts is not None:
+            self.alerts.process(events, batch_id, self.known_users)
+            steps.lap("alerts")
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
             self.maintain(spark)
+            steps.lap("maintenance")
         return BatchReport.committed_now(
-            events[KAFKA_MS].combine_chunks() if events.num_rows else pa.array([], pa.int64()),
+            ok[KAFKA_MS].combine_chunks() if ok.num_rows else pa.array([], pa.int64()),
             batch_id,
-            started,
+            steps.started,
             events=lines,
             rejected=rejected,
             written=not replay,
             rebuilt=rebuilt,
             rejected_by_reason=count_reasons(summary["reject_reason"]) if rejected else None,
+            steps=steps.seconds,
         )
 
     def update_views(self, events: pa.Table, batch_id: int) -> bool:
@@ -262,8 +282,6 @@ class SpeedLayer:
             self.pairs = merge_pairs(self.pairs, watch_pairs(events), horizon)
             counts = trending_counts(self.pairs, self.as_of, self.windows)
             self.lake.overwrite(SPEED_TRENDING.name, stamped(counts, batch_id, now, None))
-        if self.alerts is not None:
-            self.alerts.process(events, batch_id, self.known_users)
         return rebuilt
 
     def maintain(self, spark: SparkSession) -> None:

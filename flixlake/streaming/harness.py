@@ -57,6 +57,7 @@ class BatchReport:
     kafka_timestamps_ms: pa.Array = field(repr=False)
     rebuilt: bool = False
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step, in order
 
     @classmethod
     def committed_now(
@@ -69,6 +70,7 @@ class BatchReport:
         written: bool,
         rebuilt: bool = False,
         rejected_by_reason: dict[str, int] | None = None,
+        steps: dict[str, float] | None = None,
     ) -> BatchReport:
         """The report of a batch whose commits just finished.
 
@@ -90,17 +92,52 @@ class BatchReport:
             kafka_timestamps_ms=stamps_ms,
             rebuilt=rebuilt,
             rejected_by_reason=rejected_by_reason or {},
+            steps=dict(steps or {}),
         )
 
     def line(self, query_name: str) -> str:
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
         lag = "-" if self.lag_seconds is None else f"{self.lag_seconds:.1f}s"
         note = "" if self.written else " (replay: already committed)"
+        steps = " ".join(f"{name} {seconds:.2f}" for name, seconds in self.steps.items())
         return (
             f"[{query_name}] batch {self.batch_id}: {self.events} events "
             f"({self.rejected} rejected) in {self.seconds:.2f}s = {rate:,.0f} events/s, "
-            f"lag {lag}{note}"
+            f"lag {lag}{note}" + (f" [{steps}]" if steps else "")
         )
+
+
+class StepTimer:
+    """Wall seconds per named step of a micro-batch (in the report, the log and the metrics)."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        """Close ``step``: the time since the previous lap (or the start) is its."""
+        now = time.monotonic()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - self._last
+        self._last = now
+
+
+class ReplayCheck:
+    """Whether a micro-batch is Spark's replay of one the table already committed.
+
+    Only for the report: Delta skips a replayed ``(app_id, batch)`` append by itself. Spark
+    replays only the last planned batch of a run that stopped before recording it, so only the
+    first batch a processor sees, or one not after the last it saw, can be a replay: the others
+    are known fresh without reading the table's log.
+    """
+
+    def __init__(self, lake: Lake, table: str, app_id: str) -> None:
+        self.lake, self.table, self.app_id = lake, table, app_id
+        self.last: int | None = None
+
+    def check(self, batch_id: int) -> bool:
+        maybe = self.last is None or batch_id <= self.last
+        self.last = batch_id if self.last is None else max(self.last, batch_id)
+        return maybe and self.lake.applied(self.table, self.app_id, batch_id)
 
 
 def compact_days(

@@ -2,10 +2,12 @@
 
 Each executor task runs :func:`flixlake.lake.bronze.parse_batch` (which calls
 :func:`flixlake.contract.logformat.parse_line`) over Arrow batches of its Kafka offset range
-(``mapInArrow``), so the speed layer and file ingest parse with the same code. ``parse_batch``
-marks an identical line of its own Arrow batch as a ``duplicate``; :func:`mark_duplicates` then
-applies the same rule across the whole micro-batch (the first copy in ``(partition, offset)``
-order is kept), which a per-task parser cannot see.
+(``mapInArrow``), so the speed layer and file ingest parse with the same code. A task carries the
+set of lines it has seen across its Arrow batches, so a line identical to an earlier one of the
+same Kafka partition in the micro-batch is rejected as a ``duplicate``, in one pass with no
+shuffle. Lines are keyed by user id (the simulator and the service's telemetry both key them), so
+identical lines land on the same partition; a copy on another partition or in another
+micro-batch stays in bronze and silver removes it, as it removes copies across ingested files.
 
 Why ``mapInArrow`` and not Spark SQL expressions in the JVM: measured with ``bench/parse.py``
 (README, "Performance"): the regex-heavy grammar as Spark expressions ran at a quarter of the
@@ -19,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StructField, StructType
 
@@ -29,19 +31,6 @@ from flixlake.lake.tables import BRONZE_EVENTS, QUARANTINE_EVENTS
 
 KAFKA_MS = "kafka_ms"  # the record's Kafka timestamp, epoch milliseconds (lag and freshness)
 PARSED_SCHEMA = StructType([*spark_schema(BRONZE_EVENTS).fields, StructField(KAFKA_MS, LongType())])
-# what parse_batch leaves unset for a rejected line (a duplicate loses its parsed fields too)
-_PARSED_FIELDS = (
-    "event_type",
-    "event_time",
-    "user_id",
-    "movie_id",
-    "minute",
-    "rating",
-    "reco_server",
-    "reco_status",
-    "reco_results",
-    "reco_response_ms",
-)
 
 
 def parse_arrow(
@@ -50,6 +39,7 @@ def parse_arrow(
     """The per-task function: Arrow batches of ``value, partition, offset, kafka_ms`` -> bronze."""
 
     def parse(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        seen: set[str] = set()  # this task's (one Kafka partition's) valid lines so far
         for batch in batches:
             values = [b"" if v is None else v for v in batch.column("value").to_pylist()]
             parsed = parse_batch(
@@ -59,6 +49,7 @@ def parse_arrow(
                 ingest_batch=ingest_batch,
                 ingested_at=ingested_at,
                 partitions=batch.column("partition").to_pylist(),
+                seen=seen,
             )
             yield from parsed.bronze.append_column(
                 KAFKA_MS, batch.column(KAFKA_MS).cast(pa.int64())
@@ -78,25 +69,7 @@ def parse_records(
         F.unix_millis(F.col("timestamp")).alias(KAFKA_MS),
     )
     naive = ingested_at.astimezone(dt.UTC).replace(tzinfo=None)
-    parsed = kafka.mapInArrow(parse_arrow(topic, ingest_batch, naive), PARSED_SCHEMA)
-    return mark_duplicates(parsed)
-
-
-def mark_duplicates(parsed: DataFrame) -> DataFrame:
-    """Reject every parsed line identical to an earlier one (by partition, offset) of the batch.
-
-    A duplicate keeps its ``event_date`` (the day of its event, as :mod:`flixlake.lake.bronze`
-    dates duplicates) and loses its parsed fields.
-    """
-    first = Window.partitionBy("raw", "parse_status").orderBy("source_partition", "source_offset")
-    duplicate = (F.col("parse_status") == "ok") & (F.row_number().over(first) > 1)
-    columns: dict[str, Column] = {
-        "parse_status": F.when(duplicate, F.lit("rejected")).otherwise(F.col("parse_status")),
-        "reject_reason": F.when(duplicate, F.lit("duplicate")).otherwise(F.col("reject_reason")),
-    }
-    for name in _PARSED_FIELDS:
-        columns[name] = F.when(duplicate, F.lit(None)).otherwise(F.col(name))
-    return parsed.withColumns(columns).select(*PARSED_SCHEMA.fieldNames())
+    return kafka.mapInArrow(parse_arrow(topic, ingest_batch, naive), PARSED_SCHEMA)
 
 
 def quarantine_rows(parsed: DataFrame) -> DataFrame:

@@ -27,7 +27,13 @@ from flixlake.contract.served_record import ServedRecord, validation_reason
 from flixlake.lake.spark_io import append_once, compact_table
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import QUARANTINE_EVENTS, SERVED_RECOMMENDATIONS
-from flixlake.streaming.harness import BatchReport, compact_days, count_reasons, start_query
+from flixlake.streaming.harness import (
+    BatchReport,
+    ReplayCheck,
+    compact_days,
+    count_reasons,
+    start_query,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -111,6 +117,7 @@ class ServedLanding:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.batches_since_maintenance = 0
         self.days: set[dt.date] = set()
+        self.replays = ReplayCheck(lake, SERVED, self.app_id)
 
     tables: tuple[str, ...] = (
         SERVED,
@@ -143,7 +150,7 @@ class ServedLanding:
             ingest_batch=f"{self.app_id}:{batch_id}",
             ingested_at=self.clock(),
         )
-        replay = self.lake.applied(SERVED, self.app_id, batch_id)  # for the report
+        replay = self.replays.check(batch_id)  # for the report
         # quarantine first, as in the events query: a replay finds the same rejects
         if landed.quarantine.num_rows:
             append_once(

@@ -229,12 +229,13 @@ def test_every_line_lands_once_and_views_match_the_produced_events(
         assert by_pos[produced.position(index)]["reject_reason"] == reason
     for index in produced.valid:
         assert by_pos[produced.position(index)]["parse_status"] in ("ok", "rejected")
-    # identical valid lines in one micro-batch: the first in (partition, offset) order is kept
-    groups: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    # identical valid lines of one partition in one micro-batch: the first by offset is kept
+    # (copies on other partitions or in other batches stay in bronze; silver removes them)
+    groups: dict[tuple[str, str, int], list[tuple[int, int]]] = defaultdict(list)
     for copy, original in produced.copies.items():
         for index in (original, copy):
             pos = produced.position(index)
-            groups[(produced.raw(index), by_pos[pos]["ingest_batch"])].append(pos)
+            groups[(produced.raw(index), by_pos[pos]["ingest_batch"], pos[0])].append(pos)
     expected_dupes = {pos for positions in groups.values() for pos in sorted(set(positions))[1:]}
     dupes = {pos for pos, r in by_pos.items() if r["reject_reason"] == "duplicate"}
     assert dupes == expected_dupes

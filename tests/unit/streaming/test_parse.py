@@ -1,5 +1,5 @@
-"""The speed layer's executor-side parsing: the one parser's verdict per line, duplicates across
-the whole micro-batch, every column a bronze row needs."""
+"""The speed layer's executor-side parsing: the one parser's verdict per line, duplicates within
+a Kafka partition's part of the micro-batch, every column a bronze row needs."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ INVALID: list[tuple[str | bytes | None, str]] = [
 def kafka_rows(
     spark: SparkSession, values: list[str | bytes | None], partitions: int = 3
 ) -> DataFrame:
-    """Lines as Spark's Kafka source gives them, round-robin over ``partitions``."""
+    """Lines as Spark's Kafka source gives them, round-robin over ``partitions``.
+
+    As the source does, one Spark partition holds one Kafka partition's records in offset order.
+    """
     encoded = [v.encode() if isinstance(v, str) else v for v in values]
     n = len(encoded)
     table = pa.table(
@@ -64,7 +67,11 @@ def kafka_rows(
             "timestamp": pa.array([NOW] * n, pa.timestamp("us", tz="UTC")),
         }
     )
-    return spark.createDataFrame(table)
+    rows = table.to_pylist()
+    by_partition = {p: [r for r in rows if r["partition"] == p] for p in range(partitions)}
+    spread = spark.sparkContext.parallelize(range(partitions), partitions)
+    schema = spark.createDataFrame(table.slice(0, 0)).schema
+    return spark.createDataFrame(spread.flatMap(lambda p: by_partition[p]), schema)
 
 
 def parsed_rows(spark: SparkSession, values: list[str | bytes | None]) -> dict[tuple, dict]:
@@ -98,23 +105,27 @@ def test_each_line_gets_the_one_parsers_verdict(spark: SparkSession) -> None:
     assert reco["reco_response_ms"] == 231.0
 
 
-def test_identical_lines_across_partitions_keep_the_first(spark: SparkSession) -> None:
+def test_identical_lines_of_one_partition_keep_the_first(spark: SparkSession) -> None:
     watch = VALID[0]
-    lines: list[str | bytes | None] = [watch, "b", watch, watch, VALID[2], VALID[2], "x" * 9000]
-    lines.append("x" * 9000)  # an identical reject stays what it was
-    got = parsed_rows(spark, lines)  # watch at (0,0), (2,0), (0,1); VALID[2] at (1,1), (2,1)
+    lines: list[str | bytes | None] = [watch, "b", watch, watch, VALID[2], VALID[2], watch]
+    lines += [VALID[2], "x" * 9000, watch, "x" * 9000]  # an identical reject stays what it was
+    # partition 0: watch at offsets 0, 1, 2 and 3; partition 1: VALID[2] at 1 and 2, "x"*9000 at 3
+    # partition 2: watch at 0, VALID[2] at 1 (other partitions' lines: kept; silver removes them)
+    got = parsed_rows(spark, lines)
     duplicates = {pos for pos, r in got.items() if r["reject_reason"] == "duplicate"}
-    assert duplicates == {(2, 0), (0, 1), (2, 1)}
+    assert duplicates == {(0, 1), (0, 2), (0, 3), (1, 2)}
     assert got[(0, 0)]["parse_status"] == "ok" and got[(1, 1)]["parse_status"] == "ok"
-    dup = got[(2, 0)]
+    assert got[(2, 1)]["parse_status"] == "ok"  # the same line as (1, 1), on another partition
+    dup = got[(0, 2)]
     assert (dup["event_type"], dup["user_id"], dup["event_time"]) == (None, None, None)
     assert dup["event_date"] == dt.date(2026, 11, 22)  # its event's day, as file ingest dates it
-    assert {got[(1, 2)]["reject_reason"], got[(0, 2)]["reject_reason"]} == {"too_long"}
+    assert {got[(1, 3)]["reject_reason"], got[(2, 2)]["reject_reason"]} == {"too_long"}
 
 
 def test_quarantine_rows_are_the_rejects_with_their_reason(spark: SparkSession) -> None:
-    parsed = parse_records(kafka_rows(spark, [VALID[0], "", VALID[0]]), "t", "q:1", NOW)
+    lines: list[str | bytes | None] = [VALID[0], "", VALID[1], VALID[0]]
+    parsed = parse_records(kafka_rows(spark, lines), "t", "q:1", NOW)
     quarantine = {
         (r.source_partition, r.source_offset, r.reason) for r in quarantine_rows(parsed).collect()
     }
-    assert quarantine == {(1, 0, "empty"), (2, 0, "duplicate")}
+    assert quarantine == {(1, 0, "empty"), (0, 1, "duplicate")}

@@ -431,12 +431,14 @@ def test_maintenance_compacts_the_streams_small_bronze_files(
     config = settings.streaming.model_copy(update={"maintenance_every_batches": 3})
     speed = SpeedLayer(lake, config, "movielog", "q", clock=lambda: NOW)
     lines = [f"2026-11-22T08:00:{i:02d},{i + 1},GET /data/m/a/{i}.mpg" for i in range(6)]
+    files = 0
     for batch in range(3):
         speed.process(
             records(spark, lines[2 * batch : 2 * batch + 2], first_offset=2 * batch), batch
         )
-        if batch < 2:
-            assert len(lake.file_uris("bronze_events")) == batch + 1  # one file per batch
+        if batch < 2:  # each batch adds its own small files (at most one per task and day)
+            assert files < len(lake.file_uris("bronze_events")) <= files + 2
+            files = len(lake.file_uris("bronze_events"))
 
     assert len(lake.file_uris("bronze_events")) == 1
     assert sorted(lake.read("bronze_events")["source_offset"].to_pylist()) == list(range(6))
