@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 
 from flixlake.config import load_settings
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 
 
 class PeakRss:
@@ -102,7 +102,7 @@ def main() -> int:
     from flixlake.sim.generate import generate_history
 
     settings = load_settings(args.env, home=args.home)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     data = (
         args.home
         / "data"

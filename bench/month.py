@@ -33,7 +33,7 @@ from pathlib import Path
 from flixlake.config import Settings, load_settings
 from flixlake.lake.lifecycle import Footprint
 from flixlake.lake.registry import PUBLISHED, batch_view_rows, list_models, rollback_to
-from flixlake.lake.store import Lake
+from flixlake.lake.store import Lake, lake_from_settings
 from flixlake.ops.month import DayReport, compressed_lifecycle, simulate_month
 from flixlake.ops.spark import build_spark_session
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, maintain: bool) -> tuple[list[DayReport], Lake
             "streaming": {"maintenance_every_batches": max(1, args.micro_batches // 4)},
         },
     )
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     started = time.monotonic()
 
     def progress(report: DayReport) -> None:

@@ -62,6 +62,18 @@ class KafkaConfig(_Frozen):
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+LOG_RETENTION = "delta.logRetentionDuration"
+FILE_RETENTION = "delta.deletedFileRetentionDuration"
+
+
+def delta_interval(seconds: int) -> str:
+    """Seconds as a Delta interval both engines parse, in the largest exact unit."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds % size == 0:
+            return f"interval {seconds // size} {unit}"
+    return f"interval {seconds} seconds"
+
+
 def duration_seconds(text: str) -> int:
     """``"90s"``, ``"30m"``, ``"1h"``, ``"7d"`` -> seconds (a clear error otherwise)."""
     value, unit = text[:-1], text[-1:]
@@ -386,6 +398,15 @@ class LifecycleConfig(_Frozen):
             duration_seconds(override.log_retention or self.log_retention),
             duration_seconds(override.deleted_file_retention or self.deleted_file_retention),
         )
+
+    def table_properties(self, table: str) -> dict[str, str]:
+        """The Delta retention properties a table carries from its creation on.
+
+        Set when the table is created (delta-rs and delta-spark alike), so the daily maintenance
+        normally commits no metadata: a metadata commit fails a concurrent stream micro-batch.
+        """
+        log_keep, files_keep = self.retention_seconds(table)
+        return {LOG_RETENTION: delta_interval(log_keep), FILE_RETENTION: delta_interval(files_keep)}
 
 
 class TelemetryConfig(_Frozen):

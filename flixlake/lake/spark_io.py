@@ -119,7 +119,8 @@ def partition_predicate(values: Mapping[str, Any]) -> str:
 
 
 def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
-    """Create the table empty with its registered schema (NOT NULL columns, partitioning).
+    """Create the table empty with its registered schema (NOT NULL columns, partitioning) and
+    the lake's table properties (retention, see :func:`~flixlake.lake.store.lake_from_settings`).
 
     A DataFrame writer creating it would make every column nullable; readers (the quality gate,
     delta-rs) expect the registry's schema. A table written before the registry gained a nullable
@@ -137,6 +138,8 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     )
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
+    for key, value in lake.table_properties.get(name, {}).items():
+        builder = builder.property(key, value)  # retention: maintenance then commits nothing
     builder.execute()
 
 

@@ -29,6 +29,7 @@ from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 from pyarrow.parquet import filters_to_expression
 
+from flixlake.config import Settings
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
 
 # A commit another writer's commit conflicted with (the daily maintenance setting a table's
@@ -97,9 +98,16 @@ def conform(spec: TableSpec, data: pa.Table) -> pa.Table:
 class Lake:
     """A folder (or object-store prefix) of Delta tables named in the registry."""
 
-    def __init__(self, root: str | Path, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        storage_options: dict[str, str] | None = None,
+        table_properties: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.root = str(root)
         self.storage_options = storage_options
+        # table name -> Delta properties a table gets when this lake creates it (retention)
+        self.table_properties = {k: dict(v) for k, v in (table_properties or {}).items()}
         if "://" not in self.root:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
@@ -145,6 +153,7 @@ class Lake:
                 partition_by=list(spec.partition_by) or None,
                 name=spec.name,
                 description=spec.description,
+                configuration=self.table_properties.get(name) or None,
                 storage_options=self.storage_options,
             )
         table = self.table(name)
@@ -438,9 +447,13 @@ class Lake:
         return self.table(name).history(limit)
 
 
-def lake_from_settings(settings: Any) -> Lake:
-    """The lake configured for this environment (``settings.lake_root``)."""
-    return Lake(settings.lake_root)
+def lake_from_settings(settings: Settings) -> Lake:
+    """The lake configured for this environment: its root, and the retention properties its
+    tables get at creation (``lifecycle`` in the config), so maintenance need not commit them."""
+    return Lake(
+        settings.lake_root,
+        table_properties={name: settings.lifecycle.table_properties(name) for name in ALL_TABLES},
+    )
 
 
 def table_dir(lake: Lake, name: str) -> str:
