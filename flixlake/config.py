@@ -198,6 +198,8 @@ class BatchConfig(_Frozen):
     eval_max_users: int = Field(20_000, gt=0)
     search_max_users: int = Field(50_000, gt=0)
     refit_on_full_history: bool = True
+    # silver rebuilt from all of bronze every run (a repair); normally only the changed days
+    silver_full_rebuild: bool = False
     heavy_user_min_movies: int = Field(20, gt=0)
     new_user_max_movies: int = Field(3, ge=0)
     confidence: ConfidenceConfig = ConfidenceConfig()

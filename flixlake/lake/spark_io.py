@@ -170,11 +170,14 @@ def write_table(
     replace_partitions: dict[str, str] | None = None,
     app_id: str | None = None,
     txn_version: int | None = None,
+    replace_where: str | None = None,
 ) -> int:
     """Executors write the rows; Delta commits them in one transaction.
 
     ``mode="overwrite"`` with ``replace_partitions`` (e.g. ``{"model_version": "v3"}``) replaces
-    just that partition (``replaceWhere``); without it, the whole table. With ``app_id`` the write
+    just that partition (``replaceWhere``), as does ``replace_where`` (a SQL predicate on partition
+    columns, e.g. ``"event_date IN (DATE '2026-11-21', DATE '2026-11-22')"``); without either,
+    the whole table. With ``app_id`` the write
     happens at most once per ``(app_id, txn_version)`` (a replay commits nothing). Returns the
     number of rows committed (0 for a replay).
     """
@@ -189,7 +192,9 @@ def write_table(
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
     if mode == "overwrite":
-        if replace_partitions:
+        if replace_where is not None:
+            writer = writer.option("replaceWhere", replace_where)
+        elif replace_partitions:
             writer = writer.option("replaceWhere", partition_predicate(replace_partitions))
         else:  # the whole table, whatever the session's partitionOverwriteMode says
             writer = writer.option("partitionOverwriteMode", "static")
@@ -241,11 +246,13 @@ def merge_table(
     name: str,
     keys: Iterable[str] | None = None,
     updates: Mapping[str, str] | None = None,
+    matched_condition: str | None = None,
 ) -> dict[str, int]:
     """MERGE rows on the table's natural key (:class:`DeltaTable`): update matches, insert the rest.
 
     ``updates`` (column -> SQL over ``t.`` target and ``s.`` source) replaces update-all for
-    matches. The table is created with its registered schema if missing. Returns Delta's
+    matches; ``matched_condition`` (SQL over ``t.``/``s.``) updates only the matches it holds for.
+    The table is created with its registered schema if missing. Returns Delta's
     operation metrics (``numTargetRowsInserted``, ``numTargetRowsUpdated``, ...).
     """
     spec = table_spec(name)
@@ -259,9 +266,9 @@ def merge_table(
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key_list)
     merger = DeltaTable.forPath(spark, location).alias("t").merge(source.alias("s"), condition)
     if updates:
-        merger = merger.whenMatchedUpdate(set=dict(updates))
+        merger = merger.whenMatchedUpdate(condition=matched_condition, set=dict(updates))
     else:
-        merger = merger.whenMatchedUpdateAll()
+        merger = merger.whenMatchedUpdateAll(condition=matched_condition)
     merger.whenNotMatchedInsertAll().execute()
     latest = _latest_commit(spark, location)
     metrics = latest[1] if latest else {}

@@ -446,6 +446,36 @@ class Lake:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)
 
+    def operations_since(self, name: str, version: int) -> list[str] | None:
+        """The operations committed after ``version`` up to now (``WRITE``, ``OPTIMIZE``, ...),
+        oldest first; None when the log no longer holds every one of them (cleaned up)."""
+        current = self.table(name).version()
+        if current <= version:
+            return []
+        entries = self.table(name).history(current - version)
+        by_version = {int(e["version"]): e for e in entries if "version" in e}
+        wanted = range(version + 1, current + 1)
+        if any(v not in by_version for v in wanted):
+            return None
+        out = []
+        for v in wanted:
+            entry = by_version[v]
+            mode = (entry.get("operationParameters") or {}).get("mode")
+            operation = str(entry.get("operation"))
+            out.append(f"{operation} {mode}" if operation == "WRITE" and mode else operation)
+        return out
+
+    def file_partitions(
+        self, name: str, column: str, version: int | None = None
+    ) -> dict[str, str | None]:
+        """Each live data file of a snapshot with its value of partition ``column`` (from the log,
+        no data file opened)."""
+        actions = pa.table(self.table(name, version).get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return {}
+        values = actions[f"partition.{column}"].cast(pa.string()).to_pylist()
+        return dict(zip(actions["path"].to_pylist(), values, strict=True))
+
 
 def lake_from_settings(settings: Settings) -> Lake:
     """The lake configured for this environment: its root, and the retention properties its
