@@ -11,15 +11,15 @@ lasts longer). During day *d*:
   Kafka: the rows Spark's Kafka source would hand a micro-batch, as a DataFrame;
 * **the maintenance** for *d - 1* (:func:`flixlake.lake.lifecycle.run_maintenance`), at the
   same time as the stream, as the 01:30 DAG runs beside the live speed layer;
-* **a daily batch** for *d - 1*, after it: with ``real_batch=True`` the real pipeline
+* **a daily batch** for *d - 1*, after it: with ``real=True`` the real pipeline
   (:func:`flixlake.batch.pipeline.run_batch`, what ``flixlake batch`` runs: incremental silver,
   quality gate, attack detection, Spark ALS, evaluation against the baselines, register, the
   publish gate and the batch view), in-process with the month's SparkSession, from the day the
   history covers the evaluation windows (:func:`warmup_days`); otherwise the jobs' write pattern
-  through delta-rs (:func:`shaped_batch`: silver rewritten in full, quality rows, a registered
-  and published model with factor files under ``<artifacts>/runs/<d-1>/model``, evaluation rows,
-  its own ``batch_recommendations`` partition, online-evaluation rows), quick enough for the
-  marked test.
+  through delta-rs (:func:`shaped_batch`: the day's silver partition replaced and its ratings
+  merged, quality rows, a registered and published model with factor files under
+  ``<artifacts>/runs/<d-1>/model``, evaluation rows, its own ``batch_recommendations``
+  partition, online-evaluation rows), quick enough for the marked test.
 
 Retention is compressed with the days (:func:`compressed_lifecycle`): "2 days" of deleted-file
 retention is ``2 * day_seconds``. :func:`simulate_month` measures every table after each day.
@@ -191,14 +191,14 @@ SELECT user_id, movie_id,
        CAST(count(DISTINCT minute) AS INT) AS minutes_watched, CAST(max(minute) AS INT) AS max_minute,
        min(event_time) AS first_time, max(event_time) AS last_time, event_date
 FROM bronze_events
-WHERE parse_status = 'ok' AND event_type = 'watch' AND event_date <= '{day}'
+WHERE parse_status = 'ok' AND event_type = 'watch' AND event_date = '{day}'
 GROUP BY user_id, movie_id, event_date
 """
 _SILVER_RATINGS = """
 SELECT user_id, movie_id, CAST(0 AS INT) AS movie_idx, CAST(max(rating) AS INT) AS rating,
        max(event_time) AS rated_at
 FROM bronze_events
-WHERE parse_status = 'ok' AND event_type = 'rate' AND event_date <= '{day}'
+WHERE parse_status = 'ok' AND event_type = 'rate' AND event_date = '{day}'
 GROUP BY user_id, movie_id
 """
 _RECO = """
@@ -220,8 +220,9 @@ def shaped_batch(lake: Lake, settings: Settings, run_date: dt.date, top_n: int =
     """What a day's batch run commits and writes, through delta-rs; returns the model version."""
     day = run_date.isoformat()
     sessions = lake.sql(_SILVER_WATCH.format(day=day))
-    lake.overwrite("watch_sessions", sessions)  # silver is rebuilt in full every run
-    lake.overwrite("ratings", lake.sql(_SILVER_RATINGS.format(day=day)))
+    # silver is incremental: the day's partition replaced, its ratings merged
+    lake.replace_where("watch_sessions", sessions, f"event_date = '{day}'")
+    lake.upsert("ratings", lake.sql(_SILVER_RATINGS.format(day=day)))
     lake.replace_where("reco_requests", lake.sql(_RECO.format(day=day)), f"event_date = '{day}'")
     movies = pc.unique(sessions["movie_id"]).sort()
     lake.upsert(
