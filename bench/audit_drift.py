@@ -35,7 +35,7 @@ from pathlib import Path
 from flixlake.audit.drift import DriftWindows, drift_rows, input_counts
 from flixlake.batch.ingest import ingest_paths
 from flixlake.config import load_settings
-from flixlake.lake.store import Lake
+from flixlake.lake.store import Lake, lake_from_settings
 from flixlake.ops.spark import build_spark_session
 from flixlake.sim.generate import generate_history
 
@@ -137,7 +137,7 @@ def main() -> None:
         }
         base = root / "base"
         settings = load_settings("local", home=base)
-        ingest_paths(Lake(settings.lake_root), [data])
+        ingest_paths(lake_from_settings(settings), [data])
         spark = build_spark_session(settings, app_name="bench-audit-drift")
         cfg = settings.audit.drift
         windows = DriftWindows(DAY, cfg.window_seconds, cfg.reference_days)

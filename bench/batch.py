@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 from flixlake.config import load_settings
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 
 
 class PeakRss:
@@ -127,7 +127,7 @@ def main() -> int:
         flush=True,
     )
     print(f"popularity re-rank weight: {settings.batch.debias.popularity_weight:g}", flush=True)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     data = (
         args.home
         / "data"

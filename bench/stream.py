@@ -40,7 +40,7 @@ from flixlake.config import Settings, load_settings
 from flixlake.contract.kafka import create_topic, free_port, produce_lines
 from flixlake.contract.logformat import format_rate, format_reco, format_watch
 from flixlake.lake.bronze import parse_batch
-from flixlake.lake.store import Lake
+from flixlake.lake.store import Lake, lake_from_settings
 from flixlake.ops.broker import running_broker
 
 
@@ -143,7 +143,7 @@ def bench_speed_layer(
     from flixlake.streaming.harness import BatchReport
     from flixlake.streaming.job import start_speed_layer
 
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     topic = settings.kafka.topic
     create_topic(bootstrap, topic, settings.kafka.partitions)
     produce_lines(bootstrap, topic, synthetic_lines(events, seed=1), timeout=300)

@@ -64,6 +64,18 @@ class KafkaConfig(_Frozen):
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+LOG_RETENTION = "delta.logRetentionDuration"
+FILE_RETENTION = "delta.deletedFileRetentionDuration"
+
+
+def delta_interval(seconds: int) -> str:
+    """Seconds as a Delta interval both engines parse, in the largest exact unit."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds % size == 0:
+            return f"interval {seconds // size} {unit}"
+    return f"interval {seconds} seconds"
+
+
 def duration_seconds(text: str) -> int:
     """``"90s"``, ``"30m"``, ``"1h"``, ``"7d"`` -> seconds (a clear error otherwise)."""
     value, unit = text[:-1], text[-1:]
@@ -190,6 +202,8 @@ class BatchConfig(_Frozen):
     eval_max_users: int = Field(20_000, gt=0)
     search_max_users: int = Field(50_000, gt=0)
     refit_on_full_history: bool = True
+    # silver rebuilt from all of bronze every run (a repair); normally only the changed days
+    silver_full_rebuild: bool = False
     heavy_user_min_movies: int = Field(20, gt=0)
     new_user_max_movies: int = Field(3, ge=0)
     confidence: ConfidenceConfig = ConfidenceConfig()
@@ -386,6 +400,15 @@ class LifecycleConfig(_Frozen):
             duration_seconds(override.log_retention or self.log_retention),
             duration_seconds(override.deleted_file_retention or self.deleted_file_retention),
         )
+
+    def table_properties(self, table: str) -> dict[str, str]:
+        """The Delta retention properties a table carries from its creation on.
+
+        Set when the table is created (delta-rs and delta-spark alike), so the daily maintenance
+        normally commits no metadata: a metadata commit fails a concurrent stream micro-batch.
+        """
+        log_keep, files_keep = self.retention_seconds(table)
+        return {LOG_RETENTION: delta_interval(log_keep), FILE_RETENTION: delta_interval(files_keep)}
 
 
 class TelemetryConfig(_Frozen):

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from flixlake.config import ConfigError, load_settings
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 from flixlake.ops.spark import build_spark_session
 from flixlake.streaming.harness import SpeedLayerError
 from flixlake.streaming.job import run_speed_layer
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_spark_session(settings, app_name=f"flixlake-{settings.streaming.query_name}")
     try:
         summary = run_speed_layer(
-            spark, settings, Lake(settings.lake_root), timeout=args.run_seconds
+            spark, settings, lake_from_settings(settings), timeout=args.run_seconds
         )
     except SpeedLayerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,9 +4,12 @@ For every table of the registry (:data:`~flixlake.lake.tables.ALL_TABLES`) that 
 :func:`run_maintenance` does what its :class:`~flixlake.lake.tables.Lifecycle` says, with
 delta-rs only (no JVM):
 
-1. sets ``delta.logRetentionDuration`` / ``delta.deletedFileRetentionDuration`` from
-   ``lifecycle`` in the config (a metadata commit only when they differ: once per table);
-   delta-spark honours the same two properties, so both engines clean up alike;
+1. checks ``delta.logRetentionDuration`` / ``delta.deletedFileRetentionDuration`` against
+   ``lifecycle`` in the config. A table created through :func:`~flixlake.lake.store.lake_from_settings`
+   carries them from its first commit, so normally nothing is committed; only a table created
+   before, or a changed config, gets one metadata commit (which can fail one concurrent stream
+   micro-batch's commit, retried by the stream). delta-spark honours the same two properties, so
+   both engines clean up alike;
 2. prunes (``batch_recommendations``): drops the partitions of models no longer kept -- the
    ``lifecycle.keep_models`` newest published models, models an experiment variant names and
    any model of the last ``lifecycle.keep_run_days`` days stay, so rollback keeps working;
@@ -43,13 +46,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import fs as pafs
 
-from flixlake.config import ConfigError, Settings
+from flixlake.config import (
+    ConfigError,
+    Settings,
+    delta_interval,
+)
 from flixlake.lake.registry import PUBLISHED, list_models
 from flixlake.lake.store import Lake, recommitting
 from flixlake.lake.tables import ALL_TABLES, MAINTENANCE_RUNS, TableSpec
 
-LOG_RETENTION = "delta.logRetentionDuration"
-FILE_RETENTION = "delta.deletedFileRetentionDuration"
 ARTIFACTS = "(artifacts)"  # the maintenance_runs row of the artifacts folder
 _COMMIT_FILE = re.compile(r"^\d{20}\.json$")
 
@@ -69,18 +74,12 @@ class Footprint:
     version: int | None
 
 
-def interval(seconds: int) -> str:
-    """Seconds as a Delta interval both engines parse, in the largest exact unit."""
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds % size == 0:
-            return f"interval {seconds // size} {unit}"
-    return f"interval {seconds} seconds"
+interval = delta_interval  # the name the lifecycle's readers know
 
 
 def retention_properties(settings: Settings, table: str) -> dict[str, str]:
     """The two retention properties a table should carry under this config."""
-    log_keep, files_keep = settings.lifecycle.retention_seconds(table)
-    return {LOG_RETENTION: interval(log_keep), FILE_RETENTION: interval(files_keep)}
+    return settings.lifecycle.table_properties(table)
 
 
 def check_table_names(settings: Settings) -> None:

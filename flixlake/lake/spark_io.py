@@ -119,7 +119,8 @@ def partition_predicate(values: Mapping[str, Any]) -> str:
 
 
 def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
-    """Create the table empty with its registered schema (NOT NULL columns, partitioning).
+    """Create the table empty with its registered schema (NOT NULL columns, partitioning) and
+    the lake's table properties (retention, see :func:`~flixlake.lake.store.lake_from_settings`).
 
     A DataFrame writer creating it would make every column nullable; readers (the quality gate,
     delta-rs) expect the registry's schema. A table written before the registry gained a nullable
@@ -137,6 +138,8 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     )
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
+    for key, value in lake.table_properties.get(name, {}).items():
+        builder = builder.property(key, value)  # retention: maintenance then commits nothing
     builder.execute()
 
 
@@ -167,11 +170,14 @@ def write_table(
     replace_partitions: dict[str, str] | None = None,
     app_id: str | None = None,
     txn_version: int | None = None,
+    replace_where: str | None = None,
 ) -> int:
     """Executors write the rows; Delta commits them in one transaction.
 
     ``mode="overwrite"`` with ``replace_partitions`` (e.g. ``{"model_version": "v3"}``) replaces
-    just that partition (``replaceWhere``); without it, the whole table. With ``app_id`` the write
+    just that partition (``replaceWhere``), as does ``replace_where`` (a SQL predicate on partition
+    columns, e.g. ``"event_date IN (DATE '2026-11-21', DATE '2026-11-22')"``); without either,
+    the whole table. With ``app_id`` the write
     happens at most once per ``(app_id, txn_version)`` (a replay commits nothing). Returns the
     number of rows committed (0 for a replay).
     """
@@ -186,7 +192,9 @@ def write_table(
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
     if mode == "overwrite":
-        if replace_partitions:
+        if replace_where is not None:
+            writer = writer.option("replaceWhere", replace_where)
+        elif replace_partitions:
             writer = writer.option("replaceWhere", partition_predicate(replace_partitions))
         else:  # the whole table, whatever the session's partitionOverwriteMode says
             writer = writer.option("partitionOverwriteMode", "static")
@@ -242,11 +250,13 @@ def merge_table(
     name: str,
     keys: Iterable[str] | None = None,
     updates: Mapping[str, str] | None = None,
+    matched_condition: str | None = None,
 ) -> dict[str, int]:
     """MERGE rows on the table's natural key (:class:`DeltaTable`): update matches, insert the rest.
 
     ``updates`` (column -> SQL over ``t.`` target and ``s.`` source) replaces update-all for
-    matches. The table is created with its registered schema if missing. Returns Delta's
+    matches; ``matched_condition`` (SQL over ``t.``/``s.``) updates only the matches it holds for.
+    The table is created with its registered schema if missing. Returns Delta's
     operation metrics (``numTargetRowsInserted``, ``numTargetRowsUpdated``, ...).
     """
     spec = table_spec(name)
@@ -260,9 +270,9 @@ def merge_table(
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key_list)
     merger = DeltaTable.forPath(spark, location).alias("t").merge(source.alias("s"), condition)
     if updates:
-        merger = merger.whenMatchedUpdate(set=dict(updates))
+        merger = merger.whenMatchedUpdate(condition=matched_condition, set=dict(updates))
     else:
-        merger = merger.whenMatchedUpdateAll()
+        merger = merger.whenMatchedUpdateAll(condition=matched_condition)
     merger.whenNotMatchedInsertAll().execute()
     latest = _latest_commit(spark, location)
     metrics = latest[1] if latest else {}

@@ -29,6 +29,7 @@ from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 from pyarrow.parquet import filters_to_expression
 
+from flixlake.config import Settings
 from flixlake.lake.tables import ALL_TABLES, TableSpec, table_spec
 
 # A commit another writer's commit conflicted with (the daily maintenance setting a table's
@@ -97,9 +98,16 @@ def conform(spec: TableSpec, data: pa.Table) -> pa.Table:
 class Lake:
     """A folder (or object-store prefix) of Delta tables named in the registry."""
 
-    def __init__(self, root: str | Path, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        storage_options: dict[str, str] | None = None,
+        table_properties: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.root = str(root)
         self.storage_options = storage_options
+        # table name -> Delta properties a table gets when this lake creates it (retention)
+        self.table_properties = {k: dict(v) for k, v in (table_properties or {}).items()}
         if "://" not in self.root:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
@@ -145,6 +153,7 @@ class Lake:
                 partition_by=list(spec.partition_by) or None,
                 name=spec.name,
                 description=spec.description,
+                configuration=self.table_properties.get(name) or None,
                 storage_options=self.storage_options,
             )
         table = self.table(name)
@@ -444,10 +453,44 @@ class Lake:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)
 
+    def operations_since(self, name: str, version: int) -> list[str] | None:
+        """The operations committed after ``version`` up to now (``WRITE``, ``OPTIMIZE``, ...),
+        oldest first; None when the log no longer holds every one of them (cleaned up)."""
+        current = self.table(name).version()
+        if current <= version:
+            return []
+        entries = self.table(name).history(current - version)
+        by_version = {int(e["version"]): e for e in entries if "version" in e}
+        wanted = range(version + 1, current + 1)
+        if any(v not in by_version for v in wanted):
+            return None
+        out = []
+        for v in wanted:
+            entry = by_version[v]
+            mode = (entry.get("operationParameters") or {}).get("mode")
+            operation = str(entry.get("operation"))
+            out.append(f"{operation} {mode}" if operation == "WRITE" and mode else operation)
+        return out
 
-def lake_from_settings(settings: Any) -> Lake:
-    """The lake configured for this environment (``settings.lake_root``)."""
-    return Lake(settings.lake_root)
+    def file_partitions(
+        self, name: str, column: str, version: int | None = None
+    ) -> dict[str, str | None]:
+        """Each live data file of a snapshot with its value of partition ``column`` (from the log,
+        no data file opened)."""
+        actions = pa.table(self.table(name, version).get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return {}
+        values = actions[f"partition.{column}"].cast(pa.string()).to_pylist()
+        return dict(zip(actions["path"].to_pylist(), values, strict=True))
+
+
+def lake_from_settings(settings: Settings) -> Lake:
+    """The lake configured for this environment: its root, and the retention properties its
+    tables get at creation (``lifecycle`` in the config), so maintenance need not commit them."""
+    return Lake(
+        settings.lake_root,
+        table_properties={name: settings.lifecycle.table_properties(name) for name in ALL_TABLES},
+    )
 
 
 def table_dir(lake: Lake, name: str) -> str:

@@ -38,7 +38,7 @@ from flixlake.config import Settings, deep_merge, load_settings
 from flixlake.contract.attack_labels import AttackLabels, read_labels
 from flixlake.lake.runs import read_manifest
 from flixlake.lake.spark_io import read_table
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 from flixlake.lake.tables import SUSPECTED_ACCOUNTS
 from flixlake.sim.attacks import AttackSpec
 from flixlake.sim.generate import generate_history
@@ -74,7 +74,7 @@ def run_attack_drill(
     data = home / "data"
     generate_history(data, users, movies, days, seed, end=end, attacks=attacks, mean_activity=0.3)
     settings = load_settings(env, home=home, overrides=overrides)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     ingest_paths(lake, [data])
     timings["generate_ingest_s"] = time.perf_counter() - t0
 

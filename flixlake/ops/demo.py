@@ -52,7 +52,7 @@ from flixlake.batch.ingest import ingest_paths
 from flixlake.batch.pipeline import run_batch
 from flixlake.config import ENV_VAR, HOME_VAR, PROJECT_ROOT, Settings
 from flixlake.contract.kafka import BrokerError, create_topic, port_of
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 from flixlake.ops.airflow_client import (
     AIRFLOW_USER,
     BATCH_DAG,
@@ -129,7 +129,7 @@ def prepare_history(
         f"{lines['rate']:,} ratings, {lines['reco']:,} recommendation requests, "
         f"{lines['bad_total']:,} bad on purpose"
     )
-    ingested = ingest_paths(Lake(settings.lake_root), [data_dir], settings.ingest.chunk_lines)
+    ingested = ingest_paths(lake_from_settings(settings), [data_dir], settings.ingest.chunk_lines)
     console.print(
         f"    ingested into bronze_events exactly once: {ingested.lines:,} new lines "
         f"({ingested.rejected:,} to quarantine), {ingested.already_ingested_lines:,} already there"
@@ -150,7 +150,7 @@ def run_offline_demo(
     console.rule("[bold]flixlake demo (offline)")
     console.print(f"home: {settings.home}   env: {settings.env}")
     generated = prepare_history(settings, console, users, movies, days, seed, steps=3)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     run_date = _last_date(generated)
     console.print(f"2/3 batch pipeline for run date {run_date}")
     spark = build_spark_session(settings, app_name="flixlake-demo")

@@ -58,7 +58,7 @@ from flixlake.config import (
     load_settings,
 )
 from flixlake.contract.kafka import create_topic, free_port
-from flixlake.lake.store import Lake
+from flixlake.lake.store import Lake, lake_from_settings
 from flixlake.lake.tables import BRONZE_EVENTS, SERVED_RECOMMENDATIONS
 from flixlake.ops.http import get_json
 from flixlake.ops.speed_layer import start_speed_layer_process
@@ -238,7 +238,7 @@ def prepare_start(
         seed=options.seed,
         end=end,
     )
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     ingest_paths(lake, [start / "data"], settings.ingest.chunk_lines)
     say(f"ingested {generated['lines']['total']:,} lines; first model (run date {end})")
     version, seconds = _retrain(spark, lake, settings, end, say)
@@ -317,7 +317,7 @@ class Arm:
         )
         self.conf = self.home / "conf"
         self.settings = arm_settings(self.home, options, self.overrides)
-        self.lake = Lake(self.settings.lake_root)
+        self.lake = lake_from_settings(self.settings)
         self.bootstrap = self.settings.kafka.bootstrap_servers
         self.url = f"http://127.0.0.1:{self.ports['service']}"
         self.env = _child_env(self.home, options.base_env, self.conf)

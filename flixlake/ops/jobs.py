@@ -27,7 +27,7 @@ from flixlake.batch.errors import GateFailedError, TrainingError
 from flixlake.config import ConfigError, Settings, load_settings
 from flixlake.contract.logformat import as_utc
 from flixlake.lake.runs import MissingStepError, parse_run_date
-from flixlake.lake.store import Lake, MissingTableError
+from flixlake.lake.store import MissingTableError, lake_from_settings
 from flixlake.monitoring.push import job_registry, push
 from flixlake.ops.spark import build_spark_session
 
@@ -87,7 +87,7 @@ def run_job(
             settings, app_name=f"flixlake-{step.__name__}-{when.isoformat()}"
         )
         try:
-            summary = step(spark, Lake(settings.lake_root), settings, when)
+            summary = step(spark, lake_from_settings(settings), settings, when)
             code = 0
         except GateFailedError as exc:
             print(f"gate failed: {exc}", file=sys.stderr)

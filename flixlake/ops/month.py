@@ -11,12 +11,15 @@ lasts longer). During day *d*:
   Kafka: the rows Spark's Kafka source would hand a micro-batch, as a DataFrame;
 * **the maintenance** for *d - 1* (:func:`flixlake.lake.lifecycle.run_maintenance`), at the
   same time as the stream, as the 01:30 DAG runs beside the live speed layer;
-* **a daily batch** for *d - 1*, after it, with the jobs' write pattern through delta-rs
-  (:func:`shaped_batch`): silver rewritten in full, quality rows, a registered and published
-  model with factor files under ``<artifacts>/runs/<d-1>/model``, evaluation rows, its own
-  ``batch_recommendations`` partition, online-evaluation rows. Not Spark's ALS: a real
-  ``flixlake batch`` takes minutes a day on a shared 2-core machine, and the lifecycle only sees
-  the commits and files a run leaves, which these are.
+* **a daily batch** for *d - 1*, after it: with ``real=True`` the real pipeline
+  (:func:`flixlake.batch.pipeline.run_batch`, what ``flixlake batch`` runs: incremental silver,
+  quality gate, attack detection, Spark ALS, evaluation against the baselines, register, the
+  publish gate and the batch view), in-process with the month's SparkSession, from the day the
+  history covers the evaluation windows (:func:`warmup_days`); otherwise the jobs' write pattern
+  through delta-rs (:func:`shaped_batch`: the day's silver partition replaced and its ratings
+  merged, quality rows, a registered and published model with factor files under
+  ``<artifacts>/runs/<d-1>/model``, evaluation rows, its own ``batch_recommendations``
+  partition, online-evaluation rows), quick enough for the marked test.
 
 Retention is compressed with the days (:func:`compressed_lifecycle`): "2 days" of deleted-file
 retention is ``2 * day_seconds``. :func:`simulate_month` measures every table after each day.
@@ -39,6 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
+from flixlake.batch.errors import GateFailedError
+from flixlake.batch.pipeline import run_batch
 from flixlake.config import Settings
 from flixlake.lake.lifecycle import ARTIFACTS, Footprint, folder_footprint, footprint
 from flixlake.lake.lifecycle import run_maintenance as maintain_lake
@@ -90,6 +95,7 @@ class DayReport:
     batch_error: str | None = None
     maintenance_error: str | None = None
     model_version: str | None = None
+    batch_note: str | None = None  # e.g. the real batch still warming up, a gate's refusal
     sizes: dict[str, Footprint] = field(default_factory=dict)
 
     @property
@@ -185,14 +191,14 @@ SELECT user_id, movie_id,
        CAST(count(DISTINCT minute) AS INT) AS minutes_watched, CAST(max(minute) AS INT) AS max_minute,
        min(event_time) AS first_time, max(event_time) AS last_time, event_date
 FROM bronze_events
-WHERE parse_status = 'ok' AND event_type = 'watch' AND event_date <= '{day}'
+WHERE parse_status = 'ok' AND event_type = 'watch' AND event_date = '{day}'
 GROUP BY user_id, movie_id, event_date
 """
 _SILVER_RATINGS = """
 SELECT user_id, movie_id, CAST(0 AS INT) AS movie_idx, CAST(max(rating) AS INT) AS rating,
        max(event_time) AS rated_at
 FROM bronze_events
-WHERE parse_status = 'ok' AND event_type = 'rate' AND event_date <= '{day}'
+WHERE parse_status = 'ok' AND event_type = 'rate' AND event_date = '{day}'
 GROUP BY user_id, movie_id
 """
 _RECO = """
@@ -214,8 +220,9 @@ def shaped_batch(lake: Lake, settings: Settings, run_date: dt.date, top_n: int =
     """What a day's batch run commits and writes, through delta-rs; returns the model version."""
     day = run_date.isoformat()
     sessions = lake.sql(_SILVER_WATCH.format(day=day))
-    lake.overwrite("watch_sessions", sessions)  # silver is rebuilt in full every run
-    lake.overwrite("ratings", lake.sql(_SILVER_RATINGS.format(day=day)))
+    # silver is incremental: the day's partition replaced, its ratings merged
+    lake.replace_where("watch_sessions", sessions, f"event_date = '{day}'")
+    lake.upsert("ratings", lake.sql(_SILVER_RATINGS.format(day=day)))
     lake.replace_where("reco_requests", lake.sql(_RECO.format(day=day)), f"event_date = '{day}'")
     movies = pc.unique(sessions["movie_id"]).sort()
     lake.upsert(
@@ -340,6 +347,34 @@ def shaped_batch(lake: Lake, settings: Settings, run_date: dt.date, top_n: int =
     return version
 
 
+# -- the real daily batch -----------------------------------------------------------------------
+def warmup_days(settings: Settings) -> int:
+    """Days of history the real batch needs first: its validation and evaluation windows, and a
+    day to train on before them."""
+    return settings.batch.eval_days + settings.batch.validation_days + 1
+
+
+def real_batch(
+    spark: SparkSession, lake: Lake, settings: Settings, run_date: dt.date
+) -> tuple[str | None, str | None]:
+    """``flixlake batch`` for the run date in this session: (the served model, a note).
+
+    A publish gate that refuses the new model (not better than the incumbent) keeps the
+    incumbent serving: a defined outcome of a healthy day, returned as the note, not raised.
+    """
+    current: list[str] = []
+    try:
+        results = run_batch(
+            spark, lake, settings, run_date, on_start=lambda step: current.append(step.name)
+        )
+    except GateFailedError as exc:
+        if current[-1:] != ["publish"] or "quality gate" in str(exc):
+            raise  # bad data or a screening refusal: the day is red
+        return None, f"publish gate kept the incumbent: {exc}"
+    published = {r.step.name: r.summary for r in results}.get("publish", {})
+    return str(published.get("model_version") or "") or None, None
+
+
 # -- the month ----------------------------------------------------------------------------------
 def _day_lines(data: Path, date: dt.date) -> list[bytes]:
     path = data / f"events-{date.isoformat()}.log"
@@ -366,11 +401,13 @@ def simulate_month(
     micro_batches: int = 48,
     day_seconds: float = 10.0,
     maintain: bool = True,
+    real: bool = False,
     on_day: Callable[[DayReport], None] | None = None,
 ) -> list[DayReport]:
     """Run ``days`` simulated days (see the module docstring); one report per day.
 
     ``maintain=False`` is the baseline: no daily maintenance, only what the stream does itself.
+    ``real=True`` runs the real batch pipeline each day instead of :func:`shaped_batch`.
     """
     summary = generate_history(data, n_users=users, n_movies=movies, days=days, seed=seed)
     first = dt.date.fromisoformat(str(summary["first_date"]))
@@ -402,7 +439,13 @@ def simulate_month(
             except Exception as exc:
                 report.maintenance_error = f"{type(exc).__name__}: {exc}"
             try:
-                model = report.model_version = shaped_batch(lake, settings, yesterday)
+                if not real:
+                    model = report.model_version = shaped_batch(lake, settings, yesterday)
+                elif index < warmup_days(settings):
+                    report.batch_note = f"real batch from day {warmup_days(settings) + 1}"
+                else:
+                    served, report.batch_note = real_batch(spark, lake, settings, yesterday)
+                    model = report.model_version = served or model
             except Exception as exc:
                 report.batch_error = f"{type(exc).__name__}: {exc}"
         player.join()

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from flixlake.config import Settings
 from flixlake.lake.registry import current_published_model
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 from flixlake.ops.http import http_request
 from flixlake.ops.supervise import log_tail
 
@@ -88,7 +88,7 @@ def clock(seconds: float) -> str:
 
 def print_sample_answer(console: Console, settings: Settings, service_url: str) -> None:
     """``curl`` one user of the published batch view, and show what came back."""
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     model = current_published_model(lake)
     version = model["model_version"] if model else ""
     rows = lake.sql(

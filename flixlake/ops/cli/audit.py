@@ -25,7 +25,7 @@ def audit(
     """
     from flixlake.audit.job import run_audit
     from flixlake.lake.runs import parse_run_date
-    from flixlake.lake.store import Lake, MissingTableError
+    from flixlake.lake.store import MissingTableError, lake_from_settings
     from flixlake.ops.spark import build_spark_session
 
     settings = settings_or_exit(env, home)
@@ -35,7 +35,7 @@ def audit(
         raise fail(str(exc)) from None
     spark = build_spark_session(settings, app_name=f"flixlake-audit-{day}")
     try:
-        summary = run_audit(spark, Lake(settings.lake_root), settings, day)
+        summary = run_audit(spark, lake_from_settings(settings), settings, day)
     except MissingTableError as exc:
         raise fail(str(exc)) from None
     finally:

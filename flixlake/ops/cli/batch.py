@@ -25,7 +25,7 @@ def batch(
     from flixlake.batch.errors import GateFailedError, TrainingError
     from flixlake.batch.pipeline import run_batch
     from flixlake.lake.runs import MissingStepError, parse_run_date
-    from flixlake.lake.store import Lake, MissingTableError
+    from flixlake.lake.store import MissingTableError, lake_from_settings
     from flixlake.ops.spark import build_spark_session
 
     settings = settings_or_exit(env, home)
@@ -37,7 +37,7 @@ def batch(
     try:
         results = run_batch(
             spark,
-            Lake(settings.lake_root),
+            lake_from_settings(settings),
             settings,
             date,
             on_start=lambda s: console.print(f"[bold]▶ {s.name}[/bold]: {s.description}"),
@@ -72,11 +72,11 @@ def lineage(
     metrics, quality checks. A request's: the served answer, then its model's lineage.
     """
     from flixlake.lake.registry import current_published_model, model_lineage, request_lineage
-    from flixlake.lake.store import Lake, MissingTableError
+    from flixlake.lake.store import MissingTableError, lake_from_settings
 
     if model is not None and request is not None:
         raise fail("give --model or --request, not both")
-    lake = Lake(settings_or_exit(env, home).lake_root)
+    lake = lake_from_settings(settings_or_exit(env, home))
     try:
         if request is not None:
             info = request_lineage(lake, request)
@@ -100,9 +100,9 @@ def rollback(
 ) -> None:
     """Make an earlier published model the current batch view again."""
     from flixlake.lake.registry import rollback_to
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
 
-    lake = Lake(settings_or_exit(env, home).lake_root)
+    lake = lake_from_settings(settings_or_exit(env, home))
     try:
         rollback_to(lake, model)
     except (LookupError, ValueError) as exc:
@@ -132,12 +132,12 @@ def maintain(
     from flixlake.config import ConfigError
     from flixlake.lake.lifecycle import MaintenanceError, run_maintenance
     from flixlake.lake.runs import parse_run_date
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
 
     settings = settings_or_exit(env, home)
     try:
         day = parse_run_date(run_date)
-        rows = run_maintenance(Lake(settings.lake_root), settings, day, tables=table or None)
+        rows = run_maintenance(lake_from_settings(settings), settings, day, tables=table or None)
     except (ValueError, ConfigError) as exc:
         raise fail(str(exc)) from None
     except MaintenanceError as exc:

@@ -119,7 +119,7 @@ def ingest(
 ) -> None:
     """Append log lines to bronze_events exactly once; rejects go to quarantine_events."""
     from flixlake.batch.ingest import ChangedLogFileError, expand_paths, ingest_paths
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
 
     settings = settings_or_exit(env, home)
     try:
@@ -138,7 +138,7 @@ def ingest(
 
         try:
             summary = ingest_paths(
-                Lake(settings.lake_root), paths, settings.ingest.chunk_lines, on_chunk=advance
+                lake_from_settings(settings), paths, settings.ingest.chunk_lines, on_chunk=advance
             )
         except ChangedLogFileError as exc:
             raise fail(f"nothing ingested: {exc}") from None
@@ -155,11 +155,11 @@ def sql(
     home: HomeOpt = None,
 ) -> None:
     """Query the lake's Delta tables by name (DataFusion through delta-rs; no Spark needed)."""
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
 
     settings = settings_or_exit(env, home)
     try:
-        result = Lake(settings.lake_root).sql(query)
+        result = lake_from_settings(settings).sql(query)
     except Exception as exc:  # DataFusion reports planning/parse errors as generic exceptions
         raise fail(f"query failed: {exc}") from None
     rows = result.to_pylist()
@@ -196,13 +196,13 @@ def spark_sql(
     from pyspark.errors import PySparkException
 
     from flixlake.lake.spark_io import register_views
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
     from flixlake.ops.spark import build_spark_session
 
     settings = settings_or_exit(env, home)
     spark = build_spark_session(settings, app_name="flixlake-spark-sql")
     try:
-        names = register_views(spark, Lake(settings.lake_root))
+        names = register_views(spark, lake_from_settings(settings))
         err.print(f"tables: {', '.join(names) or '(none yet)'}")
         statements = [query] if query else _prompt_lines()
         for statement in statements:
@@ -242,10 +242,10 @@ def _print_rows(rows: list[dict[str, Any]], output: str) -> None:
 @app.command()
 def tables(env: EnvOpt = None, home: HomeOpt = None) -> None:
     """List the lake's tables: Delta version, row count, the process that writes it and how."""
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
     from flixlake.lake.tables import ALL_TABLES
 
-    lake = Lake(settings_or_exit(env, home).lake_root)
+    lake = lake_from_settings(settings_or_exit(env, home))
     rows = []
     for name, spec in ALL_TABLES.items():
         exists = lake.exists(name)
@@ -282,7 +282,7 @@ def forget(
     forget_requests without the id. Prints the request id: the requester's receipt.
     """
     from flixlake.lake.forget import ForgetIncompleteError, check_user_id, forget_user
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
     from flixlake.ops.forget import user_factor_dirs
 
     settings = settings_or_exit(env, home)
@@ -290,7 +290,7 @@ def forget(
         check_user_id(user)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     incomplete: ForgetIncompleteError | None = None
     try:
         report = forget_user(

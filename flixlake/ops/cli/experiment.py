@@ -29,7 +29,7 @@ def experiment_evaluate(
 ) -> None:
     """Recompute watch-through of recent served hours now, as the flixlake_online DAG does."""
     from flixlake.experiments.online import run_online_evaluation
-    from flixlake.lake.store import Lake, MissingTableError
+    from flixlake.lake.store import MissingTableError, lake_from_settings
     from flixlake.ops.jobs import parse_until
     from flixlake.ops.spark import build_spark_session
 
@@ -40,7 +40,7 @@ def experiment_evaluate(
         raise fail(str(exc)) from None
     spark = build_spark_session(settings, app_name="flixlake-online-evaluation")
     try:
-        summary = run_online_evaluation(spark, Lake(settings.lake_root), settings, end)
+        summary = run_online_evaluation(spark, lake_from_settings(settings), settings, end)
     except MissingTableError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -71,7 +71,7 @@ def experiment_report(
     from flixlake.experiments.report import result_rows, write_experiment_report
     from flixlake.experiments.routing import NAME_PATTERN
     from flixlake.experiments.stats import NoEvaluationsError, analyse_experiment, experiment_rows
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
     from flixlake.ops.jobs import parse_timestamp
 
     settings = settings_or_exit(env, home)
@@ -83,7 +83,7 @@ def experiment_report(
     try:
         start = parse_timestamp(since, "--since") if since else None
         end = parse_timestamp(until, "--until") if until else None
-        rows = experiment_rows(Lake(settings.lake_root), name, start, end)
+        rows = experiment_rows(lake_from_settings(settings), name, start, end)
     except (NoEvaluationsError, ValueError) as exc:
         raise fail(str(exc)) from None
     try:
@@ -150,14 +150,14 @@ def experiment_feedback(
     )
     from flixlake.experiments.routing import NAME_PATTERN
     from flixlake.lake.registry import model_rows
-    from flixlake.lake.store import Lake, MissingTableError
+    from flixlake.lake.store import MissingTableError, lake_from_settings
     from flixlake.ops.spark import build_spark_session
 
     settings = settings_or_exit(env, home)
     name = experiment or settings.serving.experiment.name
     if not re.fullmatch(NAME_PATTERN, name):
         raise fail(f"--experiment {name!r} must match {NAME_PATTERN}")
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     if not retrain_cycles(model_rows(lake)):  # say so before starting Spark
         raise fail(f"no published model under {lake.root}: no retrain cycle to audit")
     spark = build_spark_session(settings, app_name="flixlake-feedback-audit")

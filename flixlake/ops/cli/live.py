@@ -74,7 +74,7 @@ def stream(
     home: HomeOpt = None,
 ) -> None:
     """Run the speed layer: topic → bronze/quarantine exactly once → speed views."""
-    from flixlake.lake.store import Lake
+    from flixlake.lake.store import lake_from_settings
     from flixlake.ops.spark import build_spark_session
     from flixlake.streaming.job import run_speed_layer
 
@@ -84,7 +84,7 @@ def stream(
         summary = run_speed_layer(
             spark,
             settings,
-            Lake(settings.lake_root),
+            lake_from_settings(settings),
             timeout=seconds,
             bootstrap_servers=bootstrap_servers,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from pyspark.sql.types import (
 )
 
 from flixlake.batch.silver import (
+    SILVER_TABLES,
     NothingToCompactError,
     dedupe_events,
     events_until,
@@ -30,7 +32,7 @@ from flixlake.batch.silver import (
     run_compact,
     watch_sessions_df,
 )
-from flixlake.config import Settings
+from flixlake.config import Settings, load_settings
 from flixlake.lake.bronze import parse_batch
 from flixlake.lake.runs import read_manifest, run_dir
 from flixlake.lake.spark_io import spark_schema
@@ -286,7 +288,9 @@ def test_the_run_date_is_the_cutoff(spark: SparkSession, lake: Lake, settings: S
     late = run_compact(spark, lake, settings, D21)
     assert _rows(lake, "ratings") == [(2, "heat+1995", 0, 1, _t(21, 7, 0))]  # the 21st's wins
     assert [r["movie_id"] for r in lake.read("movies").to_pylist()].count("future+2030") == 1
-    assert late["rows"]["watch_sessions"] == 3
+    # incremental: the days the moved cutoff lets in are built, the 19th is left as it was
+    assert (late["mode"], late["days"]) == ("incremental", ["2026-11-20", "2026-11-21"])
+    assert late["rows"]["watch_sessions"] == 2 and len(_rows(lake, "watch_sessions")) == 3
     assert early["output_versions"]["watch_sessions"] < late["output_versions"]["watch_sessions"]
 
 
@@ -310,6 +314,62 @@ def test_rerunning_compaction_gives_identical_tables(
     assert rebuilt["output_versions"]["movies"] == first["output_versions"]["movies"]
     assert {name: _rows(lake, name) for name in tables} == before
     assert rebuilt["lines"] == first["lines"] and rebuilt["rows"] == first["rows"]
+
+
+BATCH_3 = [  # arrives after the 20th's run: late lines of earlier days, copies, the 21st
+    "2026-11-19T20:02:00,1,GET /data/m/heat+1995/2.mpg",  # late: a session of the 19th grows
+    "2026-11-19T21:00:00,4,GET /data/m/up+2009/0.mpg",  # late: a new session on the 19th
+    "2026-11-20T08:01:00,1,GET /data/m/heat+1995/2.mpg",  # a copy, the third time
+    RECO,  # a copy, the third time
+    "2026-11-19T23:00:00,2,GET /rate/heat+1995=5",  # late, but older than the 20th's 4: loses
+    "2026-11-20T09:30:00,3,GET /rate/up+2009=3",  # late, a new pair
+    "2026-11-21T09:00:00,1,GET /data/m/up+2009/3.mpg",
+    "2026-11-21T09:00:00,3,GET /rate/up+2009=5",  # later than the late 3: wins
+]
+
+
+def test_incremental_compaction_equals_a_full_rebuild(
+    spark: SparkSession, lake: Lake, settings: Settings, tmp_path: Path
+) -> None:
+    ingest(lake, BATCH_1, "b1")
+    first = run_compact(spark, lake, settings, D19)
+    ingest(lake, BATCH_2, "b2", first_offset=100)
+    second = run_compact(spark, lake, settings, D20)
+    lake.compact("watch_sessions")  # the daily maintenance in between changes no row
+    ingest(lake, BATCH_3, "b3", first_offset=200)
+    third = run_compact(spark, lake, settings, D21)
+    assert [(r["mode"], r["days"]) for r in (first, second, third)] == [
+        ("full", None),
+        ("incremental", ["2026-11-20"]),  # let in by the cutoff
+        ("incremental", ["2026-11-19", "2026-11-20", "2026-11-21"]),  # late lines, copies, new
+    ]
+    assert third["rows"]["watch_sessions"] == 6  # the three days' sessions, not the history's
+    incremental = {name: _rows(lake, name) for name in SILVER_TABLES}
+    assert (4, "up+2009", 1, 1, 0, _t(19, 21, 0), _t(19, 21, 0), D19) in incremental[
+        "watch_sessions"
+    ]
+    assert incremental["ratings"] == [
+        (2, "heat+1995", 0, 1, _t(21, 7, 0)),
+        (3, "up+2009", 1, 5, _t(21, 9, 0)),
+    ]
+
+    repair = load_settings(
+        "test", home=tmp_path / "repair", overrides={"batch": {"silver_full_rebuild": True}}
+    )
+    full = run_compact(spark, lake, repair, D21)
+    assert full["mode"] == "full"
+    assert {name: _rows(lake, name) for name in SILVER_TABLES} == incremental
+
+
+def test_rows_deleted_from_bronze_make_the_next_compaction_full(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    ingest(lake, BATCH_1, "b1")
+    run_compact(spark, lake, settings, D20)
+    lake.delete("bronze_events", "user_id = 2")  # what ``flixlake forget`` does
+    again = run_compact(spark, lake, settings, D20)
+    assert again["mode"] == "full" and "DELETE" in again["plan"]
+    assert _rows(lake, "ratings") == [] and _rows(lake, "reco_requests") == []
 
 
 def test_missing_or_empty_bronze_is_a_clear_error(

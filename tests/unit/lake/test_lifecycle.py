@@ -11,20 +11,20 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import SparkSession
 
-from flixlake.config import ConfigError, Settings, load_settings
+from flixlake.config import FILE_RETENTION, LOG_RETENTION, ConfigError, Settings, load_settings
 from flixlake.lake.bronze import parse_batch
 from flixlake.lake.lifecycle import (
     ARTIFACTS,
-    FILE_RETENTION,
-    LOG_RETENTION,
     MaintenanceError,
     footprint,
     interval,
     run_maintenance,
 )
 from flixlake.lake.registry import REJECTED, rollback_to, set_model_status
-from flixlake.lake.store import Lake
+from flixlake.lake.spark_io import ensure_table
+from flixlake.lake.store import Lake, lake_from_settings
 from flixlake.lake.tables import BATCH_RECOMMENDATIONS, BRONZE_EVENTS, MAINTENANCE_RUNS
 from flixlake.testing import record_published_model
 
@@ -97,7 +97,7 @@ def test_a_misspelt_table_in_the_overrides_stops_the_run(tmp_path: Path) -> None
         overrides={"lifecycle": {"tables": {"bronze_event": {"log_retention": "2d"}}}},
     )
     with pytest.raises(ConfigError, match=r"lifecycle\.tables\.bronze_event: unknown table"):
-        run_maintenance(Lake(settings.lake_root), settings, DAY)
+        run_maintenance(lake_from_settings(settings), settings, DAY)
 
 
 def test_intervals_are_written_in_the_largest_exact_unit() -> None:
@@ -121,10 +121,66 @@ def test_the_defaults_keep_removed_files_and_set_the_properties(
     assert lake.read(BRONZE_EVENTS.name, version=8).num_rows == 24
 
 
+def _metadata_commits(lake: Lake, name: str, after: int) -> list[int]:
+    """Versions after ``after`` whose commit changes the table's metadata (a ``metaData``
+    action: what fails a concurrent stream micro-batch's commit)."""
+    log = Path(lake.path(name)) / "_delta_log"
+    versions = []
+    for commit in sorted(log.glob("*.json")):
+        version = int(commit.stem)
+        actions = [json.loads(line) for line in commit.read_text().splitlines() if line]
+        if version > after and any("metaData" in action for action in actions):
+            versions.append(version)
+    return versions
+
+
+def test_tables_get_their_retention_at_creation_and_maintenance_then_commits_no_metadata(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        "test",
+        home=tmp_path / "home",
+        overrides={"lifecycle": {"tables": {"ratings": {"log_retention": "14d"}}}},
+    )
+    lake = lake_from_settings(settings)
+    wanted = {LOG_RETENTION: "interval 7 days", FILE_RETENTION: "interval 2 days"}
+    lake.ensure("movies")  # delta-rs creates it
+    ensure_table(spark, lake, "ratings")  # delta-spark creates it, with the table's override
+    movies = lake.table("movies").metadata().configuration
+    assert {k: movies.get(k) for k in wanted} == wanted
+    ratings = lake.table("ratings").metadata().configuration  # beside Delta's protocol defaults
+    assert {k: ratings.get(k) for k in wanted} == {**wanted, LOG_RETENTION: "interval 14 days"}
+
+    _stream_days(lake, days=2, per_day=3)  # bronze created by the stream's appends
+    first = lake.version(BRONZE_EVENTS.name)
+    assert first is not None
+    run_maintenance(lake, settings, DAY)
+    run_maintenance(lake, settings, DAY + dt.timedelta(days=1))
+    for name in (BRONZE_EVENTS.name, "movies", "ratings"):
+        assert _metadata_commits(lake, name, after=0) == [], name
+    assert lake.version(BRONZE_EVENTS.name) > first  # maintenance did commit (compaction)
+
+
+def test_a_table_created_without_them_gets_one_metadata_commit_then_none(
+    lake: Lake, settings: Settings
+) -> None:
+    _stream_days(lake, days=1, per_day=3)  # a plain Lake: no properties at creation
+    assert LOG_RETENTION not in lake.table(BRONZE_EVENTS.name).metadata().configuration
+    created = lake.version(BRONZE_EVENTS.name)
+    assert created is not None
+    run_maintenance(lake, settings, DAY)
+    changed = _metadata_commits(lake, BRONZE_EVENTS.name, after=created)
+    assert len(changed) == 1
+    second_run_from = lake.version(BRONZE_EVENTS.name)
+    assert second_run_from is not None
+    run_maintenance(lake, settings, DAY)
+    assert _metadata_commits(lake, BRONZE_EVENTS.name, after=second_run_from) == []
+
+
 # -- exactly-once and compaction -----------------------------------------------------------------
 def test_compaction_and_log_cleanup_keep_the_streams_app_transactions(tmp_path: Path) -> None:
     settings = _short(tmp_path)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     _stream_days(lake, days=3, per_day=5)
     rows_before = lake.read(BRONZE_EVENTS.name).num_rows
     closed = DAY + dt.timedelta(days=2)
@@ -144,7 +200,7 @@ def test_compaction_and_log_cleanup_keep_the_streams_app_transactions(tmp_path: 
 
 def test_only_closed_days_of_a_streamed_table_are_compacted(tmp_path: Path) -> None:
     settings = _short(tmp_path)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     _stream_days(lake, days=3, per_day=4)
     run_maintenance(lake, settings, DAY, tables=[BRONZE_EVENTS.name])  # only DAY is closed
     files = pa.table(lake.table(BRONZE_EVENTS.name).get_add_actions(flatten=True))
@@ -157,7 +213,7 @@ def test_only_closed_days_of_a_streamed_table_are_compacted(tmp_path: Path) -> N
 
 def test_vacuum_removes_old_files_but_never_the_current_snapshots(tmp_path: Path) -> None:
     settings = _short(tmp_path)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     _stream_days(lake, days=2, per_day=4)
     run_maintenance(lake, settings, DAY + dt.timedelta(days=1), tables=[BRONZE_EVENTS.name])
     time.sleep(1.2)  # the compacted-away files are now older than the 1 s retention
@@ -196,7 +252,7 @@ def _models(lake: Lake, settings: Settings, n: int) -> list[str]:
 
 def test_old_model_versions_are_pruned_and_rollback_to_a_kept_one_works(tmp_path: Path) -> None:
     settings = _short(tmp_path, keep_models=3, keep_run_days=2)
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     versions = _models(lake, settings, 6)  # DAY .. DAY+5
     set_model_status(lake, versions[4], REJECTED, "worse than the incumbent")  # recent, rejected
     _batch_view(lake, "not-in-the-registry")
@@ -229,7 +285,7 @@ def test_a_model_an_experiment_names_is_kept(tmp_path: Path) -> None:
             "serving": {"experiment": {"variants": variants}},
         },
     )
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     versions = _models(lake, settings, 4)
     run_maintenance(lake, settings, DAY + dt.timedelta(days=3))
     left = set(lake.read(BATCH_RECOMMENDATIONS.name)["model_version"].to_pylist())

@@ -13,7 +13,7 @@ from flixlake.config import load_settings
 from flixlake.lake.bronze import parse_batch
 from flixlake.lake.lifecycle import ARTIFACTS
 from flixlake.lake.registry import PUBLISHED, batch_view_rows, list_models, rollback_to
-from flixlake.lake.store import Lake
+from flixlake.lake.store import lake_from_settings
 from flixlake.ops.month import compressed_lifecycle, simulate_month
 
 pytestmark = pytest.mark.month
@@ -46,7 +46,7 @@ def test_a_compressed_week_stays_flat_and_rollback_still_works(
             "streaming": {"maintenance_every_batches": MICRO_BATCHES},
         },
     )
-    lake = Lake(settings.lake_root)
+    lake = lake_from_settings(settings)
     reports = simulate_month(
         spark,
         lake,
