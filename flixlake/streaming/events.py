@@ -122,6 +122,7 @@ class SpeedLayer:
         self.days_since_maintenance: set[dt.date] = set()
         self.replays = ReplayCheck(lake, BRONZE, self.app_id)
         self.started = False
+        self.tables_ready = False  # bronze and quarantine exist with the registry's schema
         # attacks.stream's rules over each batch's events, alerts to attack_alerts (None: off)
         self.alerts = (
             None if attack_rules is None else StreamAlerts(lake, attack_rules, self.app_id, clock)
@@ -195,8 +196,10 @@ class SpeedLayer:
         spark = records.sparkSession
         if not self.started:
             self.start()
-            for table in self.tables:  # once, not per batch: the appends below skip the check
+        if not self.tables_ready:  # once, not per batch: the appends below skip the check
+            for table in self.tables:
                 ensure_table(spark, self.lake, table)
+            self.tables_ready = True
         now = self.clock()
         parsed = parse_records(records, self.topic, f"{self.app_id}:{batch_id}", now).persist()
         try:

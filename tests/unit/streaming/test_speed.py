@@ -190,6 +190,18 @@ def test_a_replayed_batch_changes_nothing(
     assert {n: view_rows(lake, n) for n in snapshot} == snapshot
 
 
+def test_bronze_and_quarantine_get_the_registry_schema_when_the_query_starts_the_layer(
+    spark: SparkSession, lake: Lake, settings: Settings
+) -> None:
+    speed = layer(lake, settings)
+    speed.start()  # as the query harness does before the first micro-batch
+    speed.process(records(spark, GOOD + BAD), batch_id=0)
+    for name in ("bronze_events", "quarantine_events"):
+        schema = lake.table(name).schema().to_arrow()
+        assert not schema.field("source").nullable, name  # a DataFrame writer makes it nullable
+        assert not schema.field("raw").nullable, name
+
+
 def test_views_accumulate_across_batches_and_survive_a_restart(
     spark: SparkSession, lake: Lake, settings: Settings
 ) -> None:
