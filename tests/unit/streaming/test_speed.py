@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -155,9 +156,16 @@ def records(
     )
 
 
-def layer(lake: Lake, settings: Settings) -> SpeedLayer:
+def layer(lake: Lake, settings: Settings, **options: Any) -> SpeedLayer:
+    """The events processor of query ``q`` at ``NOW``, checking the models table every batch."""
     return SpeedLayer(
-        lake, settings.streaming, "movielog", "q", clock=lambda: NOW, cutoff_check_seconds=0
+        lake,
+        settings.streaming,
+        "movielog",
+        "q",
+        clock=lambda: NOW,
+        cutoff_check_seconds=0,
+        **options,
     )
 
 
@@ -262,15 +270,7 @@ def test_views_start_at_the_oldest_cutoff_the_experiment_serves(
     current_only.process(records(spark, GOOD), batch_id=0)
     assert set(by_user(lake.read("speed_user_activity"))) == {1, 2}  # not 3 (11-21 10:00)
 
-    speed = SpeedLayer(
-        lake,
-        settings.streaming,
-        "movielog",
-        "q",
-        clock=lambda: NOW,
-        cutoff_check_seconds=0,
-        model_refs=("previous", "current"),
-    )
+    speed = layer(lake, settings, model_refs=("previous", "current"))
     speed.start()  # a restart with the experiment: the views are rebuilt from m1's run date
     activity = by_user(lake.read("speed_user_activity"))
     assert activity[3] == {"watched": {"b"}, "rated": set(), "first": t(21, 10), "last": t(21, 10)}
@@ -298,15 +298,7 @@ BURST = [f"2026-11-22T10:{i:02d}:00,{100 + i},GET /rate/target=5" for i in range
 
 
 def alerting_layer(lake: Lake, settings: Settings) -> SpeedLayer:
-    return SpeedLayer(
-        lake,
-        settings.streaming,
-        "movielog",
-        "q",
-        clock=lambda: NOW,
-        cutoff_check_seconds=0,
-        attack_rules=settings.attacks.stream,
-    )
+    return layer(lake, settings, attack_rules=settings.attacks.stream)
 
 
 def with_model_knowing_users_1_and_2(lake: Lake) -> None:
