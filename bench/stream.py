@@ -211,7 +211,7 @@ def _freshness(reports: list[Any], warmup_s: float) -> dict[str, Any]:
     for r in reports:
         for ts in r.kafka_timestamps_ms.to_pylist():
             if ts / 1000 >= first_ts / 1000 + warmup_s:
-                values.append(r.committed_at - ts / 1000)
+                values.append(r.visible_at - ts / 1000)
     return {
         "events": len(values),
         "batches": len(reports),

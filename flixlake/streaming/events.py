@@ -27,10 +27,13 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark import inheritable_thread_target
 
 from flixlake.config import StreamDetectionConfig, StreamingConfig
 from flixlake.lake.registry import CURRENT
@@ -86,6 +89,14 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass
+class Fresh:
+    """When a micro-batch's speed views showed it (epoch seconds), and whether they were reset."""
+
+    at: float | None = None
+    rebuilt: bool = False
+
+
 class SpeedLayer:
     """Driver-side state of the events query: what each micro-batch writes to the lake."""
 
@@ -122,6 +133,10 @@ class SpeedLayer:
         self.days_since_maintenance: set[dt.date] = set()
         self.replays = ReplayCheck(lake, BRONZE, self.app_id)
         self.started = False
+        # the views and the quarantine append run beside the bronze append (see process)
+        self._pool = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix=f"speed-{self.query_name}"
+        )
         self.tables_ready = False  # bronze and quarantine exist with the registry's schema
         # attacks.stream's rules over each batch's events, alerts to attack_alerts (None: off)
         self.alerts = (
@@ -190,7 +205,12 @@ class SpeedLayer:
 
         Three Spark jobs, none with a shuffle: the parse (cached; the driver gets back the
         columns the views need), the quarantine append (only when the batch has rejects) and
-        the bronze append, both reading the cache.
+        the bronze append, both reading the cache. The two appends and the views (delta-rs on
+        the driver) run at the same time: each is idempotent on its own (the appends by their
+        app transaction, the views by their MERGE of unions and the in-memory trending state),
+        so their order does not matter for a replay, and the views are fresh one parse after
+        the records arrived, not after two Delta commits. Only a view reset at a new cutoff
+        waits for bronze, because it is rebuilt from bronze.
         """
         steps = StepTimer()
         spark = records.sparkSession
@@ -202,6 +222,7 @@ class SpeedLayer:
             self.tables_ready = True
         now = self.clock()
         parsed = parse_records(records, self.topic, f"{self.app_id}:{batch_id}", now).persist()
+        pending: list[Future[None]] = []
         try:
             summary = parsed.select(
                 "parse_status", "reject_reason", "event_date", *EVENT_COLUMNS, KAFKA_MS
@@ -213,30 +234,43 @@ class SpeedLayer:
                 lines - pc.sum(pc.equal(status, "ok").cast(pa.int64())).as_py() if lines else 0
             )
             replay = self.replays.check(batch_id)  # for the report: Delta skips a replay itself
-            # quarantine first: if we die in between, the replay still writes bronze exactly once.
-            # (No rejects, no commit: the replay parses the same lines and finds none either.)
-            if rejected:
-                rows = quarantine_rows(parsed).coalesce(1)
-                append_once(rows, self.lake, QUARANTINE, self.app_id, batch_id, ensure=False)
-                steps.lap("quarantine")
+            ok = summary.filter(pc.equal(status, "ok"))
+            events = ok.select(EVENT_COLUMNS).cast(event_schema())
+            cutoff = self._due_cutoff()
+            fresh = Fresh()
+            if cutoff == self.cutoff:  # no reset: the views need nothing of bronze
+                pending.append(
+                    self._pool.submit(self._views, events, batch_id, cutoff, steps, fresh)
+                )
+            if rejected:  # no rejects, no commit: a replay parses the same lines, finds none
+                quarantine = quarantine_rows(parsed).coalesce(1)
+                pending.append(
+                    self._pool.submit(
+                        inheritable_thread_target(spark)(steps.timed("quarantine", append_once)),
+                        quarantine,
+                        self.lake,
+                        QUARANTINE,
+                        self.app_id,
+                        batch_id,
+                        ensure=False,
+                    )
+                )
             if lines:  # a file per task and day (maintenance compacts them)
                 rows = parsed.drop(KAFKA_MS).coalesce(spark.sparkContext.defaultParallelism)
-                append_once(rows, self.lake, BRONZE, self.app_id, batch_id, ensure=False)
-                steps.lap("bronze")
+                steps.timed("bronze", append_once)(
+                    rows, self.lake, BRONZE, self.app_id, batch_id, ensure=False
+                )
         finally:
+            wait(pending)  # every writer done (or failed) before the cache goes
             parsed.unpersist()
-        ok = summary.filter(pc.equal(summary["parse_status"], "ok"))
+        for done in pending:
+            done.result()  # a failed view or quarantine write fails the batch: Spark replays it
+        if cutoff != self.cutoff:  # bronze holds this batch now: the reset can read it
+            self._views(events, batch_id, cutoff, steps, fresh)
         self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
-        events = ok.select(EVENT_COLUMNS).cast(event_schema())
-        rebuilt = self.update_views(events, batch_id)
-        steps.lap("views")
-        if self.alerts is not None:
-            self.alerts.process(events, batch_id, self.known_users)
-            steps.lap("alerts")
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
-            self.maintain(spark)
-            steps.lap("maintenance")
+            steps.timed("maintenance", self.maintain)(spark)
         return BatchReport.committed_now(
             ok[KAFKA_MS].combine_chunks() if ok.num_rows else pa.array([], pa.int64()),
             batch_id,
@@ -244,24 +278,39 @@ class SpeedLayer:
             events=lines,
             rejected=rejected,
             written=not replay,
-            rebuilt=rebuilt,
+            rebuilt=fresh.rebuilt,
             rejected_by_reason=count_reasons(summary["reject_reason"]) if rejected else None,
             steps=steps.seconds,
+            fresh_at=fresh.at,
         )
 
-    def update_views(self, events: pa.Table, batch_id: int) -> bool:
-        """Bring the three speed views up to date with a batch's events; True if reset."""
-        now = self.clock()
-        rebuilt = False
+    def _due_cutoff(self) -> Cutoff:
+        """The cutoff the views should have now (the models table is read every few seconds)."""
         cutoff = self.cutoff or Cutoff()
         if time.monotonic() - self._cutoff_checked >= self.cutoff_check_seconds:
-            cutoff = current_cutoff(
-                self.lake, self.model_refs
-            )  # a newer published model resets the window
+            cutoff = current_cutoff(self.lake, self.model_refs)  # a newer model resets the window
             self._cutoff_checked = time.monotonic()
-        if cutoff != self.cutoff:
-            self._reset_user_views(cutoff, batch_id)  # bronze already holds this batch
-            rebuilt = True
+        return cutoff
+
+    def _views(
+        self, events: pa.Table, batch_id: int, cutoff: Cutoff, steps: StepTimer, fresh: Fresh
+    ) -> None:
+        """The views (and the alerts on them) brought up to date; ``fresh`` records when."""
+        fresh.rebuilt = steps.timed("views", self.update_views)(events, batch_id, cutoff)
+        fresh.at = time.time()
+        if self.alerts is not None:
+            steps.timed("alerts", self.alerts.process)(events, batch_id, self.known_users)
+
+    def update_views(self, events: pa.Table, batch_id: int, cutoff: Cutoff) -> bool:
+        """Bring the three speed views up to date with a batch's events at ``cutoff``.
+
+        A new cutoff rebuilds the user views from bronze, which must hold the batch already;
+        returns whether it did.
+        """
+        now = self.clock()
+        rebuilt = cutoff != self.cutoff
+        if rebuilt:
+            self._reset_user_views(cutoff, batch_id)
         elif events.num_rows:
             activity = user_activity(events, cutoff.since)
             if activity.num_rows:
@@ -270,11 +319,11 @@ class SpeedLayer:
                     stamped(activity, batch_id, now, cutoff),
                     updates=ACTIVITY_UPDATES,
                 )
-                fresh = new_users(activity, self.known_users)
-                if fresh.num_rows:
+                newcomers = new_users(activity, self.known_users)
+                if newcomers.num_rows:
                     self.lake.upsert(
                         SPEED_NEW_USERS.name,
-                        stamped(fresh, batch_id, now, cutoff),
+                        stamped(newcomers, batch_id, now, cutoff),
                         updates=NEW_USER_UPDATES,
                     )
         if events.num_rows or not self.lake.exists(SPEED_TRENDING.name):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class SpeedLayerError(RuntimeError):
@@ -53,11 +56,17 @@ class BatchReport:
     written: bool  # False: a replayed batch whose bronze/quarantine commits already existed
     seconds: float
     lag_seconds: float | None  # now - oldest Kafka timestamp in the batch, at commit
-    committed_at: float  # epoch seconds when the views were up to date
+    committed_at: float  # epoch seconds when every write of the batch had committed
     kafka_timestamps_ms: pa.Array = field(repr=False)
     rebuilt: bool = False
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    steps: dict[str, float] = field(default_factory=dict)  # seconds per step, in order
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step (some overlap)
+    fresh_at: float | None = None  # epoch seconds when the speed views showed the batch
+
+    @property
+    def visible_at(self) -> float:
+        """When the batch's records were visible to readers: its freshness is measured here."""
+        return self.committed_at if self.fresh_at is None else self.fresh_at
 
     @classmethod
     def committed_now(
@@ -71,11 +80,13 @@ class BatchReport:
         rebuilt: bool = False,
         rejected_by_reason: dict[str, int] | None = None,
         steps: dict[str, float] | None = None,
+        fresh_at: float | None = None,
     ) -> BatchReport:
         """The report of a batch whose commits just finished.
 
         ``kafka_timestamps_ms``: the Kafka timestamps of the records the report measures lag and
-        freshness by; ``started`` is the ``time.monotonic()`` when processing began.
+        freshness by; ``started`` is the ``time.monotonic()`` when processing began;
+        ``fresh_at`` when the speed views showed the batch, if before every commit finished.
         """
         stamps_ms = kafka_timestamps_ms.cast(pa.int64())
         committed = time.time()
@@ -93,6 +104,7 @@ class BatchReport:
             rebuilt=rebuilt,
             rejected_by_reason=rejected_by_reason or {},
             steps=dict(steps or {}),
+            fresh_at=fresh_at,
         )
 
     def line(self, query_name: str) -> str:
@@ -108,17 +120,39 @@ class BatchReport:
 
 
 class StepTimer:
-    """Wall seconds per named step of a micro-batch (in the report, the log and the metrics)."""
+    """Wall seconds per named step of a micro-batch (in the report, the log and the metrics).
+
+    Sequential steps close with :meth:`lap`; steps that run at the same time, on other threads,
+    are wrapped with :meth:`timed` and each gets its own wall time (so they may overlap).
+    """
 
     def __init__(self) -> None:
         self.started = self._last = time.monotonic()
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, step: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[step] = self.seconds.get(step, 0.0) + seconds
 
     def lap(self, step: str) -> None:
         """Close ``step``: the time since the previous lap (or the start) is its."""
         now = time.monotonic()
-        self.seconds[step] = self.seconds.get(step, 0.0) + now - self._last
+        self._add(step, now - self._last)
         self._last = now
+
+    def timed(self, step: str, fn: Callable[P, R]) -> Callable[P, R]:
+        """``fn`` that adds its own wall time to ``step`` when called (from any thread)."""
+
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            began = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._add(step, time.monotonic() - began)
+
+        return run
 
 
 class ReplayCheck:

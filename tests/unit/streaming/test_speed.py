@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from flixlake.config import Settings
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import TS
+from flixlake.streaming import events as events_module
 from flixlake.streaming.events import SpeedLayer
 from flixlake.streaming.harness import CheckpointLock, SpeedLayerError, check_checkpoint
 from flixlake.streaming.views import (
@@ -208,6 +210,51 @@ def test_bronze_and_quarantine_get_the_registry_schema_when_the_query_starts_the
         schema = lake.table(name).schema().to_arrow()
         assert not schema.field("source").nullable, name  # a DataFrame writer makes it nullable
         assert not schema.field("raw").nullable, name
+
+
+def test_the_views_show_a_batch_while_its_bronze_append_is_still_committing(
+    spark: SparkSession, lake: Lake, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer(lake, settings).process(records(spark, GOOD[:1]), batch_id=0)  # tables and views exist
+    seen_during_bronze: list[set[int]] = []
+    real_append = events_module.append_once
+
+    def bronze_waits_for_the_views(df: DataFrame, lake_: Lake, name: str, *args: Any, **kw: Any):
+        if name == "bronze_events":  # the views must not wait for this commit
+            deadline = time.monotonic() + 60
+            users: set[int] = set()
+            while time.monotonic() < deadline and 3 not in users:
+                users = set(lake.read("speed_user_activity")["user_id"].to_pylist())
+                time.sleep(0.05)
+            seen_during_bronze.append(users)
+        return real_append(df, lake_, name, *args, **kw)
+
+    monkeypatch.setattr(events_module, "append_once", bronze_waits_for_the_views)
+    report = layer(lake, settings).process(records(spark, GOOD + BAD, first_offset=1), batch_id=1)
+
+    assert seen_during_bronze == [{1, 2, 3}]
+    assert report.fresh_at is not None and report.visible_at <= report.committed_at
+    assert lake.read("bronze_events").num_rows == 1 + 7  # every line, rejects too
+    assert lake.read("quarantine_events").num_rows == 3
+
+
+def test_a_failed_view_write_fails_the_batch_and_its_replay_completes_it_once(
+    spark: SparkSession, lake: Lake, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("object store unavailable")
+
+    monkeypatch.setattr(lake, "upsert", broken)
+    with pytest.raises(OSError, match="object store unavailable"):
+        layer(lake, settings).process(records(spark, GOOD + BAD), batch_id=0)
+    monkeypatch.undo()
+
+    replay = layer(lake, settings).process(records(spark, GOOD + BAD), batch_id=0)
+
+    assert lake.read("bronze_events").num_rows == 7  # committed once, beside the failed views
+    assert lake.read("quarantine_events").num_rows == 3
+    assert set(by_user(lake.read("speed_user_activity"))) == {1, 2, 3}
+    assert replay.events == 7
 
 
 def test_views_accumulate_across_batches_and_survive_a_restart(
