@@ -227,6 +227,18 @@ def append_once(
     )
 
 
+def warm_state(spark: SparkSession, lake: Lake, name: str) -> None:
+    """Compute the table's current state now, so that its next app-transaction append need not.
+
+    Delta 4.4 reconstructs a snapshot's state (three Spark jobs over the log since its last
+    checkpoint) the first time a writer asks for its app transactions, i.e. in every idempotent
+    append after a commit. Asking for the table's details (file count and size come from the
+    same state) right after a commit, off the micro-batch's critical path, leaves the next
+    append only its write: measured with 1,000-row appends (README, "Performance").
+    """
+    DeltaTable.forPath(spark, table_location(lake, name)).detail().collect()
+
+
 def compact_table(
     spark: SparkSession, lake: Lake, name: str, partitions: Mapping[str, Any] | None = None
 ) -> dict[str, int]:

@@ -37,7 +37,7 @@ from pyspark import inheritable_thread_target
 
 from flixlake.config import StreamDetectionConfig, StreamingConfig
 from flixlake.lake.registry import CURRENT
-from flixlake.lake.spark_io import append_once, compact_table, ensure_table
+from flixlake.lake.spark_io import append_once, compact_table, ensure_table, warm_state
 from flixlake.lake.store import Lake
 from flixlake.lake.tables import (
     SPEED_NEW_USERS,
@@ -137,6 +137,8 @@ class SpeedLayer:
         self._pool = ThreadPoolExecutor(
             max_workers=2, thread_name_prefix=f"speed-{self.query_name}"
         )
+        # the appended tables' next state, computed between micro-batches (see warm_state)
+        self._warm = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"warm-{self.query_name}")
         self.tables_ready = False  # bronze and quarantine exist with the registry's schema
         # attacks.stream's rules over each batch's events, alerts to attack_alerts (None: off)
         self.alerts = (
@@ -265,6 +267,9 @@ class SpeedLayer:
             parsed.unpersist()
         for done in pending:
             done.result()  # a failed view or quarantine write fails the batch: Spark replays it
+        if lines:
+            written = (BRONZE, QUARANTINE) if rejected else (BRONZE,)
+            self._warm.submit(inheritable_thread_target(spark)(self._warm_tables), spark, written)
         if cutoff != self.cutoff:  # bronze holds this batch now: the reset can read it
             self._views(events, batch_id, cutoff, steps, fresh)
         self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
@@ -283,6 +288,14 @@ class SpeedLayer:
             steps=steps.seconds,
             fresh_at=fresh.at,
         )
+
+    def _warm_tables(self, spark: SparkSession, tables: Sequence[str]) -> None:
+        """Compute the appended tables' state for their next append (an optimisation only)."""
+        for table in tables:
+            try:
+                warm_state(spark, self.lake, table)
+            except Exception as exc:  # the next append computes it itself
+                log.warning("could not compute the state of %s ahead: %s", table, exc)
 
     def _due_cutoff(self) -> Cutoff:
         """The cutoff the views should have now (the models table is read every few seconds)."""
