@@ -129,7 +129,6 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     spec = table_spec(name)
     if table_exists(spark, lake, name):
         _add_missing_columns(spark, table_location(lake, name), spec)
-        _set_spec_properties(spark, table_location(lake, name), spec)
         return
     builder = (
         DeltaTable.createIfNotExists(spark)
@@ -142,18 +141,6 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     for key, value in {**dict(spec.properties), **lake.table_properties.get(name, {})}.items():
         builder = builder.property(key, value)  # retention: maintenance then commits nothing
     builder.execute()
-
-
-def _set_spec_properties(spark: SparkSession, location: str, spec: TableSpec) -> None:
-    """Give a table created before the registry named its properties (or by delta-rs) them."""
-    if not spec.properties:
-        return
-    current = DeltaTable.forPath(spark, location).detail().first()
-    have = dict(current["properties"] or {}) if current is not None else {}
-    missing = {k: v for k, v in spec.properties if have.get(k) != v}
-    if missing:
-        pairs = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in missing.items())
-        spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ({pairs})")
 
 
 def _add_missing_columns(spark: SparkSession, location: str, spec: TableSpec) -> None:

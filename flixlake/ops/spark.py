@@ -57,11 +57,6 @@ _DEFAULT_CONF = {
     "spark.databricks.delta.incremental.commit.verify": "false",
     "spark.databricks.delta.setTransactionsInCrc.writeOnCommit": "true",
     "spark.databricks.delta.readProtocolAndMetadataFromChecksum.enabled": "true",
-    # A cached DataFrame (the speed layer caches each micro-batch's parsed rows for its three
-    # jobs) is built without choosing an encoding per column and batch: that choice was a tenth
-    # of a streaming batch's executor CPU (JFR, README "Performance"). The cache takes more memory
-    # while it lives (a micro-batch's rows; MEMORY_AND_DISK spills the rest).
-    "spark.sql.inMemoryColumnarStorage.compressed": "false",
 }
 
 

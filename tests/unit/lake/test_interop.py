@@ -193,18 +193,20 @@ def stats_columns_per_commit(lake: Lake, name: str) -> list[list[set[str]]]:
 def test_bronze_files_get_statistics_only_for_the_filtered_columns(
     spark: SparkSession, lake: Lake
 ) -> None:
-    """Both engines honour bronze's stats columns, also on a table delta-rs created without them."""
+    """Both engines honour bronze's stats columns, on a table delta-rs created."""
     lines = ["2026-11-22T08:00:00,7,GET /rate/the+matrix+1999=4", "garbage"]
     batch = parse_batch(lines, "movielog", [0, 1], "b", T).bronze
-    lake.append("bronze_events", batch)  # delta-rs creates it, without the property
-    ensure_table(spark, lake, "bronze_events")  # gives the existing table the registry's
+    lake.append("bronze_events", batch)  # delta-rs creates it, with the registry's properties
+    ensure_table(spark, lake, "bronze_events")  # the speed layer's start: nothing to change
     config = lake.table("bronze_events").metadata().configuration
     assert config["delta.dataSkippingStatsColumns"] == ",".join(BRONZE_STATS_COLUMNS)
     append_once(spark.createDataFrame(batch), lake, "bronze_events", "stream:q", 0)
     lake.append("bronze_events", batch, "ingest:f", 0)
-    before, by_spark_append, by_rs_append = stats_columns_per_commit(lake, "bronze_events")
-    assert all({"raw", "movie_id", "user_id"} <= columns for columns in before)
-    for columns in by_spark_append + by_rs_append:
+    files = [
+        columns for commit in stats_columns_per_commit(lake, "bronze_events") for columns in commit
+    ]
+    assert len(files) >= 3  # the delta-rs creation's append, Spark's append, delta-rs's append
+    for columns in files:
         assert {"user_id", "event_time", "source_offset"} <= columns
         assert columns <= set(BRONZE_STATS_COLUMNS)  # no raw, movie_id, reco_*
     assert protocol(lake, "bronze_events") == (1, 2)
