@@ -153,7 +153,8 @@ class Lake:
                 partition_by=list(spec.partition_by) or None,
                 name=spec.name,
                 description=spec.description,
-                configuration=self.table_properties.get(name) or None,
+                configuration={**dict(spec.properties), **self.table_properties.get(name, {})}
+                or None,
                 storage_options=self.storage_options,
             )
         table = self.table(name)

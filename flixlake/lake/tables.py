@@ -60,6 +60,9 @@ class TableSpec:
     # Lists of user ids (e.g. the accounts of an alert): forget removes the user from the list,
     # and the row when the list is left empty.
     user_list_columns: tuple[str, ...] = ()
+    # Delta table properties of the table itself, whatever the config (e.g. which columns get
+    # file statistics); the lake's retention properties come on top (lifecycle config).
+    properties: tuple[tuple[str, str], ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -83,6 +86,22 @@ _SOURCE = [
     _f("source_partition", pa.int32(), False),  # kafka partition; 0 for files
     _f("source_offset", pa.int64(), False),  # kafka offset; line number for files
 ]
+
+# Bronze's columns with Delta file statistics (min/max/null count): the ones readers filter on
+# (event_date is the partition). Statistics cost work per row and column on every append; for
+# the free text and per-kind columns (raw, movie_id, reco_*) no reader filters on, they were
+# ~11% of a streaming batch's CPU (README, "Performance"). A predicate on a column without
+# statistics reads every file of the chosen days. delta-spark and delta-rs both honour this.
+BRONZE_STATS_COLUMNS = (
+    "source_partition",
+    "source_offset",
+    "parse_status",
+    "event_type",
+    "event_time",
+    "user_id",
+    "ingest_batch",
+    "ingested_at",
+)
 
 BRONZE_EVENTS = TableSpec(
     name="bronze_events",
@@ -114,6 +133,7 @@ BRONZE_EVENTS = TableSpec(
     lifecycle=STREAMED_BY_DAY,
     user_columns=("user_id",),
     raw_line_columns=("raw",),
+    properties=(("delta.dataSkippingStatsColumns", ",".join(BRONZE_STATS_COLUMNS)),),
 )
 
 QUARANTINE_EVENTS = TableSpec(

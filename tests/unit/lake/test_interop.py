@@ -4,14 +4,18 @@ written on) by the other, and the tables stay at the protocol both support."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
+from flixlake.lake.bronze import parse_batch
 from flixlake.lake.spark_io import (
     append_once,
     compact_table,
+    ensure_table,
     merge_table,
     read_table,
     spark_schema,
@@ -20,7 +24,7 @@ from flixlake.lake.spark_io import (
     write_table,
 )
 from flixlake.lake.store import Lake
-from flixlake.lake.tables import RATINGS, WATCH_SESSIONS
+from flixlake.lake.tables import BRONZE_STATS_COLUMNS, RATINGS, WATCH_SESSIONS
 
 T = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.UTC)
 D1, D2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
@@ -205,3 +209,37 @@ def test_a_table_spark_creates_has_the_registry_schema(spark: SparkSession, lake
         table = lake.table(spec.name)
         assert pa.schema(table.schema().to_arrow()) == spec.schema
         assert table.metadata().partition_columns == list(spec.partition_by)
+
+
+def stats_columns_per_commit(lake: Lake, name: str) -> list[list[set[str]]]:
+    """Per commit that adds files, per file: the columns its Delta statistics cover (null counts)."""
+    commits = []
+    for commit in sorted((Path(lake.root) / name / "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in commit.read_text().splitlines()]
+        adds = [a["add"] for a in actions if "add" in a]
+        if adds:
+            commits.append([set(json.loads(a["stats"]).get("nullCount", {})) for a in adds])
+    return commits
+
+
+def test_bronze_files_get_statistics_only_for_the_filtered_columns(
+    spark: SparkSession, lake: Lake
+) -> None:
+    """Both engines honour bronze's stats columns, on a table delta-rs created."""
+    lines = ["2026-11-22T08:00:00,7,GET /rate/the+matrix+1999=4", "garbage"]
+    batch = parse_batch(lines, "movielog", [0, 1], "b", T).bronze
+    lake.append("bronze_events", batch)  # delta-rs creates it, with the registry's properties
+    ensure_table(spark, lake, "bronze_events")  # the speed layer's start: nothing to change
+    config = lake.table("bronze_events").metadata().configuration
+    assert config["delta.dataSkippingStatsColumns"] == ",".join(BRONZE_STATS_COLUMNS)
+    append_once(spark.createDataFrame(batch), lake, "bronze_events", "stream:q", 0)
+    lake.append("bronze_events", batch, "ingest:f", 0)
+    files = [
+        columns for commit in stats_columns_per_commit(lake, "bronze_events") for columns in commit
+    ]
+    assert len(files) >= 3  # the delta-rs creation's append, Spark's append, delta-rs's append
+    for columns in files:
+        assert {"user_id", "event_time", "source_offset"} <= columns
+        assert columns <= set(BRONZE_STATS_COLUMNS)  # no raw, movie_id, reco_*
+    assert protocol(lake, "bronze_events") == (1, 2)
+    assert read_table(spark, lake, "bronze_events").count() == 3 * len(lines)
