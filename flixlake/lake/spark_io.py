@@ -138,7 +138,7 @@ def ensure_table(spark: SparkSession, lake: Lake, name: str) -> None:
     )
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
-    for key, value in {**dict(spec.properties), **lake.table_properties.get(name, {})}.items():
+    for key, value in lake.creation_properties(name).items():
         builder = builder.property(key, value)  # retention: maintenance then commits nothing
     builder.execute()
 

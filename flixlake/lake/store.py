@@ -111,6 +111,12 @@ class Lake:
         if "://" not in self.root:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
+    def creation_properties(self, name: str) -> dict[str, str]:
+        """The Delta properties a table gets when either engine creates it in this lake: the
+        registry's own for the table (e.g. bronze's statistics columns), then this lake's
+        (retention)."""
+        return {**dict(table_spec(name).properties), **self.table_properties.get(name, {})}
+
     # -- locating -----------------------------------------------------------------------------
     def path(self, name: str) -> str:
         table_spec(name)  # validate the name
@@ -153,8 +159,7 @@ class Lake:
                 partition_by=list(spec.partition_by) or None,
                 name=spec.name,
                 description=spec.description,
-                configuration={**dict(spec.properties), **self.table_properties.get(name, {})}
-                or None,
+                configuration=self.creation_properties(name) or None,
                 storage_options=self.storage_options,
             )
         table = self.table(name)
