@@ -89,12 +89,12 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fresh:
     """When a micro-batch's speed views showed it (epoch seconds), and whether they were reset."""
 
-    at: float | None = None
-    rebuilt: bool = False
+    at: float
+    rebuilt: bool
 
 
 class SpeedLayer:
@@ -224,7 +224,7 @@ class SpeedLayer:
             self.tables_ready = True
         now = self.clock()
         parsed = parse_records(records, self.topic, f"{self.app_id}:{batch_id}", now).persist()
-        pending: list[Future[None]] = []
+        quarantined: Future[None] | None = None
         try:
             summary = parsed.select(
                 "parse_status", "reject_reason", "event_date", *EVENT_COLUMNS, KAFKA_MS
@@ -239,21 +239,18 @@ class SpeedLayer:
             ok = summary.filter(pc.equal(status, "ok"))
             events = ok.select(EVENT_COLUMNS).cast(event_schema())
             cutoff = self._due_cutoff()
-            fresh = Fresh()
-            if cutoff == self.cutoff:  # no reset: the views need nothing of bronze, go first
-                self._views(events, batch_id, cutoff, steps, fresh)
+            # the views go first, unless the cutoff moved: a reset is rebuilt from bronze, so it
+            # waits for this batch's bronze append (below)
+            fresh = None if cutoff != self.cutoff else self._views(events, batch_id, cutoff, steps)
             if rejected:  # no rejects, no commit: a replay parses the same lines, finds none
-                quarantine = quarantine_rows(parsed).coalesce(1)
-                pending.append(
-                    self._pool.submit(
-                        inheritable_thread_target(spark)(steps.timed("quarantine", append_once)),
-                        quarantine,
-                        self.lake,
-                        QUARANTINE,
-                        self.app_id,
-                        batch_id,
-                        ensure=False,
-                    )
+                quarantined = self._pool.submit(
+                    inheritable_thread_target(spark)(steps.timed("quarantine", append_once)),
+                    quarantine_rows(parsed).coalesce(1),
+                    self.lake,
+                    QUARANTINE,
+                    self.app_id,
+                    batch_id,
+                    ensure=False,
                 )
             if lines:  # a file per task and day (maintenance compacts them)
                 rows = parsed.drop(KAFKA_MS).coalesce(spark.sparkContext.defaultParallelism)
@@ -261,15 +258,16 @@ class SpeedLayer:
                     rows, self.lake, BRONZE, self.app_id, batch_id, ensure=False
                 )
         finally:
-            wait(pending)  # every writer done (or failed) before the cache goes
+            if quarantined is not None:
+                wait([quarantined])  # done (or failed) before the cache goes
             parsed.unpersist()
-        for done in pending:
-            done.result()  # a failed quarantine write fails the batch: Spark replays it
+        if quarantined is not None:
+            quarantined.result()  # a failed quarantine write fails the batch: Spark replays it
         if lines:
             written = (BRONZE, QUARANTINE) if rejected else (BRONZE,)
             self._warm.submit(inheritable_thread_target(spark)(self._warm_tables), spark, written)
-        if cutoff != self.cutoff:  # bronze holds this batch now: the reset can read it
-            self._views(events, batch_id, cutoff, steps, fresh)
+        if fresh is None:  # bronze holds this batch now: the reset can read it
+            fresh = self._views(events, batch_id, cutoff, steps)
         self.days_since_maintenance.update(pc.unique(summary["event_date"]).to_pylist())
         self.batches_since_maintenance += 1
         if self.batches_since_maintenance >= self.config.maintenance_every_batches:
@@ -303,14 +301,13 @@ class SpeedLayer:
             self._cutoff_checked = time.monotonic()
         return cutoff
 
-    def _views(
-        self, events: pa.Table, batch_id: int, cutoff: Cutoff, steps: StepTimer, fresh: Fresh
-    ) -> None:
-        """The views (and the alerts on them) brought up to date; ``fresh`` records when."""
-        fresh.rebuilt = steps.timed("views", self.update_views)(events, batch_id, cutoff)
-        fresh.at = time.time()
+    def _views(self, events: pa.Table, batch_id: int, cutoff: Cutoff, steps: StepTimer) -> Fresh:
+        """The views (and the alerts on them) brought up to date; when, and whether reset."""
+        rebuilt = steps.timed("views", self.update_views)(events, batch_id, cutoff)
+        fresh = Fresh(at=time.time(), rebuilt=rebuilt)
         if self.alerts is not None:
             steps.timed("alerts", self.alerts.process)(events, batch_id, self.known_users)
+        return fresh
 
     def update_views(self, events: pa.Table, batch_id: int, cutoff: Cutoff) -> bool:
         """Bring the three speed views up to date with a batch's events at ``cutoff``.
